@@ -1,0 +1,3 @@
+"""posbench: positional-encoding length-extrapolation experiments."""
+
+__version__ = "0.1.0"

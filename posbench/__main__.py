@@ -1,0 +1,30 @@
+"""`python -m posbench {train,eval,compare} ...`: dispatch only."""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: python -m posbench COMMAND [hydra overrides]
+
+commands:
+  train     train a model and evaluate it at eval.lengths   (e.g. train encoding=alibi)
+  eval      evaluate a saved checkpoint                     (e.g. eval checkpoint=runs/.../checkpoints/last.pt)
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in {"-h", "--help", "help"}:
+        print(USAGE)
+        return
+    command, rest = argv[0], argv[1:]
+    from posbench.cli import COMMANDS, run_hydra
+
+    if command not in COMMANDS:
+        print(f"error: unknown command {command!r}; valid commands: {', '.join(COMMANDS)}\n\n{USAGE}", file=sys.stderr)
+        sys.exit(2)
+    run_hydra(command, rest)
+
+
+if __name__ == "__main__":
+    main()

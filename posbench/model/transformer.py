@@ -1,0 +1,105 @@
+"""A decoder-only pre-norm Transformer whose positional encoding plugs in at fixed hooks."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from posbench.config import Mlp, ModelConfig, Norm
+from posbench.encodings import EncodingConfig, build_encoding
+from posbench.model.attention import AttentionContext, CausalSelfAttention
+from posbench.model.backends import choose_backend, full_mask
+
+
+def make_norm(kind: Norm, dim: int) -> nn.Module:
+    return nn.RMSNorm(dim) if kind == Norm.rmsnorm else nn.LayerNorm(dim)
+
+
+def ff_width(cfg: ModelConfig) -> int:
+    if cfg.d_ff is not None:
+        return cfg.d_ff
+    if cfg.mlp == Mlp.swiglu:  # 2/3 of 4·d keeps the parameter count of a GELU MLP (Shazeer 2020)
+        return 64 * -(-(8 * cfg.d_model // 3) // 64)
+    return 4 * cfg.d_model
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        hidden = ff_width(cfg)
+        self.gated = cfg.mlp == Mlp.swiglu
+        self.up = nn.Linear(cfg.d_model, 2 * hidden if self.gated else hidden, bias=False)
+        self.down = nn.Linear(hidden, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.up(x)
+        if self.gated:
+            gate, value = h.chunk(2, dim=-1)
+            return self.down(F.silu(gate) * value)
+        return self.down(F.gelu(h))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn_norm = make_norm(cfg.norm, cfg.d_model)
+        self.attn = CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.kv_heads or cfg.n_heads)
+        self.mlp_norm = make_norm(cfg.norm, cfg.d_model)
+        self.mlp = FeedForward(cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.attn_norm(x), ctx))
+        return x + self.dropout(self.mlp(self.mlp_norm(x)))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig, encoding_cfg: EncodingConfig, vocab_size: int):
+        super().__init__()
+        self.cfg = cfg
+        self.head_dim = cfg.d_model // cfg.n_heads
+        self.embed = nn.Embedding(vocab_size, cfg.d_model)
+        self.encoding = build_encoding(encoding_cfg, cfg.d_model, cfg.n_heads, self.head_dim, cfg.init_std)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.final_norm = make_norm(cfg.norm, cfg.d_model)
+        self.lm_head = nn.Linear(cfg.d_model, vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """All initialisation: N(0, init_std) for matrices, residual outputs scaled by
+        1/sqrt(2·layers) (GPT-2, Radford et al. 2019 §2.3), norms at identity."""
+        std = self.cfg.init_std
+        for name, p in self.named_parameters():
+            if p.dim() < 2:
+                continue  # norm gains/biases keep their identity init
+            scaled = name.endswith(("out_proj.weight", "down.weight"))
+            nn.init.normal_(p, std=std / (2 * self.cfg.n_layers) ** 0.5 if scaled else std)
+        for module in self.modules():
+            if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+                module.reset_parameters()
+        self.encoding.reset_parameters()
+
+    def num_parameters(self, non_embedding: bool = True) -> int:
+        total = sum(p.numel() for p in self.parameters())
+        return total - self.embed.weight.numel() if non_embedding else total
+
+    def backend_for(self, seq_len: int) -> str:
+        return choose_backend(self.cfg.attention.value, self.encoding.has_bias, self.cfg.n_heads, seq_len)
+
+    def forward(self, tokens: torch.Tensor, pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """tokens (B, T) -> logits (B, T, V); ``pos`` (T,) defaults to 0..T-1."""
+        T = tokens.shape[1]
+        if pos is None:
+            pos = torch.arange(T, device=tokens.device)
+        x = self.encoding.embed_input(self.embed(tokens), pos)  # (B, T, D)
+        ctx = AttentionContext(self.encoding, pos, self.backend_for(T), self.cfg.attention_block)
+        if ctx.backend == "sdpa" and self.encoding.has_bias:
+            ctx.mask = full_mask(self.encoding.score_bias, pos, x.dtype)  # built once, shared by layers
+        for block in self.blocks:
+            x = block(x, ctx)
+        return self.lm_head(self.final_norm(x))

@@ -1,0 +1,71 @@
+"""Device, precision, seeding and process-group facts shared by training and evaluation."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from posbench.config import Precision
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a (possibly single-process) job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def dist_from_env() -> Dist:
+    """torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; a plain launch is rank 0 of 1."""
+    return Dist(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def resolve_device(requested: str, dist: Dist = Dist()) -> torch.device:
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"train.device={requested} but no CUDA device is visible; use train.device=cpu or auto")
+        if requested == "cuda":
+            requested = f"cuda:{dist.local_rank}"
+    elif requested != "cpu":
+        raise ValueError(f"train.device={requested!r} is not a device; use auto, cpu, cuda or cuda:N")
+    return torch.device(requested)
+
+
+def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CPU or CUDA; fp32 is a no-op context."""
+    if precision == Precision.bf16:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """Torch's generators; data order needs none (it is keyed by the batch index)."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,65 @@
+"""The local log that is always on: `<run_dir>/metrics.jsonl`, one JSON object a line.
+
+Record shapes (every record has "time", Unix seconds):
+  metrics  {"step": 100, "time": ..., "train/loss": 2.31, ...}
+  eval     {"step": 100, "time": ..., "eval": {"length": 4096, "ppl": 9.1, ...}}  one per row
+  image    {"step": 100, "time": ..., "image": {"key": "eval/ppl_plot", "path": "..."}}
+  summary  {"time": ..., "summary": {...}}
+"step" is the last step passed to `log` (null before any), so a metrics call without a
+step and the eval/image records carry the step they belong to.
+NaN and ±inf are written as null: JSON has no non-finite numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from posbench.tracking.base import check_eval_rows, check_metric_names, json_safe
+
+# Record keys a metric name must not shadow: readers tell records apart by them.
+RESERVED_KEYS = ("step", "time", "eval", "image", "summary")
+
+
+class JsonlTracker:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        # Append, so a resumed run continues the file its killed predecessor wrote.
+        self._file = open(path, "a", encoding="utf-8")
+        self._last_step: int | None = None
+
+    def log(self, metrics: dict[str, float], step: int | None = None) -> None:
+        check_metric_names(metrics)
+        clash = [key for key in RESERVED_KEYS if key in metrics]
+        if clash:
+            raise ValueError(f"metric names {clash} are reserved for the JSONL record; rename them")
+        if step is not None:
+            self._last_step = int(step)
+        self._write(metrics)
+
+    def log_eval(self, rows: list[dict]) -> None:
+        check_eval_rows(rows)
+        for row in rows:
+            self._write({"eval": row})
+
+    def log_image(self, key: str, path: str) -> None:
+        self._write({"image": {"key": key, "path": os.path.abspath(path)}})
+
+    def summary(self, values: dict) -> None:
+        self._write({"summary": values}, with_step=False)
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+    def _write(self, body: dict[str, Any], with_step: bool = True) -> None:
+        head = {"step": self._last_step} if with_step else {}
+        record = json_safe({**head, "time": time.time(), **body}, "record")
+        # allow_nan=False: json_safe already removed non-finite floats, so this only
+        # guards against a regression writing non-standard JSON.
+        self._file.write(json.dumps(record, allow_nan=False) + "\n")
+        # Flush each line to the OS so a killed (even SIGKILLed) run loses nothing.
+        self._file.flush()
