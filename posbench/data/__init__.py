@@ -8,6 +8,7 @@ an ``hf`` dataset, tokenized once and memory-mapped from ``<cache_dir>/streams/`
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,10 +44,11 @@ def cache_root(cfg: DataConfig) -> Path:
 
 def load_corpus(cfg: DataConfig) -> TokenizedCorpus:
     """The corpus ``cfg`` names, tokenized: from the cache when built before, else built now."""
+    cfg = dataclasses.replace(cfg, cache_dir=str(cache_root(cfg)))  # every part sees one real path
     source = source_for(cfg.name)
     tokenizer = tokenizer_settings(cfg)
     key = fingerprint(cfg.name, source.identity(cfg), tokenizer)
-    directory = cache_root(cfg) / "streams" / key
+    directory = Path(cfg.cache_dir) / "streams" / key
     cached = open_cached(directory)
     if cached is not None:
         log.info("corpus %s: cached token streams %s", cfg.name, directory)

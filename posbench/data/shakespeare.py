@@ -94,7 +94,7 @@ def _extract_texts(sdist: Path, dest: Path) -> int:
         with tarfile.open(sdist, "r:gz") as tar:
             for member in tar:
                 name = member.name[len(TEXTS_MEMBER_DIR):]
-                if not (member.name.startswith(TEXTS_MEMBER_DIR)):
+                if not (member.isfile() and member.name.startswith(TEXTS_MEMBER_DIR)):
                     continue
                 if "/" in name or "\\" in name or name.startswith(".") or not name.endswith(TEXT_SUFFIX):
                     continue
