@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Callable
@@ -14,7 +13,6 @@ from omegaconf import DictConfig
 from posbench.config import register_schemas, to_run_config
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
-log = logging.getLogger("posbench")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -31,7 +29,6 @@ def _guarded(job: Callable[[DictConfig], object]) -> Callable[[DictConfig], obje
         try:
             return job(cfg)
         except _user_errors() as exc:
-            log.error("%s", exc)
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(2)
 

@@ -17,7 +17,7 @@ from posbench.data import TrainBatches, load_corpus
 from posbench.evaluation.evaluator import evaluate_length
 from posbench.evaluation.run import evaluate_and_report, run_metadata
 from posbench.model.transformer import Transformer
-from posbench.runtime import Dist, autocast, dist_from_env, resolve_device, rng_state, seed_everything, set_rng_state
+from posbench.runtime import Dist, autocast, check_precision, dist_from_env, resolve_device, rng_state, seed_everything, set_rng_state
 from posbench.tracking import build_tracker
 from posbench.training.checkpoint import load_checkpoint, save_checkpoint
 from posbench.training.optim import build_optimizer, lr_at
@@ -90,6 +90,7 @@ def train(run: RunConfig, run_dir: str | Path, choices: Optional[dict] = None) -
     """Train ``run`` in ``run_dir``, evaluate it at ``eval.lengths``; returns the final metrics."""
     run_dir, dist = Path(run_dir), dist_from_env()
     device = resolve_device(run.train.device, dist)
+    check_precision(device, run.train.precision)
     seed_everything(run.train.seed)
     corpus = load_corpus(run.data)
     model = Transformer(run.model, run.encoding, corpus.vocab_size).to(device)

@@ -1,0 +1,34 @@
+"""Shared fixtures: composing configs as the CLI does, and a small run folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from posbench.cli import CONFIG_DIR
+from posbench.config import RunConfig, register_schemas, to_run_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def compose_config(*overrides: str, config_name: str = "train"):
+    register_schemas()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides))
+
+
+def compose_run(*overrides: str) -> RunConfig:
+    """The typed config `python -m posbench train OVERRIDES` would run."""
+    return to_run_config(compose_config(*overrides))
+
+
+@pytest.fixture
+def smoke_run(tmp_path):
+    """A debug=smoke config whose runs land under tmp_path, with W&B off."""
+
+    def make(*overrides: str) -> RunConfig:
+        return compose_run("debug=smoke", "logger=jsonl", f"run_root={tmp_path / 'runs'}", *overrides)
+
+    return make

@@ -1,0 +1,98 @@
+"""Protects the config tree: every config composes, and mistakes get one readable line, not a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from posbench.config import EvalConfig, ModelConfig, TrainConfig
+from tests.conftest import REPO, compose_config, compose_run
+
+CONFIGS = REPO / "configs"
+
+
+def group_choices(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", ["encoding", "model", "data", "train", "eval", "logger", "debug", "experiment"])
+def test_every_config_in_every_group_composes(group):
+    for choice in group_choices(group):
+        extra = ["data.train_files=[a.txt]", "data.val_files=[b.txt]"] if (group, choice) == ("data", "text_files") else []
+        run = compose_run(f"{group}={choice}", *extra)
+        assert run.train.seq_len >= 1
+
+
+def test_defaults_are_the_main_job():
+    run = compose_run()
+    assert (run.encoding.name, run.model.name, run.data.name, run.logger.name) == ("alibi", "tiny", "shakespeare", "wandb")
+    assert run.train.seq_len == 2048 and run.eval.lengths == [2048, 4096, 8192, 16384]
+    assert run.logger.mode == "offline"
+    assert (run.model.n_layers, run.model.d_model, run.model.n_heads) == (4, 256, 4)
+
+
+def test_overrides_reach_the_typed_config():
+    run = compose_run("encoding=rope", "encoding.base=500", "model=small", "train.seq_len=512")
+    assert run.encoding.base == 500.0 and run.model.d_model == 384 and run.train.seq_len == 512
+
+
+def test_learned_table_follows_the_training_length():
+    assert compose_run("encoding=learned", "train.seq_len=300").encoding.max_positions == 300
+
+
+def test_mistyped_key_and_value_fail_at_compose_time():
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_config("model.nlayers=3")
+    assert "nlayers" in str(info.value.__cause__ or info.value)
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_config("model.norm=batchnorm")
+    assert "layernorm" in str(info.value.__cause__ or info.value)
+
+
+def test_cross_field_checks_name_the_fix():
+    with pytest.raises(ValueError, match="eval.lengths"):
+        EvalConfig(lengths=[0, 2048])
+    with pytest.raises(ValueError, match="kv_heads"):
+        ModelConfig(name="x", n_heads=4, kv_heads=3)
+    with pytest.raises(ValueError, match="train.max_steps or train.max_tokens"):
+        TrainConfig(max_steps=None, max_tokens=None)
+    assert TrainConfig(max_tokens=10_000, seq_len=100, batch_size=4).total_steps() == 25
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-m", "posbench", *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["train", "encoding=alibbi"], ["Available options in 'encoding'", "alibi", "rope", "sinusoidal"]),
+        (["train", "model=huge"], ["Available options in 'model'", "tiny", "small", "base"]),
+        (["train", "data=wiki"], ["Available options in 'data'", "shakespeare", "text_files", "hf"]),
+        (["train", "eval.lengths=[0]"], ["eval.lengths must be a non-empty list"]),
+        (["eval", "checkpoint=/nonexistent/last.pt"], ["no checkpoint at /nonexistent/last.pt"]),
+        (["fly"], ["unknown command 'fly'", "train"]),
+    ],
+)
+def test_cli_errors_are_one_readable_message(args, expected):
+    result = cli(*args)
+    assert result.returncode != 0
+    for text in expected:
+        assert text in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_corrupt_checkpoint_on_the_cli(tmp_path):
+    bad = tmp_path / "last.pt"
+    bad.write_bytes(b"not a checkpoint")
+    result = cli("eval", f"checkpoint={bad}", f"run_root={tmp_path}")
+    assert result.returncode == 2 and "not a readable posbench checkpoint" in result.stderr
+    assert "Traceback" not in result.stderr

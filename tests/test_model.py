@@ -1,0 +1,132 @@
+"""Protects the model/encoding contract: hook shapes, explicit positions, causality, relative shift invariance, backend parity."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from posbench.config import Attention, ModelConfig
+from posbench.encodings import ENCODINGS, build_encoding
+from posbench.model.backends import attend
+from posbench.model.transformer import Transformer
+
+ALL = sorted(ENCODINGS)
+RELATIVE = [name for name in ALL if name not in {"sinusoidal", "learned"}]
+VOCAB = 64
+
+
+def tiny_model(encoding: str, attention: str = "auto", block: int = 16, **model_kw) -> Transformer:
+    torch.manual_seed(0)
+    cfg = ModelConfig(name="test", n_layers=2, d_model=32, n_heads=4, attention=Attention(attention), attention_block=block, **model_kw)
+    enc_cfg = ENCODINGS[encoding][0]()
+    if encoding == "learned":
+        enc_cfg.max_positions = 512
+    model = Transformer(cfg, enc_cfg, VOCAB).eval()
+    with torch.no_grad():  # make learned encoding parameters non-trivial so tests can see them
+        for name, p in model.encoding.named_parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("encoding", ALL)
+def test_hooks_keep_shapes(encoding):
+    enc = build_encoding(ENCODINGS[encoding][0](**({"max_positions": 64} if encoding == "learned" else {})), 32, 4, 8, 0.02)
+    pos = torch.arange(5, 17)
+    x = torch.randn(2, 12, 32)
+    assert enc.embed_input(x, pos).shape == x.shape
+    q, k = torch.randn(2, 4, 12, 8), torch.randn(2, 2, 12, 8)
+    q2, k2 = enc.rotate_qk(q, k, pos)
+    assert q2.shape == q.shape and k2.shape == k.shape
+    bias = enc.score_bias(pos[3:7], pos)  # a block of queries against all keys
+    assert bias is None or bias.shape == (4, 4, 12)
+    assert (bias is not None) == enc.has_bias
+
+
+@pytest.mark.parametrize("encoding", ALL)
+@pytest.mark.parametrize("attention", ["sdpa", "blockwise", "eager"])
+def test_causal(encoding, attention):
+    """Changing a later token never changes earlier logits."""
+    model = tiny_model(encoding, attention, block=5)
+    tokens = torch.randint(0, VOCAB, (2, 23))
+    changed = tokens.clone()
+    changed[:, 15:] = torch.randint(0, VOCAB, (2, 8))
+    with torch.no_grad():
+        a, b = model(tokens), model(changed)
+    torch.testing.assert_close(a[:, :15], b[:, :15], rtol=0, atol=1e-5)
+    assert not torch.allclose(a[:, 15:], b[:, 15:])
+
+
+@pytest.mark.parametrize("encoding", RELATIVE)
+def test_relative_encodings_ignore_a_shift_of_all_positions(encoding):
+    model = tiny_model(encoding)
+    tokens = torch.randint(0, VOCAB, (2, 19))
+    pos = torch.arange(19)
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens, pos), model(tokens, pos + 1000), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("encoding", ["sinusoidal", "learned"])
+def test_absolute_encodings_use_the_positions_given(encoding):
+    model = tiny_model(encoding)
+    tokens = torch.randint(0, VOCAB, (1, 19))
+    pos = torch.arange(19)
+    with torch.no_grad():
+        assert not torch.allclose(model(tokens, pos), model(tokens, pos + 7), atol=1e-4)
+
+
+def test_learned_positions_past_the_table_are_refused():
+    model = tiny_model("learned")
+    assert model.encoding.length_limit_reason(512) is None
+    assert "512" in model.encoding.length_limit_reason(600)
+    with pytest.raises(ValueError, match="learned positions end at 512"):
+        model(torch.zeros(1, 600, dtype=torch.long))
+
+
+@pytest.mark.parametrize("encoding", ALL)
+@pytest.mark.parametrize("attention,block", [("sdpa", 16), ("blockwise", 7), ("blockwise", 64)])
+@pytest.mark.parametrize("offset", [0, 333])
+def test_backends_agree_with_eager_reference(encoding, attention, block, offset):
+    """fp32, odd length 37, block sizes that do not divide it, windows at an offset: atol 1e-5."""
+    tokens = torch.randint(0, VOCAB, (2, 37))
+    pos = torch.arange(37) + offset
+    reference = tiny_model(encoding, "eager")
+    other = tiny_model(encoding, attention, block)
+    with torch.no_grad():
+        torch.testing.assert_close(other(tokens, pos), reference(tokens, pos), rtol=1e-5, atol=1e-5)
+
+
+def test_attend_blockwise_matches_full_mask_for_a_bias():
+    torch.manual_seed(1)
+    q, k, v = (torch.randn(1, 3, 29, 8) for _ in range(3))
+    pos = torch.arange(29)
+    slopes = torch.tensor([0.5, 0.25, 0.125])
+
+    def bias(qp, kp):
+        return -slopes[:, None, None] * (qp[:, None] - kp[None, :]).float()
+
+    full = attend(q, k, v, pos, bias, 0.35, "sdpa")
+    torch.testing.assert_close(attend(q, k, v, pos, bias, 0.35, "blockwise", block=4), full, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(attend(q, k, v, pos, bias, 0.35, "eager"), full, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", [dict(kv_heads=2), dict(kv_heads=1), dict(norm="rmsnorm", mlp="swiglu"), dict(tie_embeddings=False)])
+def test_model_variants_run_and_stay_causal(variant):
+    from posbench.config import Mlp, Norm
+
+    kw = dict(variant)
+    if "norm" in kw:
+        kw["norm"], kw["mlp"] = Norm(kw["norm"]), Mlp(kw["mlp"])
+    model = tiny_model("rope", **kw)
+    tokens = torch.randint(0, VOCAB, (2, 11))
+    with torch.no_grad():
+        out = model(tokens)
+        changed = tokens.clone()
+        changed[:, -1] = (changed[:, -1] + 1) % VOCAB
+        torch.testing.assert_close(model(changed)[:, :-1], out[:, :-1])
+    assert out.shape == (2, 11, VOCAB)
+    assert (model.lm_head.weight is model.embed.weight) == model.cfg.tie_embeddings
+
+
+def test_grouped_query_attention_has_fewer_key_value_parameters():
+    full, grouped = tiny_model("rope"), tiny_model("rope", kv_heads=1)
+    assert grouped.num_parameters() < full.num_parameters()

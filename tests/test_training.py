@@ -1,0 +1,119 @@
+"""Protects training behaviour: loss falls, a killed run resumes exactly, checkpoints are safe, W&B works offline."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from posbench.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from posbench.training.loop import train
+from posbench.training.optim import lr_at
+
+
+def test_loss_falls_on_the_smoke_config(smoke_run, tmp_path):
+    run = smoke_run("train.max_steps=40", "train.val_every=0", "eval.enabled=false")
+    losses = train(run, tmp_path / "run")["losses"]
+    first, last = sum(losses[s] for s in (1, 2, 3)) / 3, sum(losses[s] for s in (38, 39, 40)) / 3
+    assert last < first - 1.0, (first, last)
+
+
+def test_resume_equals_an_uninterrupted_run(smoke_run, tmp_path):
+    steps = ["train.max_steps=8", "train.ckpt_every=0", "eval.enabled=false"]
+    whole = train(smoke_run(*steps), tmp_path / "whole")["losses"]
+    killed = train(smoke_run(*steps, "train.stop_after_steps=3"), tmp_path / "killed")
+    assert max(killed["losses"]) == 3
+    resumed = train(smoke_run(*steps, f"train.resume={tmp_path / 'killed'}"), tmp_path / "resumed")["losses"]
+    assert sorted(resumed) == list(range(1, 9))
+    for step in range(1, 9):
+        assert resumed[step] == pytest.approx(whole[step], rel=1e-6, abs=1e-6), step
+
+
+def test_resume_true_finds_the_latest_run_of_its_kind(smoke_run, tmp_path):
+    steps = ["train.max_steps=6", "eval.enabled=false", "train.val_every=0"]
+    root = tmp_path / "runs" / "smoke"
+    train(smoke_run(*steps, "train.stop_after_steps=2"), root / "2026-01-01_00-00-00_alibi_L128")
+    resumed = train(smoke_run(*steps, "train.resume=true"), root / "2026-01-01_00-01-00_alibi_L128")
+    assert resumed["step"] == 6 and min(resumed["losses"]) == 1
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(smoke_run, tmp_path):
+    train(smoke_run("train.max_steps=2", "eval.enabled=false", "train.val_every=0"), tmp_path / "a")
+    with pytest.raises(ValueError, match="encoding config differs"):
+        train(smoke_run("encoding=rope", "train.max_steps=2", f"train.resume={tmp_path / 'a'}"), tmp_path / "b")
+
+
+def test_checkpoint_holds_loop_state_and_config(smoke_run, tmp_path):
+    train(smoke_run("train.max_steps=4", "eval.enabled=false"), tmp_path / "run")
+    state = load_checkpoint(tmp_path / "run")
+    assert state["step"] == 4 and state["schema_version"] == 1
+    assert state["config"]["encoding"]["name"] == "alibi"
+    assert state["batches"]["batch_index"] == 4
+    assert set(state) >= {"model", "optimizer", "rng", "tokens_seen", "vocab_size", "corpus_fingerprint"}
+
+
+def test_corrupt_and_foreign_checkpoints_get_one_clear_error(tmp_path):
+    truncated = tmp_path / "truncated.pt"
+    save_checkpoint(truncated, {"model": {"w": torch.zeros(1000)}})
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="not a readable posbench checkpoint"):
+        load_checkpoint(truncated)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    with pytest.raises(CheckpointError, match="not a posbench checkpoint"):
+        load_checkpoint(foreign)
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"model": {"w": torch.ones(3)}})
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"model": {"w": torch.zeros(3)}})
+    assert load_checkpoint(path)["model"]["w"].tolist() == [1.0, 1.0, 1.0]
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_schedule_warms_up_then_decays_to_the_floor(smoke_run):
+    cfg = smoke_run("train.warmup_steps=10", "train.lr=1.0", "train.min_lr_ratio=0.1").train
+    lrs = [lr_at(s, cfg, 100) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lr_at(100, cfg, 100) == pytest.approx(0.1)
+
+
+def test_wandb_offline_run_writes_its_files(smoke_run, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "")
+    run = smoke_run("logger=wandb", "train.max_steps=4")
+    out = train(run, tmp_path / "run")
+    offline = list((tmp_path / "run" / "wandb").glob("offline-run-*/*.wandb"))
+    assert len(offline) == 1 and offline[0].stat().st_size > 0
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any("train/loss" in r for r in records) and any("val/loss" in r for r in records)
+    assert out["results"]["results"][0]["status"] == "ok"
+
+
+def test_bf16_on_a_cpu_without_native_bf16_is_refused_with_the_fix(smoke_run, tmp_path, monkeypatch):
+    import posbench.runtime as runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    with pytest.raises(ValueError, match="use train.precision=fp32"):
+        train(smoke_run("train.precision=bf16", "train.device=cpu"), tmp_path / "run")
+
+
+def test_bf16_autocast_trains(smoke_run, tmp_path, monkeypatch):
+    """bf16 autocast runs end to end (tiny shapes, so it is quick even without native bf16)."""
+    import posbench.runtime as runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    run = smoke_run("train.precision=bf16", "train.max_steps=2", "model.d_model=32", "train.seq_len=32", "eval.lengths=[32]")
+    out = train(run, tmp_path / "run")
+    assert all(torch.isfinite(torch.tensor(list(out["losses"].values()))))
