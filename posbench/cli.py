@@ -61,5 +61,7 @@ COMMANDS = {"train": ("train", train_job), "eval": ("eval", eval_job)}
 def run_hydra(command: str, argv: list[str]) -> None:
     config_name, job = COMMANDS[command]
     register_schemas()
-    sys.argv = [f"posbench {command}", *argv]
+    from posbench.distributed import hydra_overrides_for_rank
+
+    sys.argv = [f"posbench {command}", *argv, *hydra_overrides_for_rank()]
     hydra.main(config_path=CONFIG_DIR, config_name=config_name, version_base="1.3")(job)()
