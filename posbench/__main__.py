@@ -9,6 +9,7 @@ USAGE = """usage: python -m posbench COMMAND [hydra overrides]
 commands:
   train     train a model and evaluate it at eval.lengths   (e.g. train encoding=alibi)
   eval      evaluate a saved checkpoint                     (e.g. eval checkpoint=runs/.../checkpoints/last.pt)
+  compare   compare extrapolation curves of finished runs   (e.g. compare runs/train_length_sweep/<sweep>)
 """
 
 
@@ -18,10 +19,15 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         return
     command, rest = argv[0], argv[1:]
+    if command == "compare":
+        from posbench.compare import main as compare_main
+
+        compare_main(rest)
+        return
     from posbench.cli import COMMANDS, run_hydra
 
     if command not in COMMANDS:
-        print(f"error: unknown command {command!r}; valid commands: {', '.join(COMMANDS)}\n\n{USAGE}", file=sys.stderr)
+        print(f"error: unknown command {command!r}; valid commands: {', '.join([*COMMANDS, 'compare'])}\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)
     run_hydra(command, rest)
 

@@ -42,8 +42,10 @@ def _choices() -> dict:
 
 @_guarded
 def train_job(cfg: DictConfig) -> object:
+    from posbench.distributed import adopt_slurm_environment
     from posbench.training.loop import train
 
+    adopt_slurm_environment()
     run = to_run_config(cfg)
     return train(run, HydraConfig.get().runtime.output_dir, _choices())
 

@@ -21,6 +21,15 @@ def is_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def adopt_slurm_environment() -> None:
+    """Under the SLURM launcher with several tasks per job, export torch.distributed's
+    variables (RANK, WORLD_SIZE, MASTER_ADDR, ...) from SLURM's, via submitit."""
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "RANK" not in os.environ:
+        from submitit.helpers import TorchDistributedEnvironment
+
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
 def rank_from_env() -> int:
     return int(os.environ.get("RANK", "0"))
 

@@ -14,15 +14,17 @@ FALSE_WORDS = {"", "false", "no", "0", "none", "null"}
 
 def find_resume_checkpoint(run: RunConfig, run_dir: Path) -> Optional[Path]:
     """None: start fresh. ``true``: the newest ``last.pt`` of a run of the same encoding and
-    training length under ``run_root/experiment_name`` (this run's folder included). A path:
+    training length (and seed, in sweep folders) under ``run_root/experiment_name``, this
+    run's folder included. A path:
     that checkpoint file, or a run folder holding ``checkpoints/last.pt``."""
     value = run.train.resume
     if value is None or str(value).strip().lower() in FALSE_WORDS:
         return None
     if str(value).strip().lower() in TRUE_WORDS:
         root = Path(run.run_root) / run.experiment_name
-        suffix = f"_{run.encoding.name}_L{run.train.seq_len}"
-        found = [p for p in root.glob("*/checkpoints/last.pt") if p.parent.parent.name.endswith(suffix)]
+        kind = f"{run.encoding.name}_L{run.train.seq_len}"
+        names = (f"_{kind}", f"{kind}_s{run.train.seed}")  # single runs end with the first, sweep jobs are the second
+        found = [p for p in root.rglob("checkpoints/last.pt") if p.parent.parent.name.endswith(names)]
         found += list((run_dir / "checkpoints").glob("last.pt"))
         if not found:
             raise CheckpointError(

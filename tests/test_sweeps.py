@@ -1,0 +1,119 @@
+"""Protects the sweep workflow: multirun lands in one sweep folder, compare aggregates it, launcher configs compose."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from posbench.compare import collect, compare, find_results
+from tests.conftest import REPO, compose_config
+
+
+def fake_results(path: Path, encoding: str, train_len: int, seed: int, ppls: dict[int, float | None]) -> None:
+    path.mkdir(parents=True)
+    rows = [
+        {"length": n, "protocol": "nonoverlapping", "status": "ok" if p else "n/a", "ppl": p, "reason": None if p else "table ends"}
+        for n, p in ppls.items()
+    ]
+    doc = {"encoding": encoding, "train_seq_len": train_len, "config": {"train": {"seed": seed}}, "results": rows}
+    (path / "results.json").write_text(json.dumps(doc))
+
+
+def test_compare_aggregates_seeds_per_encoding_and_train_length(tmp_path, monkeypatch):
+    import posbench.compare as cmp
+
+    monkeypatch.setattr(cmp, "load_results", lambda p: json.loads(Path(p).read_text()))
+    fake_results(tmp_path / "a", "alibi", 128, 0, {128: 10.0, 256: 12.0})
+    fake_results(tmp_path / "b", "alibi", 128, 1, {128: 14.0, 256: 12.0})
+    fake_results(tmp_path / "c", "learned", 128, 0, {128: 9.0, 256: None})
+    fake_results(tmp_path / "d", "alibi", 64, 0, {64: 20.0})
+    table = collect(find_results([tmp_path]))
+    cell = table[(128, "alibi")][128]
+    assert cell.mean == pytest.approx(12.0) and cell.std == pytest.approx(2.8284271, rel=1e-6)
+    assert sorted(cell.seeds) == [0, 1]
+    assert table[(128, "learned")][256].missing == "table ends"
+    text = compare([tmp_path])
+    assert "| alibi | 12.00 ± 2.83 | 12.00 ± 0.00 |" in text
+    assert "| learned | 9.00 | n/a |" in text
+    assert "Trained at L = 64" in text and "Trained at L = 128" in text
+    assert (tmp_path / "comparison.png").stat().st_size > 1000
+    assert (tmp_path / "comparison.md").read_text() == text
+
+
+def test_compare_without_results_says_so(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "posbench", "compare", str(tmp_path)], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2 and "no results.json" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_multirun_two_encodings_by_two_lengths_then_compare(tmp_path):
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    cmd = [sys.executable, "-m", "posbench", "train", "-m", "debug=smoke", "logger=jsonl", "encoding=alibi,nope",
+           "train.seq_len=32,64", "train.max_steps=2", "train.val_every=0", "eval.lengths=[64,128]", "eval.max_tokens=256",
+           f"run_root={tmp_path}", "experiment_name=sweep"]
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "sweep").iterdir()
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert jobs == ["alibi_L32_s0", "alibi_L64_s0", "nope_L32_s0", "nope_L64_s0"]
+    out = subprocess.run([sys.executable, "-m", "posbench", "compare", str(sweep)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "Trained at L = 32" in out.stdout and "| nope |" in out.stdout
+    assert (sweep / "comparison.png").exists() and (sweep / "comparison.md").exists()
+
+
+@pytest.mark.parametrize("launcher", ["slurm", "joblib", "local"])
+def test_launcher_configs_compose(launcher):
+    cfg = compose_config(f"hydra/launcher={launcher}", "experiment=train_length_sweep")
+    assert cfg.experiment_name == "train_length_sweep"
+
+
+def test_slurm_launcher_fields():
+    from hydra import compose, initialize_config_dir
+
+    from posbench.cli import CONFIG_DIR
+    from posbench.config import register_schemas
+
+    register_schemas()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.partition, launcher.gpus_per_node, launcher.timeout_min) == ("gpu", 1, 240)
+
+
+def test_sweep_experiments_declare_their_grid():
+    cfg = compose_config("experiment=train_length_sweep")
+    from hydra import compose, initialize_config_dir
+
+    from posbench.cli import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        full = compose("train", overrides=["experiment=train_length_sweep"], return_hydra_config=True)
+    params = full.hydra.sweeper.params
+    assert params["encoding"] == "sinusoidal,rope,alibi,t5,nope"
+    assert params["train.seq_len"] == "512,1024,2048"
+    assert cfg.eval.lengths[-1] == 16384
+
+
+def test_wandb_run_is_named_and_grouped_for_comparison(smoke_run, tmp_path, monkeypatch):
+    import posbench.training.loop as loop
+    from posbench.tracking import NullTracker
+
+    seen = {}
+
+    def fake_tracker(cfg, run_dir, config, name, group=None, rank=0, job_type="train"):
+        seen.update(name=name, group=group, config=config)
+        return NullTracker()
+
+    monkeypatch.setattr(loop, "build_tracker", fake_tracker)
+    run = smoke_run("encoding=rope", "train.seed=3", "train.max_steps=1", "eval.enabled=false", "experiment_name=study")
+    loop.train(run, tmp_path / "run", choices={"encoding": "rope", "model": "tiny"})
+    assert seen["name"] == "rope-L128-s3" and seen["group"] == "study"
+    assert seen["config"]["choices"]["encoding"] == "rope" and seen["config"]["train"]["seq_len"] == 128
