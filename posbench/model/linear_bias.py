@@ -1,0 +1,49 @@
+"""Exact attention with a bias linear in distance, -m_h·(i - j) (ALiBi), through the flash kernel.
+
+Softmax ignores a constant added to a whole row, so for queries of a block that starts at
+position s the bias -m_h·(i - j) may be replaced by m_h·(j - s): it depends on the key alone
+and rides in one extra q/k channel (q gets 1, k gets m_h·(j - s)/scale). Each query block then
+takes two flash-kernel calls with no mask tensor at all: the keys before the block (every one
+visible) and the block's own causal square. The two partial softmaxes are merged with their
+log-sum-exps. Re-centring on s keeps the added logits small where the weights are large (near
+the diagonal), so fp32 stays exact to ~1e-6 at 64K positions; far keys get large negative
+logits, where their weights vanish anyway.
+
+CPU, forward only (the kernel's log-sum-exp output is what makes the merge possible).
+"""
+
+from __future__ import annotations
+
+import torch
+
+_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+
+
+def available(q: torch.Tensor) -> bool:
+    return q.device.type == "cpu" and not torch.is_grad_enabled() and q.dtype == torch.float32
+
+
+def _with_channel(x: torch.Tensor, channel: torch.Tensor) -> torch.Tensor:
+    return torch.cat((x, channel.expand(*x.shape[:-1], 1)), dim=-1)
+
+
+def linear_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
+                          slopes: torch.Tensor, scale: float, block: int) -> torch.Tensor:
+    """softmax(scale·q·kᵀ - m_h·(i - j), causal) v. q, k, v (B, H, T, Dh); pos (T,); slopes (H,)."""
+    B, H, T, D = q.shape
+    q1 = _with_channel(q, q.new_ones(1, 1, 1, 1))  # (B, H, T, D+1)
+    v1 = _with_channel(v, v.new_zeros(1, 1, 1, 1))  # the extra channel carries no value
+    m = slopes.to(q.dtype).view(1, H, 1, 1)
+    outputs = []
+    for s in range(0, T, block):
+        e = min(s + block, T)
+        offsets = (pos[:e] - pos[s]).to(q.dtype).view(1, 1, e, 1)  # (1, 1, e, 1)
+        k1 = torch.cat((k[:, :, :e], (m * offsets / scale).expand(B, H, e, 1)), dim=-1)
+        out_b, lse_b = _flash(q1[:, :, s:e], k1[:, :, s:], v1[:, :, s:e], 0.0, True, scale=scale)
+        if s > 0:
+            out_a, lse_a = _flash(q1[:, :, s:e], k1[:, :, :s], v1[:, :, :s], 0.0, False, scale=scale)
+            top = torch.maximum(lse_a, lse_b)
+            w_a, w_b = (lse_a - top).exp().unsqueeze(-1), (lse_b - top).exp().unsqueeze(-1)
+            out_b = (w_a * out_a + w_b * out_b) / (w_a + w_b)
+        outputs.append(out_b[..., :D])
+    return torch.cat(outputs, dim=2)

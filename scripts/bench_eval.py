@@ -1,0 +1,87 @@
+"""Long-evaluation cost per encoding: forward time and peak memory at each length, as ratios to `nope`.
+
+Each (encoding, length) runs in a fresh process so its peak resident memory is its own.
+Usage:
+    python scripts/bench_eval.py                           # model=tiny, 16K, every encoding
+    python scripts/bench_eval.py --lengths 16384 65536 --encodings nope alibi t5
+Memory is the growth of peak RSS during the forward (what the forward itself needs);
+total peak RSS is printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def rss_mb() -> float:
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * resource.getpagesize() / 2**20
+
+
+def measure_one(encoding: str, length: int, attention: str, repeats: int) -> dict:
+    import torch
+
+    from posbench.config import Attention, ModelConfig
+    from posbench.encodings import ENCODINGS
+    from posbench.model.transformer import Transformer
+
+    torch.manual_seed(0)
+    cfg_cls = ENCODINGS[encoding][0]
+    enc_cfg = cfg_cls(**({"max_positions": length} if encoding == "learned" else {}))
+    model = Transformer(ModelConfig(name="tiny", attention=Attention(attention)), enc_cfg, 256).eval()
+    tokens = torch.randint(0, 256, (1, length))
+    before = rss_mb()
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(tokens)
+            times.append(time.perf_counter() - start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return {"encoding": encoding, "length": length, "seconds": min(times), "forward_mb": max(peak - before, 1.0),
+            "peak_mb": peak, "backend": model.backend_for(length)}
+
+
+def run_child(encoding: str, length: int, attention: str, repeats: int) -> dict:
+    cmd = [sys.executable, __file__, "--child", encoding, str(length), "--attention", attention, "--repeats", str(repeats)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        return {"encoding": encoding, "length": length, "error": out.stderr.strip().splitlines()[-1]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    from posbench.encodings import ENCODINGS
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[16384])
+    parser.add_argument("--encodings", nargs="+", default=sorted(ENCODINGS))
+    parser.add_argument("--attention", default="auto")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--child", nargs=2, metavar=("ENCODING", "LENGTH"))
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure_one(args.child[0], int(args.child[1]), args.attention, args.repeats)))
+        return
+    names = ["nope"] + [e for e in args.encodings if e != "nope"]
+    print(f"{'encoding':>14} {'length':>7} {'time s':>8} {'x nope':>7} {'fwd MB':>8} {'x nope':>7} {'peak MB':>8}  backend")
+    for length in args.lengths:
+        base = None
+        for name in names:
+            r = run_child(name, length, args.attention, args.repeats)
+            if "error" in r:
+                print(f"{name:>14} {length:>7}  failed: {r['error']}")
+                continue
+            base = base or r
+            print(f"{name:>14} {length:>7} {r['seconds']:>8.2f} {r['seconds'] / base['seconds']:>7.2f} "
+                  f"{r['forward_mb']:>8.0f} {r['forward_mb'] / base['forward_mb']:>7.2f} {r['peak_mb']:>8.0f}  {r['backend']}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
