@@ -57,11 +57,11 @@ def collect(paths: list[Path], protocol: Optional[str] = None) -> dict[Key, dict
             if protocol is not None and row["protocol"] != protocol:
                 continue
             cell = table[(doc["train_seq_len"], doc["encoding"])][row["length"]]
-            if row["status"] == "ok":
+            if row["status"] == "ok" and row["ppl"] is not None:  # None: a diverged model's non-finite ppl
                 cell.ppls.append(row["ppl"])
                 cell.seeds.append(seed)
             else:
-                cell.missing = row.get("reason") or "n/a"
+                cell.missing = row.get("reason") or "non-finite"
     return table
 
 

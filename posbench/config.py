@@ -48,6 +48,11 @@ class Protocol(str, Enum):
     sliding = "sliding"
 
 
+class BucketKind(str, Enum):
+    log = "log"
+    linear = "linear"
+
+
 class Tokenizer(str, Enum):
     bytes = "bytes"
     bpe = "bpe"
@@ -171,7 +176,8 @@ class EvalConfig:
     stride: Optional[int] = None  # sliding protocol: tokens scored per window (None = length/2)
     max_tokens: Optional[int] = 131072  # scored tokens per length; None = the whole stream
     batch_size: int = 1
-    position_buckets: int = 16  # log-spaced buckets of the per-position loss curve
+    position_buckets: int = 16  # buckets of the per-position loss curve
+    bucket_kind: BucketKind = BucketKind.log  # per-position buckets: log-spaced or equal widths
     enabled: bool = True  # evaluate after training
 
     def __post_init__(self) -> None:
@@ -182,6 +188,8 @@ class EvalConfig:
             )
         if self.stride is not None and self.stride < 1:
             raise ValueError("eval.stride must be at least 1")
+        if self.position_buckets < 1:
+            raise ValueError("eval.position_buckets must be at least 1")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ValueError("eval.max_tokens must be at least 1 (or null for the whole stream)")
 

@@ -1,46 +1,142 @@
-"""Results files (results.json, results.csv) and the printed perplexity table."""
+"""Results files of one evaluation and the printed perplexity table.
+
+- ``results.json``: the whole record, schema-versioned and checked against
+  ``posbench/schemas/results.schema.json`` on every write and read;
+- ``results.csv``: one row per length (n/a rows included, with their reason), with the
+  encoding and training length on every row, so files of many runs concatenate;
+- ``position_loss.csv``: the per-position curves in long form, one row per (length, bucket).
+Non-finite numbers (a diverged model) are written as null / empty cells: JSON has no NaN.
+"""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
 import tempfile
+import time
+from functools import lru_cache
+from importlib import metadata as importlib_metadata
+from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
-RESULTS_SCHEMA_VERSION = 1
-CSV_FIELDS = ("length", "protocol", "status", "ppl", "nll", "tokens_scored", "windows", "backend", "wall_time_s", "reason")
+from posbench.tracking.base import json_safe
+
+RESULTS_SCHEMA_VERSION = 2
+RESULTS_JSON, RESULTS_CSV, POSITION_CSV = "results.json", "results.csv", "position_loss.csv"
+CSV_FIELDS = ("encoding", "train_seq_len", "run_name", "length", "x_train", "protocol", "stride", "status",
+              "ppl", "nll", "tokens_scored", "windows", "backend", "wall_time_s", "reason")
+POSITION_CSV_FIELDS = ("encoding", "train_seq_len", "run_name", "length", "bucket_start", "bucket_end", "nll", "tokens")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Temp file in the same folder, then rename: a reader never sees half a file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
-def write_results(run_dir: str | Path, rows: list[dict], metadata: dict[str, Any]) -> dict:
-    """Write ``results.json`` and ``results.csv`` into ``run_dir``; returns the JSON document."""
-    run_dir = Path(run_dir)
-    document = {"schema_version": RESULTS_SCHEMA_VERSION, **metadata, "results": rows}
-    atomic_write_text(run_dir / "results.json", json.dumps(document, indent=2) + "\n")
-    with open(run_dir / "results.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+def posbench_version() -> str:
+    try:
+        return importlib_metadata.version("posbench")
+    except importlib_metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def results_document(rows: list[dict], metadata: dict[str, Any]) -> dict:
+    """The results.json document: version and provenance, the caller's metadata, then the rows."""
+    head = {"schema_version": RESULTS_SCHEMA_VERSION, "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "posbench_version": posbench_version()}
+    return json_safe({**head, **metadata, "results": rows}, "results")
+
+
+@lru_cache(maxsize=1)
+def results_schema() -> dict:
+    return json.loads((resources.files("posbench") / "schemas" / "results.schema.json").read_text())
+
+
+def validate_results(document: dict) -> None:
+    """Raise ValueError naming the first field that breaks the results schema."""
+    import jsonschema  # only validation needs it
+
+    validator = jsonschema.Draft202012Validator(results_schema())
+    error = jsonschema.exceptions.best_match(validator.iter_errors(document))
+    if error is not None:
+        where = "/".join(str(part) for part in error.absolute_path) or "(top level)"
+        raise ValueError(f"results document breaks schema version {RESULTS_SCHEMA_VERSION} at {where}: {error.message}")
+
+
+def load_results(path: str | Path) -> dict:
+    """A results.json (or the folder holding it), checked against the schema."""
+    path = Path(path)
+    document = json.loads((path / RESULTS_JSON if path.is_dir() else path).read_text())
+    validate_results(document)
     return document
 
 
+def write_results(run_dir: str | Path, rows: list[dict], metadata: dict[str, Any]) -> dict:
+    """Write results.json, results.csv and position_loss.csv into ``run_dir``; returns the JSON document."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    document = results_document(rows, metadata)
+    validate_results(document)  # before writing: a file on disk always matches its schema
+    atomic_write_text(run_dir / RESULTS_JSON, json.dumps(document, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(run_dir / RESULTS_CSV, to_csv(CSV_FIELDS, csv_rows(document)))
+    atomic_write_text(run_dir / POSITION_CSV, to_csv(POSITION_CSV_FIELDS, position_rows(document)))
+    return document
+
+
+def _run_columns(document: dict) -> dict:
+    return {"encoding": document["encoding"], "train_seq_len": document["train_seq_len"], "run_name": document.get("run_name")}
+
+
+def csv_rows(document: dict) -> list[dict]:
+    """One row per evaluated length."""
+    train_len = document["train_seq_len"]
+    return [{**_run_columns(document), **row, "x_train": round(row["length"] / train_len, 4)} for row in document["results"]]
+
+
+def position_rows(document: dict) -> list[dict]:
+    """One row per (length, bucket) of every evaluated length's per-position curve."""
+    rows = []
+    for result in document["results"]:
+        curve = result.get("position_curve") or {"start": [], "end": [], "nll": [], "tokens": []}
+        for start, end, nll, tokens in zip(curve["start"], curve["end"], curve["nll"], curve["tokens"]):
+            rows.append({**_run_columns(document), "length": result["length"], "bucket_start": start,
+                         "bucket_end": end, "nll": nll, "tokens": tokens})
+    return rows
+
+
+def to_csv(fields: Iterable[str], rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(fields), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _number(value: Optional[float], spec: str) -> str:
+    if value is None:  # non-finite in the JSON
+        return "nan"
+    return format(value, spec) if math.isfinite(value) else str(value)
+
+
 def format_table(rows: Iterable[dict], train_len: int | None = None) -> str:
-    """A fixed-width table: length, perplexity, NLL, tokens scored, backend."""
-    lines = [f"{'length':>8} {'x train':>7} {'ppl':>10} {'nll':>8} {'tokens':>9}  backend"]
+    """A fixed-width table: length, ratio to the training length, ppl, NLL, tokens scored, backend."""
+    lines = [f"{'length':>8} {'x train':>7} {'ppl':>10} {'nll':>8} {'tokens':>9} {'windows':>7} {'time s':>7}  backend"]
     for row in rows:
         ratio = f"{row['length'] / train_len:.1f}" if train_len else "-"
         if row["status"] != "ok":
-            lines.append(f"{row['length']:>8} {ratio:>7} {'n/a':>10} {'':>8} {0:>9}  ({row['reason']})")
+            lines.append(f"{row['length']:>8} {ratio:>7} {'n/a':>10} {'':>8} {0:>9} {0:>7} {'':>7}  ({row['reason']})")
             continue
-        ppl = row["ppl"] if math.isfinite(row["ppl"]) else float("inf")
-        lines.append(f"{row['length']:>8} {ratio:>7} {ppl:>10.3f} {row['nll']:>8.4f} {row['tokens_scored']:>9}  {row['backend']}")
+        lines.append(f"{row['length']:>8} {ratio:>7} {_number(row['ppl'], '10.3f'):>10} {_number(row['nll'], '8.4f'):>8} "
+                     f"{row['tokens_scored']:>9} {row['windows']:>7} {row['wall_time_s']:>7.1f}  {row['backend']}")
     return "\n".join(lines)

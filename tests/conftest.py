@@ -32,3 +32,14 @@ def smoke_run(tmp_path):
         return compose_run("debug=smoke", "logger=jsonl", f"run_root={tmp_path / 'runs'}", *overrides)
 
     return make
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Test-sized tensors run faster on one thread than split across cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,42 +1,111 @@
-"""``posbench eval``: evaluate a saved checkpoint at ``eval.lengths`` without retraining."""
+"""``posbench eval``: evaluate a saved checkpoint at ``eval.lengths`` without retraining.
+
+The run config is the checkpoint's own, with three things laid over it: this command's eval
+group, its device, and the inference-time overrides it names (see configs/eval.yaml). Only
+settings that leave the trained weights' meaning intact may be overridden.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
 
-from posbench.config import to_run_config
-from posbench.data import load_corpus
+from posbench.config import RunConfig, to_plain_dict, to_run_config
+from posbench.data import TokenizedCorpus, load_corpus
 from posbench.evaluation.run import evaluate_and_report, run_metadata
 from posbench.model.transformer import Transformer
-from posbench.runtime import resolve_device
+from posbench.runtime import check_precision, resolve_device
 from posbench.tracking import build_tracker
 from posbench.training.checkpoint import load_checkpoint
+from posbench.training.loop import run_name
+
+EVAL_KEYS = ("checkpoint", "eval", "device", "run_root")  # the rest of an eval config are overrides
+# group -> keys that may be overridden (None: any key but "name")
+OVERRIDABLE: dict[str, Optional[tuple[str, ...]]] = {
+    "encoding": None,
+    "model": ("attention", "attention_block"),
+    "train": ("precision",),
+    "logger": None,
+}
+EVAL_CONFIG_YAML = "eval_config.yaml"
 
 
-def checkpoint_run_config(saved: dict, eval_cfg: dict, overrides: dict) -> Any:
-    """The checkpoint's config with this command's eval group and encoding overrides on top."""
-    merged = OmegaConf.merge(OmegaConf.create(saved), {"eval": eval_cfg}, overrides)
-    return to_run_config(OmegaConf.to_container(merged, resolve=True))
+def refused_keys(group: str, values: dict) -> list[str]:
+    allowed = OVERRIDABLE[group]
+    if allowed is None:  # an encoding's name picks another class and other weights
+        return ["name"] if group == "encoding" and "name" in values else []
+    return sorted(set(values) - set(allowed))
+
+
+def eval_overrides(plain: dict[str, Any]) -> dict[str, dict]:
+    """The overrides in a composed eval config, refused unless every key is inference-time."""
+    overrides = {k: v for k, v in plain.items() if k not in EVAL_KEYS}
+    for group, values in overrides.items():
+        if group not in OVERRIDABLE or not isinstance(values, dict):
+            raise ValueError(f"posbench eval cannot override {group!r}; it may override "
+                             f"{', '.join(OVERRIDABLE)} (e.g. +encoding.base=20000)")
+        bad = refused_keys(group, values)
+        if bad:
+            allowed = OVERRIDABLE[group]
+            can = ", ".join(f"{group}.{k}" for k in allowed) if allowed else f"any {group} option but its name"
+            raise ValueError(f"posbench eval cannot override {', '.join(f'{group}.{k}' for k in bad)}: it would change "
+                             f"what the trained weights mean; it may override {can}")
+    return overrides
+
+
+def checkpoint_run_config(saved: dict, eval_cfg: dict, overrides: dict, device: str) -> RunConfig:
+    """The checkpoint's config with the overrides, this command's eval group and its device on top."""
+    merged = OmegaConf.merge(OmegaConf.create(saved), overrides, {"eval": eval_cfg, "train": {"device": device}})
+    try:
+        return to_run_config(OmegaConf.to_container(merged, resolve=True))
+    except (ConfigKeyError, ValidationError) as exc:  # a key or value the checkpoint's schemas lack
+        message = f"{str(exc).splitlines()[0]} (at {exc.full_key})"
+        if str(exc.full_key).startswith("encoding"):
+            options = ", ".join(k for k in saved["encoding"] if k != "name") or "none"
+            message += f"; the checkpoint's {saved['encoding']['name']} encoding has options: {options}"
+        raise ValueError(message) from None
+
+
+def load_model(run: RunConfig, ckpt: dict, corpus: TokenizedCorpus, device) -> Transformer:
+    if ckpt.get("corpus_fingerprint") not in (None, corpus.fingerprint):
+        raise ValueError(f"the checkpoint was trained on corpus {ckpt['corpus_fingerprint']}, but its data config now "
+                         f"gives {corpus.fingerprint}: the tokens would not mean what they meant in training")
+    model = Transformer(run.model, run.encoding, ckpt["vocab_size"]).to(device)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise ValueError(f"the checkpoint's weights do not fit the model these overrides build; only inference-time "
+                         f"options may change ({' '.join(str(exc).split()[:40])})") from None
+    return model
+
+
+def save_eval_config(out_dir: Path, checkpoint: str, overrides: dict, run: RunConfig) -> None:
+    """The resolved config this evaluation ran with, beside its results."""
+    resolved = {"checkpoint": checkpoint, "overrides": overrides, **to_plain_dict(run)}
+    OmegaConf.save(OmegaConf.create(resolved), out_dir / EVAL_CONFIG_YAML)
 
 
 def evaluate_checkpoint(cfg: DictConfig, out_dir: str | Path) -> dict:
-    ckpt = load_checkpoint(cfg.checkpoint)
-    eval_cfg = OmegaConf.to_container(cfg.eval, resolve=True, enum_to_str=True)
-    overrides = OmegaConf.to_container(cfg.overrides, resolve=True)
-    run = checkpoint_run_config(ckpt["config"], eval_cfg, overrides)
+    # Unresolved: an override's "${train.seq_len}" (e.g. a RoPE scaling's original length)
+    # must mean the checkpoint's training length, which only the merged config knows.
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    checkpoint, overrides = str(cfg.checkpoint), eval_overrides(plain)
+    ckpt = load_checkpoint(checkpoint)
+    run = checkpoint_run_config(ckpt["config"], plain["eval"], overrides, str(cfg.device))
     device = resolve_device(run.train.device)
+    check_precision(device, run.train.precision)
     corpus = load_corpus(run.data)
-    model = Transformer(run.model, run.encoding, ckpt["vocab_size"]).to(device)
-    model.load_state_dict(ckpt["model"])
+    model = load_model(run, ckpt, corpus, device)
     out_dir = Path(out_dir)
-    OmegaConf.save(OmegaConf.create(eval_cfg), out_dir / "eval_config.yaml")
-    name = f"{model.encoding.label}-L{run.train.seq_len}-s{run.train.seed}-eval"
-    tracker = build_tracker(run.logger, str(out_dir), {"checkpoint": str(cfg.checkpoint), **ckpt["config"]}, name,
-                            run.logger.group or run.experiment_name, job_type="eval")
-    meta = run_metadata(run, model, corpus.info, {"run_name": name, "checkpoint": str(cfg.checkpoint),
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_eval_config(out_dir, checkpoint, overrides, run)
+    name = f"{run_name(run, model.encoding.label)}-eval"
+    tracker = build_tracker(run.logger, str(out_dir), {"checkpoint": checkpoint, "overrides": overrides, **to_plain_dict(run)},
+                            name, run.logger.group or run.experiment_name, job_type="eval")
+    meta = run_metadata(run, model, corpus.info, {"run_name": name, "checkpoint": checkpoint, "overrides": overrides,
                                                   "step": ckpt["step"], "tokens_seen": ckpt["tokens_seen"]})
     try:
         return evaluate_and_report(model, corpus.val, corpus.separator_id, run, out_dir, tracker, device, meta)

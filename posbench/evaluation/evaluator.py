@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Optional
@@ -12,7 +13,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from posbench.config import EvalConfig, Precision
-from posbench.evaluation.protocol import Window, windows
+from posbench.evaluation.buckets import position_curve
+from posbench.evaluation.protocol import Window, resolve_stride, windows
 from posbench.model.transformer import Transformer
 from posbench.runtime import autocast
 
@@ -22,6 +24,7 @@ class LengthResult:
     length: int
     protocol: str
     status: str  # "ok" or "n/a"
+    stride: Optional[int] = None  # sliding: tokens scored per window after the first
     reason: Optional[str] = None  # why a length is n/a
     nll: Optional[float] = None  # token-weighted mean negative log-likelihood, nats
     ppl: Optional[float] = None  # exp(nll)
@@ -35,64 +38,75 @@ class LengthResult:
         return asdict(self)
 
 
-def bucket_edges(length: int, buckets: int) -> list[int]:
-    """Log-spaced edges 0 = e0 < e1 < … < en = length; bucket i holds positions [e_i, e_i+1)."""
-    inner = np.unique(np.round(np.geomspace(1, length, buckets)).astype(int))
-    return sorted({0, length, *[int(e) for e in inner if 0 < e < length]})
+def bucket_kind(cfg: EvalConfig) -> str:
+    """``eval.bucket_kind``: log | linear."""
+    return cfg.bucket_kind.value
 
 
-def position_curve(nll_sum: np.ndarray, counts: np.ndarray, buckets: int) -> dict:
-    edges = bucket_edges(len(nll_sum), buckets)
-    curve: dict[str, list] = {"start": [], "end": [], "nll": [], "tokens": []}
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        n = int(counts[lo:hi].sum())
-        if n:
-            curve["start"].append(lo)
-            curve["end"].append(hi)
-            curve["nll"].append(float(nll_sum[lo:hi].sum() / n))
-            curve["tokens"].append(n)
-    return curve
+def perplexity(nll: float) -> float:
+    """exp(nll); inf rather than an OverflowError for a model that has blown up."""
+    try:
+        return math.exp(nll)
+    except OverflowError:
+        return math.inf
 
 
 @torch.no_grad()
-def score_windows(model: Transformer, stream: np.ndarray, length: int, batch: list[Window], device: torch.device) -> torch.Tensor:
-    """NLL of every target of a batch of windows, NaN where a target is not scored. -> (b, L) float64"""
+def score_windows(model: Transformer, stream: np.ndarray, length: int, batch: list[Window], device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """NLL of every target of a batch of windows and which of them are scored. -> (b, L) float64, (b, L) bool"""
     rows = np.stack([np.asarray(stream[w.start : w.start + length + 1], dtype=np.int64) for w in batch])
     tokens = torch.from_numpy(rows).to(device)
     logits = model(tokens[:, :-1])  # (b, L, V)
-    nll = F.cross_entropy(logits.float().transpose(1, 2), tokens[:, 1:], reduction="none").double()  # (b, L)
-    scored = torch.arange(length, device=device)[None, :] >= torch.tensor([w.score_from for w in batch], device=device)[:, None]
-    return nll.masked_fill(~scored, float("nan")).cpu()
+    nll = F.cross_entropy(logits.float().transpose(1, 2), tokens[:, 1:], reduction="none")  # (b, L)
+    # A separate mask, not NaN sentinels: a diverged model's NaN losses must count, not vanish.
+    scored = np.arange(length)[None, :] >= np.array([w.score_from for w in batch])[:, None]
+    return nll.double().cpu().numpy(), scored
 
 
-def evaluate_length(model: Transformer, stream: np.ndarray, length: int, cfg: EvalConfig, device: torch.device, precision: Precision = Precision.fp32, progress: bool = True) -> LengthResult:
+def unavailable_reason(model: Transformer, stream_len: int, length: int) -> Optional[str]:
+    """Why ``length`` cannot be evaluated (reported as n/a), or None."""
+    reason = model.encoding.length_limit_reason(length)
+    if reason is None and stream_len < length + 1:
+        reason = f"the validation stream has {stream_len} tokens, fewer than one window of {length + 1}"
+    return reason
+
+
+def evaluate_length(model: Transformer, stream: np.ndarray, length: int, cfg: EvalConfig, device: torch.device,
+                    precision: Precision = Precision.fp32, progress: bool = True) -> LengthResult:
     protocol = cfg.protocol.value
-    limit = model.encoding.length_limit_reason(length)
-    if limit is None and len(stream) < length + 1:
-        limit = f"the validation stream has {len(stream)} tokens, fewer than one window of {length + 1}"
-    if limit is not None:
-        return LengthResult(length, protocol, "n/a", reason=limit)
+    stride = resolve_stride(length, protocol, cfg.stride)
+    reason = unavailable_reason(model, len(stream), length)
+    if reason is not None:
+        return LengthResult(length, protocol, "n/a", stride=stride, reason=reason)
     started = time.perf_counter()
     plan = list(windows(len(stream), length, protocol, cfg.stride, cfg.max_tokens))
-    nll_sum, counts = np.zeros(length), np.zeros(length, dtype=np.int64)
+    nll_sum, counts = np.zeros(length), np.zeros(length, dtype=np.int64)  # per position in the window
     model.eval()
     bar = tqdm(total=len(plan), desc=f"eval L={length}", unit="win", disable=not progress, leave=False)
     for i in range(0, len(plan), cfg.batch_size):
         with autocast(device, precision):
-            nll = score_windows(model, stream, length, plan[i : i + cfg.batch_size], device).numpy()
-        scored = ~np.isnan(nll)
+            nll, scored = score_windows(model, stream, length, plan[i : i + cfg.batch_size], device)
         nll_sum += np.where(scored, nll, 0.0).sum(axis=0)
         counts += scored.sum(axis=0)
-        bar.update(nll.shape[0])
+        bar.update(len(scored))
     bar.close()
     total = int(counts.sum())
-    mean = float(nll_sum.sum() / total)
+    mean = float(nll_sum.sum() / total)  # token-weighted: every scored target counts once
     return LengthResult(
-        length, protocol, "ok", nll=mean, ppl=float(np.exp(mean)), tokens_scored=total, windows=len(plan),
-        backend=model.backend_for(length), wall_time_s=time.perf_counter() - started,
-        position_curve=position_curve(nll_sum, counts, cfg.position_buckets),
+        length, protocol, "ok", stride=stride, nll=mean, ppl=perplexity(mean),
+        tokens_scored=total, windows=len(plan), backend=model.backend_for(length),
+        wall_time_s=time.perf_counter() - started,
+        position_curve=position_curve(nll_sum, counts, cfg.position_buckets, bucket_kind(cfg)),
     )
 
 
-def evaluate_lengths(model: Transformer, stream: np.ndarray, cfg: EvalConfig, device: torch.device, precision: Precision = Precision.fp32, progress: bool = True) -> list[LengthResult]:
-    return [evaluate_length(model, stream, n, cfg, device, precision, progress) for n in cfg.lengths]
+def evaluate_lengths(model: Transformer, stream: np.ndarray, cfg: EvalConfig, device: torch.device,
+                     precision: Precision = Precision.fp32, progress: bool = True) -> list[LengthResult]:
+    for length in cfg.lengths:  # a bad stride fails before any length is computed
+        resolve_stride(length, cfg.protocol.value, cfg.stride)
+    bar = tqdm(cfg.lengths, desc="eval lengths", unit="len", disable=not progress)
+    results = []
+    for length in bar:
+        bar.set_postfix(L=length)
+        results.append(evaluate_length(model, stream, length, cfg, device, precision, progress))
+    return results

@@ -1,4 +1,4 @@
-"""Evaluate a model at every ``eval.lengths`` entry, then write, print and log the results."""
+"""Evaluate a model at every ``eval.lengths`` entry, then write, plot, print and log the results."""
 
 from __future__ import annotations
 
@@ -10,52 +10,73 @@ import numpy as np
 import torch
 
 from posbench.config import RunConfig, to_plain_dict
-from posbench.evaluation.evaluator import evaluate_lengths
-from posbench.evaluation.protocol import __doc__ as PROTOCOL_DOC
+from posbench.evaluation.evaluator import bucket_kind, evaluate_lengths
+from posbench.evaluation.protocol import protocol_statement
 from posbench.model.transformer import Transformer
-from posbench.results import format_table, write_results
+from posbench.plots import write_plots
+from posbench.results import RESULTS_JSON, format_table, write_results
 from posbench.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
 
-def protocol_statement(run: RunConfig, separator_id: int) -> dict[str, Any]:
-    """The protocol, stated in every results file."""
-    stride = run.eval.stride
-    return {
-        "name": run.eval.protocol.value,
-        "stride": stride if stride is not None or run.eval.protocol.value == "nonoverlapping" else "length/2",
-        "max_tokens_per_length": run.eval.max_tokens,
-        "aggregation": "perplexity = exp(token-weighted mean NLL over all scored tokens)",
-        "stream": f"validation documents joined by separator token {separator_id}, one separator before the first",
-        "positions": "each window starts at position 0",
-        "description": " ".join(PROTOCOL_DOC.split()),
-    }
-
-
 def run_metadata(run: RunConfig, model: Transformer, corpus_info: dict, extra: dict[str, Any]) -> dict[str, Any]:
+    """What results.json says about the model, data and config besides the numbers."""
     return {
         "encoding": model.encoding.label,
         "train_seq_len": run.train.seq_len,
         "model": {"name": run.model.name, "parameters": model.num_parameters(non_embedding=False),
                   "non_embedding_parameters": model.num_parameters()},
         "data": corpus_info,
+        "precision": run.train.precision.value,
+        "eval_config": to_plain_dict(run.eval),
         "config": to_plain_dict(run),
         **extra,
     }
+
+
+def tracker_rows(document: dict) -> list[dict]:
+    """One row per length for ``Tracker.log_eval``: the results row without its curve, plus the
+    ratio to the training length, so runs trained at different lengths line up in W&B."""
+    train_len = document["train_seq_len"]
+    return [{**{k: v for k, v in row.items() if k != "position_curve"}, "x_train": row["length"] / train_len}
+            for row in document["results"]]
+
+
+def summary_values(document: dict) -> dict[str, Any]:
+    """Once-per-run values: perplexity at each length (a column per length in the W&B runs table)."""
+    ok = [row for row in document["results"] if row["status"] == "ok"]
+    values: dict[str, Any] = {f"eval/ppl@{row['length']}": row["ppl"] for row in ok}
+    at_train = [row["ppl"] for row in ok if row["length"] == document["train_seq_len"]]
+    if at_train:
+        values["eval/ppl_at_train_len"] = at_train[0]
+    values["eval/protocol"] = document["protocol"]["name"]
+    values["eval/tokens_scored"] = sum(row["tokens_scored"] for row in document["results"])
+    values["eval/wall_time_s"] = sum(row["wall_time_s"] for row in document["results"])
+    return values
+
+
+def report_to_tracker(tracker: Tracker, document: dict, plots: dict[str, Path]) -> None:
+    tracker.log_eval(tracker_rows(document))
+    for name, path in plots.items():
+        tracker.log_image(f"plots/{name}", str(path))
+    tracker.summary(summary_values(document))
 
 
 def evaluate_and_report(
     model: Transformer, val_stream: np.ndarray, separator_id: int, run: RunConfig, run_dir: Path,
     tracker: Tracker, device: torch.device, metadata: dict[str, Any],
 ) -> dict:
-    """Evaluate, write results.json/.csv into ``run_dir``, print the table, log to the tracker."""
-    results = evaluate_lengths(model, val_stream, run.eval, device, run.train.precision)
-    rows = [r.to_dict() for r in results]
-    document = write_results(run_dir, rows, {**metadata, "protocol": protocol_statement(run, separator_id)})
-    table = format_table(rows, run.train.seq_len)
-    print(f"\nPerplexity of {metadata['encoding']} trained at {run.train.seq_len} ({run.eval.protocol.value} windows):")
-    print(table, flush=True)
-    tracker.log_eval([{k: v for k, v in r.items() if k != "position_curve"} for r in rows if r["status"] == "ok"])
-    log.info("results written to %s", run_dir / "results.json")
+    """Evaluate; write results.json/.csv and the plots into ``run_dir``; print the table; log to the tracker."""
+    cfg = run.eval
+    results = evaluate_lengths(model, val_stream, cfg, device, run.train.precision)
+    statement = protocol_statement(cfg.protocol.value, cfg.stride, cfg.max_tokens, cfg.position_buckets,
+                                   bucket_kind(cfg), separator_id)
+    document = write_results(run_dir, [r.to_dict() for r in results],
+                             {**metadata, "device": str(device), "protocol": statement})
+    plots = write_plots(document, run_dir)
+    print(f"\nPerplexity of {document['encoding']} trained at {run.train.seq_len} ({cfg.protocol.value} windows):")
+    print(format_table(document["results"], run.train.seq_len), flush=True)
+    report_to_tracker(tracker, document, plots)
+    log.info("results and plots written to %s", Path(run_dir) / RESULTS_JSON)
     return document

@@ -1,0 +1,127 @@
+"""Plots of results documents (``posbench.results``): perplexity against evaluation length,
+and mean loss by position inside the window.
+
+matplotlib's object API on a bare ``Figure`` renders with Agg: no display, no pyplot global
+state, so plotting works on headless machines and never opens a window. Lengths a model
+cannot take are marked "n/a" on the length axis rather than silently dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterable, Optional
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullLocator
+
+DPI = 120
+NA_Y = 0.03  # height of the n/a markers, in axes coordinates
+LOG_Y_SPREAD = 10.0  # a log perplexity axis once values span a decade: past a breaking point they grow by orders
+EXTRAPOLATION_PNG, POSITION_LOSS_PNG = "extrapolation.png", "position_loss.png"
+
+
+def _has_value(row: dict, key: str) -> bool:
+    return row["status"] == "ok" and row[key] is not None and math.isfinite(row[key])
+
+
+def length_label(n: int) -> str:
+    """2048 -> "2K", 1536 -> "1536", 128 -> "128": tick labels that stay short."""
+    return f"{n // 1024}K" if n >= 1024 and n % 1024 == 0 else str(n)
+
+
+def series_label(document: dict, many: bool) -> str:
+    """Encoding and training length for one run; the run name when several runs share a plot."""
+    if many and document.get("run_name"):
+        return document["run_name"]
+    return f"{document['encoding']} (L={document['train_seq_len']})"
+
+
+def _mark_missing(ax, rows: Iterable[dict], color) -> None:
+    """An x on the length axis for every length without a finite perplexity, with why in a word."""
+    for row in rows:
+        if _has_value(row, "ppl"):
+            continue
+        text = "n/a" if row["status"] != "ok" else "not finite"
+        ax.plot(row["length"], NA_Y, marker="x", color=color, transform=ax.get_xaxis_transform(), clip_on=False)
+        ax.annotate(text, (row["length"], NA_Y), xycoords=ax.get_xaxis_transform(), xytext=(4, 2),
+                    textcoords="offset points", fontsize=8, color=color)
+
+
+def _training_lines(ax, train_lengths: Iterable[int]) -> None:
+    for n in sorted(set(train_lengths)):
+        ax.axvline(n, color="0.4", linestyle="--", linewidth=1, label=f"training length {n}")
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    return path
+
+
+def plot_extrapolation(documents: list[dict], path: str | Path, title: Optional[str] = None) -> Path:
+    """Perplexity against evaluation length (log-x), one line per results document."""
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.add_subplot()
+    lengths = sorted({row["length"] for doc in documents for row in doc["results"]})
+    for doc in documents:
+        ok = [row for row in doc["results"] if _has_value(row, "ppl")]
+        line, = ax.plot([r["length"] for r in ok], [r["ppl"] for r in ok], marker="o", label=series_label(doc, len(documents) > 1))
+        _mark_missing(ax, doc["results"], line.get_color())
+    _training_lines(ax, (doc["train_seq_len"] for doc in documents))
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(lengths, [length_label(n) for n in lengths])
+    ax.xaxis.set_minor_locator(NullLocator())  # unlabeled base-2 minor ticks are clutter
+    values = [row["ppl"] for doc in documents for row in doc["results"] if _has_value(row, "ppl")]
+    if values and max(values) >= LOG_Y_SPREAD * min(values):
+        ax.set_yscale("log")
+    if not values:
+        ax.set_yticks([])  # no perplexity to read off, only the n/a marks
+    ax.set_xlabel("evaluation length (tokens)")
+    ax.set_ylabel("perplexity")
+    protocols = ", ".join(sorted({doc["protocol"]["name"] for doc in documents}))
+    ax.set_title(title or f"Perplexity by evaluation length ({protocols} windows)")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def bucket_centres(curve: dict, kind: str) -> list[float]:
+    """Where to draw each bucket, in tokens of context: position p is predicted from p+1 tokens."""
+    if kind == "log":
+        return [math.sqrt((lo + 1) * hi) for lo, hi in zip(curve["start"], curve["end"])]
+    return [(lo + 1 + hi) / 2 for lo, hi in zip(curve["start"], curve["end"])]
+
+
+def plot_position_loss(document: dict, path: str | Path) -> Path:
+    """Mean NLL by position bucket inside the window, one line per evaluation length."""
+    kind = document["protocol"]["bucket_kind"]
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.add_subplot()
+    for row in document["results"]:
+        if row["status"] != "ok":
+            ax.plot([], [], linestyle="none", marker="x", label=f"L={row['length']}: n/a")
+            continue
+        curve = row["position_curve"]
+        points = [(x, y) for x, y in zip(bucket_centres(curve, kind), curve["nll"]) if y is not None]
+        ax.plot([x for x, _ in points], [y for _, y in points], marker=".", label=f"L={row['length']}")
+    _training_lines(ax, [document["train_seq_len"]])
+    if kind == "log":
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: length_label(round(x)) if x >= 1 else ""))
+    ax.set_xlabel("tokens of context (position in window + 1)")
+    ax.set_ylabel("mean NLL (nats)")
+    ax.set_title(f"{document['encoding']} trained at {document['train_seq_len']}: loss by position "
+                 f"({document['protocol']['name']} windows)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def write_plots(document: dict, run_dir: str | Path) -> dict[str, Path]:
+    """Both plots of one run into ``run_dir``; returns {name: path}."""
+    run_dir = Path(run_dir)
+    return {
+        "extrapolation": plot_extrapolation([document], run_dir / EXTRAPOLATION_PNG),
+        "position_loss": plot_position_loss(document, run_dir / POSITION_LOSS_PNG),
+    }
