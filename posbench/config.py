@@ -15,7 +15,7 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from posbench.encodings import ENCODINGS, EncodingConfig
+from posbench.encodings import ENCODINGS, EncodingConfig, register_scaling_schemas
 
 SCHEMA_VERSION = 1
 
@@ -230,6 +230,7 @@ def register_schemas() -> None:
     cs.store(name="eval_run_schema", node=EvalRunConfig)
     for name, (config_cls, _) in ENCODINGS.items():
         cs.store(group="schema/encoding", name=name, node=config_cls)
+    register_scaling_schemas(cs)
     cs.store(group="schema/model", name="model", node=ModelConfig)
     for name, cls in DATA_SCHEMAS.items():
         cs.store(group="schema/data", name=name, node=cls)

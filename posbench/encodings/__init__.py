@@ -9,21 +9,39 @@ from __future__ import annotations
 from posbench.encodings.absolute import Learned, LearnedConfig, NoPE, NopeConfig, Sinusoidal, SinusoidalConfig
 from posbench.encodings.alibi import Alibi, AlibiConfig, alibi_slopes
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
+from posbench.encodings.cope import Cope, CopeConfig
+from posbench.encodings.fire import Fire, FireConfig
+from posbench.encodings.kerple import KerpleLog, KerpleLogConfig, KerplePower, KerplePowerConfig
 from posbench.encodings.rope import Rope, RopeConfig
+from posbench.encodings.rope_scaling import SCALING_CONFIGS, register_scaling_schemas, rope_frequencies
+from posbench.encodings.sandwich import Sandwich, SandwichConfig
+from posbench.encodings.t5 import T5Bias, T5Config, t5_relative_bucket
+from posbench.encodings.xpos import Xpos, XposConfig
 
 ENCODINGS: dict[str, tuple[type[EncodingConfig], type[PositionalEncoding]]] = {
     "nope": (NopeConfig, NoPE),
     "sinusoidal": (SinusoidalConfig, Sinusoidal),
     "learned": (LearnedConfig, Learned),
     "rope": (RopeConfig, Rope),
+    "xpos": (XposConfig, Xpos),
     "alibi": (AlibiConfig, Alibi),
+    "t5": (T5Config, T5Bias),
+    "kerple_log": (KerpleLogConfig, KerpleLog),
+    "kerple_power": (KerplePowerConfig, KerplePower),
+    "fire": (FireConfig, Fire),
+    "sandwich": (SandwichConfig, Sandwich),
+    "cope": (CopeConfig, Cope),
 }
 
 
-def build_encoding(cfg: EncodingConfig, d_model: int, n_heads: int, head_dim: int, init_std: float) -> PositionalEncoding:
+def build_encoding(cfg: EncodingConfig, d_model: int, n_heads: int, head_dim: int, init_std: float,
+                   n_layers: int = 1) -> PositionalEncoding:
     if cfg.name not in ENCODINGS:
         raise ValueError(f"unknown encoding {cfg.name!r}; valid encodings: {', '.join(sorted(ENCODINGS))}")
-    return ENCODINGS[cfg.name][1](cfg, d_model, n_heads, head_dim, init_std)
+    return ENCODINGS[cfg.name][1](cfg, d_model, n_heads, head_dim, init_std, n_layers)
 
 
-__all__ = ["ENCODINGS", "EncodingConfig", "PositionalEncoding", "alibi_slopes", "build_encoding"]
+__all__ = [
+    "ENCODINGS", "SCALING_CONFIGS", "EncodingConfig", "PositionalEncoding", "alibi_slopes", "build_encoding",
+    "register_scaling_schemas", "rope_frequencies", "t5_relative_bucket",
+]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -10,6 +9,7 @@ import torch
 from torch import nn
 
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
+from posbench.encodings.positions import RandomPositionsOption, position_sampler
 
 
 @dataclass
@@ -23,12 +23,15 @@ class NoPE(PositionalEncoding):
 
 
 @dataclass
-class SinusoidalConfig(EncodingConfig):
+class SinusoidalConfig(EncodingConfig, RandomPositionsOption):
     name: str = "sinusoidal"
     base: float = 10000.0
     # amplitude relative to the embedding init std: 1.0 puts the table and the token
     # embeddings on one scale, as the original Transformer's sqrt(d) embedding scaling does
     amplitude: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.check_random_positions()
 
 
 def sinusoidal_table(pos: torch.Tensor, d_model: int, base: float = 10000.0) -> torch.Tensor:
@@ -42,15 +45,29 @@ def sinusoidal_table(pos: torch.Tensor, d_model: int, base: float = 10000.0) -> 
 class Sinusoidal(PositionalEncoding):
     cfg: SinusoidalConfig
 
+    def __init__(self, cfg: SinusoidalConfig, d_model: int, n_heads: int, head_dim: int, init_std: float, n_layers: int = 1):
+        super().__init__(cfg, d_model, n_heads, head_dim, init_std, n_layers)
+        self.sampler = position_sampler(cfg)
+
     def embed_input(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         table = sinusoidal_table(pos, self.d_model, self.cfg.base)  # (T, D)
         return x + (self.cfg.amplitude * self.init_std) * table.to(x.dtype)
 
 
 @dataclass
-class LearnedConfig(EncodingConfig):
+class LearnedConfig(EncodingConfig, RandomPositionsOption):
     name: str = "learned"
     max_positions: int = "${train.seq_len}"  # type: ignore[assignment]  # table size
+
+    def __post_init__(self) -> None:
+        self.check_random_positions()
+        if self.random_positions_max is not None and isinstance(self.max_positions, int) \
+                and self.max_positions < self.random_positions_max:
+            raise ValueError(
+                f"encoding.max_positions={self.max_positions} is smaller than encoding.random_positions_max="
+                f"{self.random_positions_max}: set max_positions to at least random_positions_max so every "
+                "sampled position has a vector"
+            )
 
 
 class Learned(PositionalEncoding):
@@ -58,17 +75,19 @@ class Learned(PositionalEncoding):
 
     cfg: LearnedConfig
 
-    def __init__(self, cfg: LearnedConfig, d_model: int, n_heads: int, head_dim: int, init_std: float):
-        super().__init__(cfg, d_model, n_heads, head_dim, init_std)
+    def __init__(self, cfg: LearnedConfig, d_model: int, n_heads: int, head_dim: int, init_std: float, n_layers: int = 1):
+        super().__init__(cfg, d_model, n_heads, head_dim, init_std, n_layers)
+        self.sampler = position_sampler(cfg)
         self.table = nn.Embedding(cfg.max_positions, d_model)
 
     def reset_parameters(self) -> None:
         nn.init.normal_(self.table.weight, std=self.init_std)
 
     def length_limit_reason(self, seq_len: int) -> Optional[str]:
-        if seq_len > self.cfg.max_positions:
-            return f"learned positions end at {self.cfg.max_positions}; there is no vector for position {seq_len - 1}"
-        return None
+        needed = self.sampler.span(seq_len)
+        if needed > self.cfg.max_positions:
+            return f"learned positions end at {self.cfg.max_positions}; there is no vector for position {needed - 1}"
+        return self.sampler.length_limit_reason(seq_len)
 
     def embed_input(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         top = int(pos.max())

@@ -40,8 +40,8 @@ class Alibi(PositionalEncoding):
     cfg: AlibiConfig
     has_bias = True
 
-    def __init__(self, cfg: AlibiConfig, d_model: int, n_heads: int, head_dim: int, init_std: float):
-        super().__init__(cfg, d_model, n_heads, head_dim, init_std)
+    def __init__(self, cfg: AlibiConfig, d_model: int, n_heads: int, head_dim: int, init_std: float, n_layers: int = 1):
+        super().__init__(cfg, d_model, n_heads, head_dim, init_std, n_layers)
         self.register_buffer("slopes", alibi_slopes(n_heads), persistent=False)
 
     def score_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:

@@ -1,12 +1,14 @@
-"""The positional-encoding interface: four hooks, each a no-op by default.
+"""The positional-encoding interface: hooks at fixed sites, each a no-op by default.
 
 The model calls every hook at a fixed site (see DESIGN in the README):
 
 | hook | shapes | site |
 |---|---|---|
+| ``positions(T, device)`` | -> (T,) | positions of a forward that was given none |
 | ``embed_input(x, pos)`` | x (B, T, D), pos (T,) | token embeddings, before the first block |
 | ``rotate_qk(q, k, pos)`` | q (B, H, T, Dh), k (B, Hkv, T, Dh) | every attention layer, after projection |
 | ``score_bias(q_pos, k_pos)`` | -> (H, Tq, Tk) or None | added to the logits before softmax |
+| ``score_mod(scores, q, layer)`` | scores (B, H, Tq, Tk) | content-dependent logits (CoPE), explicit scores only |
 | ``logit_scale(seq_len)`` | -> float | multiplies the 1/sqrt(Dh) softmax scale |
 
 Positions are explicit int64 tensors, so a window may start at any offset and a bias may be
@@ -22,6 +24,8 @@ import torch
 from omegaconf import MISSING
 from torch import nn
 
+from posbench.encodings.positions import ARANGE, PositionSampler
+
 
 @dataclass
 class EncodingConfig:
@@ -33,16 +37,24 @@ class PositionalEncoding(nn.Module):
 
     #: True when ``score_bias`` returns a tensor (decides the attention backend)
     has_bias: bool = False
+    #: True when ``score_mod`` needs each layer's explicit scores (decides the attention backend)
+    needs_scores: bool = False
 
-    def __init__(self, cfg: EncodingConfig, d_model: int, n_heads: int, head_dim: int, init_std: float):
+    def __init__(self, cfg: EncodingConfig, d_model: int, n_heads: int, head_dim: int, init_std: float, n_layers: int = 1):
         super().__init__()
         self.cfg = cfg
         self.d_model, self.n_heads, self.head_dim, self.init_std = d_model, n_heads, head_dim, init_std
+        self.n_layers = n_layers
+        self.sampler: PositionSampler = ARANGE  # 0..T-1; randomized encodings swap in their sampler
 
     @property
     def label(self) -> str:
         """The name shown in results and run names."""
-        return self.cfg.name
+        return self.cfg.name + self.sampler.label_suffix
+
+    def positions(self, seq_len: int, device: torch.device) -> torch.Tensor:
+        """Positions for a forward that was given none. -> (T,) int64"""
+        return self.sampler(seq_len, device, self.training)
 
     def embed_input(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         return x
@@ -53,12 +65,17 @@ class PositionalEncoding(nn.Module):
     def score_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> Optional[torch.Tensor]:
         return None
 
+    def score_mod(self, scores: torch.Tensor, q: torch.Tensor, layer: int) -> torch.Tensor:
+        """scores (B, H, Tq, Tk): scaled logits with -inf on future keys; q (B, H, Tq, Dh) already
+        multiplied by the softmax scale. Only called when ``needs_scores``."""
+        return scores
+
     def logit_scale(self, seq_len: int) -> float:
         return 1.0
 
     def length_limit_reason(self, seq_len: int) -> Optional[str]:
         """Why this encoding cannot take ``seq_len`` positions, or None if it can."""
-        return None
+        return self.sampler.length_limit_reason(seq_len)
 
     def reset_parameters(self) -> None:
         """Initialise learned parameters (called from the model's one init function)."""

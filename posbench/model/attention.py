@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Optional
 
 import torch
@@ -25,9 +26,10 @@ class AttentionContext:
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, kv_heads: int):
+    def __init__(self, d_model: int, n_heads: int, kv_heads: int, layer: int = 0):
         super().__init__()
         self.n_heads, self.kv_heads, self.head_dim = n_heads, kv_heads, d_model // n_heads
+        self.layer = layer  # index in the stack, for encodings with per-layer state (CoPE)
         self.q_proj = nn.Linear(d_model, n_heads * self.head_dim, bias=False)
         self.kv_proj = nn.Linear(d_model, 2 * kv_heads * self.head_dim, bias=False)
         self.out_proj = nn.Linear(d_model, d_model, bias=False)
@@ -43,5 +45,6 @@ class CausalSelfAttention(nn.Module):
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
         scale = encoding.logit_scale(T) / math.sqrt(self.head_dim)
         bias_fn = encoding.score_bias if encoding.has_bias else None
-        y = attend(q, k, v, ctx.pos, bias_fn, scale, ctx.backend, ctx.block, ctx.mask)  # (B, H, T, Dh)
+        score_mod = partial(encoding.score_mod, layer=self.layer) if encoding.needs_scores else None
+        y = attend(q, k, v, ctx.pos, bias_fn, scale, ctx.backend, ctx.block, ctx.mask, score_mod)  # (B, H, T, Dh)
         return self.out_proj(y.transpose(1, 2).reshape(B, T, -1))

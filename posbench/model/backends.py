@@ -5,6 +5,9 @@
 - ``blockwise``: query blocks, each attending its causal key prefix with only its
   (H, block, prefix) slice of the bias; memory grows with T, not T².
 - ``eager``: the plain softmax(QKᵀ·scale + bias)V reference that tests check every path against.
+
+An encoding whose logits depend on the scores themselves (a ``score_mod``, e.g. CoPE) needs them
+explicit: ``eager`` for the whole square, ``blockwise`` one query block at a time (sdpa cannot).
 """
 
 from __future__ import annotations
@@ -15,18 +18,23 @@ import torch
 import torch.nn.functional as F
 
 BiasFn = Callable[[torch.Tensor, torch.Tensor], Optional[torch.Tensor]]  # (q_pos, k_pos) -> (H, Tq, Tk)
+ScoreMod = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (scores (B,H,Tq,Tk), scaled q (B,H,Tq,Dh)) -> scores
 
 BACKENDS = ("sdpa", "blockwise", "eager")
 MASK_BYTES_LIMIT = 256 * 2**20  # a full (H, T, T) fp32 mask above this goes blockwise
 
 
-def choose_backend(requested: str, has_bias: bool, n_heads: int, seq_len: int) -> str:
-    """``auto``: causal SDPA without a bias; with one, a full mask while it is small, else blocks."""
+def choose_backend(requested: str, has_bias: bool, n_heads: int, seq_len: int, needs_scores: bool = False) -> str:
+    """``auto``: causal SDPA without a bias; with one, a full mask while it is small, else blocks.
+    Explicit scores (``needs_scores``) run ``eager`` while the square is small, else ``blockwise``."""
+    fits = n_heads * seq_len * seq_len * 4 <= MASK_BYTES_LIMIT
     if requested != "auto":
         if requested not in BACKENDS:
             raise ValueError(f"model.attention={requested!r} is not available; choose auto or one of {', '.join(BACKENDS)}")
-        return requested
-    if not has_bias or n_heads * seq_len * seq_len * 4 <= MASK_BYTES_LIMIT:
+        return "eager" if needs_scores and requested == "sdpa" else requested
+    if needs_scores:
+        return "eager" if fits else "blockwise"
+    if not has_bias or fits:
         return "sdpa"
     return "blockwise"
 
@@ -56,11 +64,15 @@ def attend(
     backend: str,
     block: int = 1024,
     mask: Optional[torch.Tensor] = None,
+    score_mod: Optional[ScoreMod] = None,
 ) -> torch.Tensor:
     """Causal attention over one window. q, k, v (B, H, T, Dh); pos (T,). -> (B, H, T, Dh)
 
     ``mask`` is the precomputed ``full_mask`` for the sdpa path (shared by all layers).
+    ``score_mod`` needs explicit scores: blockwise keeps its blocks, sdpa and eager take one block.
     """
+    if score_mod is not None:
+        return _explicit(q, k, v, pos, bias_fn, scale, block if backend == "blockwise" else q.shape[-2], score_mod)
     if backend == "eager":
         return _eager(q, k, v, pos, bias_fn, scale)
     if backend == "blockwise" and bias_fn is not None:
@@ -91,3 +103,19 @@ def _eager(q, k, v, pos, bias_fn: Optional[BiasFn], scale: float) -> torch.Tenso
     scores = (q.float() @ k.float().transpose(-2, -1)) * scale  # (B, H, T, T)
     scores = scores + causal_bias(bias, idx, idx, torch.float32)[None]
     return (scores.softmax(dim=-1) @ v.float()).to(q.dtype)
+
+
+def _explicit(q, k, v, pos, bias_fn: Optional[BiasFn], scale: float, block: int, score_mod: ScoreMod) -> torch.Tensor:
+    """The eager computation, one query block (and its causal key prefix) at a time, with the
+    encoding's ``score_mod`` applied to each block's fp32 scores."""
+    seq_len = q.shape[-2]
+    idx = torch.arange(seq_len, device=q.device)
+    outputs = []
+    for start in range(0, seq_len, block):
+        end = min(start + block, seq_len)
+        bias = None if bias_fn is None else bias_fn(pos[start:end], pos[:end])
+        q_scaled = q[:, :, start:end].float() * scale  # (B, H, b, Dh)
+        scores = q_scaled @ k[:, :, :end].float().transpose(-2, -1)  # (B, H, b, end)
+        scores = score_mod(scores + causal_bias(bias, idx[start:end], idx[:end], torch.float32)[None], q_scaled)
+        outputs.append((scores.softmax(dim=-1) @ v[:, :, :end].float()).to(q.dtype))
+    return torch.cat(outputs, dim=2)

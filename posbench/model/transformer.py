@@ -43,10 +43,10 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer: int = 0):
         super().__init__()
         self.attn_norm = make_norm(cfg.norm, cfg.d_model)
-        self.attn = CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.kv_heads or cfg.n_heads)
+        self.attn = CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.kv_heads or cfg.n_heads, layer)
         self.mlp_norm = make_norm(cfg.norm, cfg.d_model)
         self.mlp = FeedForward(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
@@ -62,8 +62,8 @@ class Transformer(nn.Module):
         self.cfg = cfg
         self.head_dim = cfg.d_model // cfg.n_heads
         self.embed = nn.Embedding(vocab_size, cfg.d_model)
-        self.encoding = build_encoding(encoding_cfg, cfg.d_model, cfg.n_heads, self.head_dim, cfg.init_std)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.encoding = build_encoding(encoding_cfg, cfg.d_model, cfg.n_heads, self.head_dim, cfg.init_std, cfg.n_layers)
+        self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layers))
         self.final_norm = make_norm(cfg.norm, cfg.d_model)
         self.lm_head = nn.Linear(cfg.d_model, vocab_size, bias=False)
         if cfg.tie_embeddings:
@@ -89,13 +89,15 @@ class Transformer(nn.Module):
         return total - self.embed.weight.numel() if non_embedding else total
 
     def backend_for(self, seq_len: int) -> str:
-        return choose_backend(self.cfg.attention.value, self.encoding.has_bias, self.cfg.n_heads, seq_len)
+        enc = self.encoding
+        return choose_backend(self.cfg.attention.value, enc.has_bias, self.cfg.n_heads, seq_len, enc.needs_scores)
 
     def forward(self, tokens: torch.Tensor, pos: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """tokens (B, T) -> logits (B, T, V); ``pos`` (T,) defaults to 0..T-1."""
+        """tokens (B, T) -> logits (B, T, V); ``pos`` (T,) defaults to the encoding's positions
+        (0..T-1, or sampled ones for randomized positions)."""
         T = tokens.shape[1]
         if pos is None:
-            pos = torch.arange(T, device=tokens.device)
+            pos = self.encoding.positions(T, tokens.device)
         x = self.encoding.embed_input(self.embed(tokens), pos)  # (B, T, D)
         ctx = AttentionContext(self.encoding, pos, self.backend_for(T), self.cfg.attention_block)
         if ctx.backend == "sdpa" and self.encoding.has_bias:

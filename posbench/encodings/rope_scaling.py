@@ -1,0 +1,257 @@
+"""RoPE frequency scaling kinds: one pure function per kind, and their per-kind configs.
+
+Every kind maps (head_dim, base, scale s, original length, its own params) to
+``(inv_freq, attention_factor)``. As in Hugging Face transformers (``modeling_rope_utils``),
+``attention_factor`` multiplies cos and sin, so the logits of the rotated dimensions scale by
+its square. ``rope_frequencies`` is the public entry point; ``original_max_position`` is
+the length the model was trained at.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Mapping, Optional
+
+import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+Frequencies = tuple[torch.Tensor, float]
+
+
+def rope_inv_freq(head_dim: int, base: float = 10000.0) -> torch.Tensor:
+    """RoFormer (Su et al. 2021) eq. 15: theta_i = base^(-2i/d), i = 0 .. d/2-1. -> (head_dim // 2,) float64"""
+    return base ** (-torch.arange(0, head_dim // 2 * 2, 2, dtype=torch.float64) / head_dim)
+
+
+def unscaled(head_dim: int, base: float, s: float, original: Optional[int]) -> Frequencies:
+    return rope_inv_freq(head_dim, base), 1.0
+
+
+def linear(head_dim: int, base: float, s: float, original: Optional[int]) -> Frequencies:
+    """Position Interpolation (Chen et al. 2023, §2.2 eq. 4): position m becomes m/s, i.e. theta/s."""
+    return rope_inv_freq(head_dim, base) / s, 1.0
+
+
+def ntk(head_dim: int, base: float, s: float, original: Optional[int]) -> Frequencies:
+    """NTK-aware interpolation (bloc97 2023; YaRN, Peng et al. 2023 §3.1): base' = base · s^(d/(d-2)),
+    which stretches the lowest frequency by exactly s and leaves the highest almost unchanged."""
+    if head_dim <= 2:
+        raise ValueError(f"NTK-aware scaling needs more than 2 rotary dims (d/(d-2)), got {head_dim}")
+    return rope_inv_freq(head_dim, base * s ** (head_dim / (head_dim - 2))), 1.0
+
+
+def yarn_correction_dim(rotations: float, head_dim: int, base: float, original: int) -> float:
+    """The (fractional) pair index d whose wavelength 2π·base^(2d/D) turns ``rotations`` times in
+    ``original`` tokens, i.e. where YaRN's r(d) = L/λ_d equals ``rotations`` (YaRN §3.2)."""
+    return head_dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+
+def yarn(head_dim: int, base: float, s: float, original: int, *, beta_fast: float = 32.0, beta_slow: float = 1.0,
+         attention_factor: Optional[float] = None, truncate: bool = True) -> Frequencies:
+    """YaRN (Peng et al. 2023, ICLR 2024). §3.2 "NTK-by-parts": pairs that turn more than beta_fast
+    times in the original length keep theta, pairs that turn fewer than beta_slow times take
+    theta/s, and a linear ramp blends between. As in the authors' released code (and HF), the ramp is
+    linear in the pair index between the floor/ceil of the two correction dims (§3.2 writes it as a
+    ramp in r(d)). §3.4: sqrt(1/t) = 0.1·ln(s) + 1 multiplies cos and sin."""
+    low = yarn_correction_dim(beta_fast, head_dim, base, original)
+    high = yarn_correction_dim(beta_slow, head_dim, base, original)
+    if truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, head_dim - 1)
+    if low == high:
+        high += 0.001  # a one-dim ramp would divide by zero
+    ramp = ((torch.arange(head_dim // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)  # 1 = interpolate
+    theta = rope_inv_freq(head_dim, base)
+    inv_freq = theta * (1 - ramp) + (theta / s) * ramp
+    if attention_factor is None:
+        attention_factor = 0.1 * math.log(s) + 1.0 if s > 1 else 1.0
+    return inv_freq, attention_factor
+
+
+def llama3(head_dim: int, base: float, s: float, original: int, *, low_freq_factor: float = 1.0,
+           high_freq_factor: float = 4.0) -> Frequencies:
+    """Llama 3.1 scaling (Meta's reference ``apply_scaling``; HF ``_compute_llama3_parameters``):
+    wavelengths shorter than original/high_freq_factor keep theta, longer than original/low_freq_factor
+    take theta/s, and in between blend with weight (original/λ - low) / (high - low)."""
+    if high_freq_factor <= low_freq_factor:
+        raise ValueError(f"llama3 scaling needs high_freq_factor > low_freq_factor, got {high_freq_factor} <= {low_freq_factor}")
+    theta = rope_inv_freq(head_dim, base)
+    wavelength = 2 * math.pi / theta
+    keep = ((original / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor)).clamp(0, 1)
+    return theta * keep + (theta / s) * (1 - keep), 1.0
+
+
+@dataclass(frozen=True)
+class ScalingKind:
+    frequencies: Callable[..., Frequencies]
+    dynamic: bool  # the scale follows the current length on every call
+    needs_original: bool  # reads original_max_position even at a fixed factor
+
+
+SCALING_KINDS: dict[str, ScalingKind] = {
+    "none": ScalingKind(unscaled, dynamic=False, needs_original=False),
+    "linear": ScalingKind(linear, dynamic=False, needs_original=False),
+    "ntk": ScalingKind(ntk, dynamic=False, needs_original=False),
+    "dynamic_ntk": ScalingKind(ntk, dynamic=True, needs_original=True),
+    "yarn": ScalingKind(yarn, dynamic=False, needs_original=True),
+    "dynamic_yarn": ScalingKind(yarn, dynamic=True, needs_original=True),
+    "llama3": ScalingKind(llama3, dynamic=False, needs_original=True),
+}
+
+
+def dynamic_scale(factor: float, seq_len: int, original: int) -> float:
+    """Dynamic scaling (emozilla 2023; YaRN §3.3; HF "dynamic"): s = factor·L/L0 - (factor - 1) for the
+    current length L past the original L0, else 1. With factor 1 this is YaRN's s = max(1, L/L0)."""
+    return factor * max(seq_len, original) / original - (factor - 1)
+
+
+def scale_for(scaling: str, factor: float | str, original: Optional[int], seq_len: Optional[int]) -> float:
+    """The scale s a kind uses now. ``factor="auto"``: static kinds take max(1, L/L0); dynamic kinds
+    take factor 1, since their rule already follows the length."""
+    kind = SCALING_KINDS[scaling]
+    needs_length = factor == "auto" or kind.dynamic
+    if (kind.needs_original or needs_length) and original is None:
+        raise ValueError(f"RoPE scaling {scaling!r} (factor {factor!r}) needs original_max_position, the training length")
+    if needs_length and seq_len is None and not kind.dynamic:
+        raise ValueError("factor='auto' needs seq_len, the current length")
+    numeric = 1.0 if factor == "auto" else float(factor)
+    if kind.dynamic:
+        return dynamic_scale(numeric, seq_len or original, original)  # type: ignore[arg-type]
+    return max(1.0, seq_len / original) if factor == "auto" else numeric  # type: ignore[operator]
+
+
+def rope_frequencies(head_dim: int, base: float = 10000.0, scaling: str = "none", factor: float | str = 1.0,
+                     original_max_position: Optional[int] = None, seq_len: Optional[int] = None,
+                     **params: Any) -> Frequencies:
+    """(inv_freq (head_dim // 2,) float64, attention_factor) of one scaling kind at the current length.
+
+    ``factor``: a number >= 1 or "auto" (= seq_len / original_max_position, at least 1);
+    ``params``: the kind's own values (yarn: beta_fast, beta_slow, attention_factor, truncate;
+    llama3: low_freq_factor, high_freq_factor). Nothing is cached: every call computes afresh.
+    """
+    if scaling not in SCALING_KINDS:
+        raise ValueError(f"unknown RoPE scaling {scaling!r}; valid: {', '.join(SCALING_KINDS)}")
+    if factor != "auto" and float(factor) < 1:
+        raise ValueError(f"RoPE scaling factor must be >= 1 (1 = unscaled) or 'auto', got {factor}")
+    s = scale_for(scaling, factor, original_max_position, seq_len)
+    return SCALING_KINDS[scaling].frequencies(head_dim, base, s, original_max_position, **params)
+
+
+# ---- per-kind configs (``encoding/scaling=KIND``) ------------------------------------------------
+
+
+@dataclass
+class ScalingConfig:
+    kind: str = "none"
+    # a number >= 1, or "auto" = current length (last position + 1) / original_max_position
+    factor: Any = 1.0
+    # the length the model was trained at (the YAML sets ${train.seq_len})
+    original_max_position: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in SCALING_KINDS:
+            raise ValueError(f"unknown encoding.scaling.kind {self.kind!r}; valid: {', '.join(SCALING_KINDS)}")
+        if self.factor != "auto":
+            try:
+                self.factor = float(self.factor)
+            except (TypeError, ValueError):
+                self.factor = -1.0
+            if self.factor < 1:
+                raise ValueError("encoding.scaling.factor must be a number >= 1 (1 = unscaled) or auto "
+                                 "(= evaluation length / original_max_position)")
+        kind = SCALING_KINDS[self.kind]
+        if (kind.needs_original or kind.dynamic or self.factor == "auto") and self.original_max_position is None:
+            raise ValueError(f"encoding.scaling.original_max_position is unset for kind {self.kind!r}: "
+                             "set it to the length the model was trained at (the YAML default is ${train.seq_len})")
+
+    def params(self) -> dict[str, Any]:
+        """The kind's own knobs (fields beyond the shared three)."""
+        shared = {f.name for f in fields(ScalingConfig)}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in shared}
+
+    def frequencies(self, head_dim: int, base: float, seq_len: int) -> Frequencies:
+        return rope_frequencies(head_dim, base, self.kind, self.factor, self.original_max_position, seq_len, **self.params())
+
+
+@dataclass
+class NoScalingConfig(ScalingConfig):
+    kind: str = "none"
+
+
+@dataclass
+class LinearScalingConfig(ScalingConfig):
+    kind: str = "linear"
+
+
+@dataclass
+class NtkScalingConfig(ScalingConfig):
+    kind: str = "ntk"
+
+
+@dataclass
+class DynamicNtkScalingConfig(ScalingConfig):
+    kind: str = "dynamic_ntk"
+
+
+@dataclass
+class YarnScalingConfig(ScalingConfig):
+    kind: str = "yarn"
+    beta_fast: float = 32.0  # pairs turning more often than this in the original length keep theta
+    beta_slow: float = 1.0  # pairs turning less often than this are fully interpolated
+    attention_factor: Optional[float] = None  # null = 0.1·ln(s) + 1 (YaRN §3.4)
+    truncate: bool = True  # floor/ceil the correction dims, as the released code does
+
+
+@dataclass
+class DynamicYarnScalingConfig(YarnScalingConfig):
+    kind: str = "dynamic_yarn"
+
+
+@dataclass
+class Llama3ScalingConfig(ScalingConfig):
+    kind: str = "llama3"
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+
+
+SCALING_CONFIGS: dict[str, type[ScalingConfig]] = {
+    "none": NoScalingConfig,
+    "linear": LinearScalingConfig,
+    "ntk": NtkScalingConfig,
+    "dynamic_ntk": DynamicNtkScalingConfig,
+    "yarn": YarnScalingConfig,
+    "dynamic_yarn": DynamicYarnScalingConfig,
+    "llama3": Llama3ScalingConfig,
+}
+
+
+def scaling_config(value: Any) -> ScalingConfig:
+    """None, a dataclass, or a plain mapping (from YAML or a checkpoint) -> the kind's typed config."""
+    if value is None:
+        return NoScalingConfig()
+    if isinstance(value, ScalingConfig):
+        return value
+    if not isinstance(value, Mapping) and not OmegaConf.is_dict(value):
+        raise ValueError(f"encoding.scaling must be a mapping with a kind, got {value!r}")
+    plain = dict(OmegaConf.to_container(value) if OmegaConf.is_dict(value) else value)
+    kind = plain.get("kind", "none")
+    if kind not in SCALING_CONFIGS:
+        raise ValueError(f"unknown encoding.scaling.kind {kind!r}; valid: {', '.join(SCALING_CONFIGS)}")
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(SCALING_CONFIGS[kind]), plain)
+    except OmegaConfBaseException as exc:
+        valid = ", ".join(f.name for f in fields(SCALING_CONFIGS[kind]))
+        raise ValueError(f"encoding.scaling ({kind}): {str(exc).splitlines()[0]}; its keys are {valid}") from None
+    return OmegaConf.to_object(typed)  # type: ignore[return-value]
+
+
+def register_scaling_schemas(store: Any = None) -> None:
+    """Put each kind's schema in Hydra's ConfigStore as ``schema/encoding/scaling/<kind>``, which
+    ``configs/encoding/scaling/*.yaml`` name (optionally) in their defaults lists."""
+    from hydra.core.config_store import ConfigStore
+
+    store = store or ConfigStore.instance()
+    for kind, cls in SCALING_CONFIGS.items():
+        store.store(group="schema/encoding/scaling", name=kind, node=cls)
