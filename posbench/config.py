@@ -34,6 +34,7 @@ class Attention(str, Enum):
     auto = "auto"
     sdpa = "sdpa"
     blockwise = "blockwise"
+    linear = "linear"
     flex = "flex"
     eager = "eager"
 

@@ -12,7 +12,7 @@ from posbench.model.transformer import Transformer
 
 ALL = sorted(ENCODINGS)
 # FIRE divides by the query position, so only distances below its threshold are shift-invariant (tested in test_encoding_formulas.py)
-RELATIVE = [name for name in ALL if name not in {"sinusoidal", "learned", "fire"}]
+RELATIVE = [name for name in ALL if name not in {"sinusoidal", "learned", "fire", "hybrid"}]  # hybrid: sinusoidal+alibi
 VOCAB = 64
 
 

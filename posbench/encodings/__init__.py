@@ -11,6 +11,7 @@ from posbench.encodings.alibi import Alibi, AlibiConfig, alibi_slopes
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
 from posbench.encodings.cope import Cope, CopeConfig
 from posbench.encodings.fire import Fire, FireConfig
+from posbench.encodings.hybrid import Hybrid, HybridConfig
 from posbench.encodings.kerple import KerpleLog, KerpleLogConfig, KerplePower, KerplePowerConfig
 from posbench.encodings.rope import Rope, RopeConfig
 from posbench.encodings.rope_scaling import SCALING_CONFIGS, register_scaling_schemas, rope_frequencies
@@ -31,6 +32,7 @@ ENCODINGS: dict[str, tuple[type[EncodingConfig], type[PositionalEncoding]]] = {
     "fire": (FireConfig, Fire),
     "sandwich": (SandwichConfig, Sandwich),
     "cope": (CopeConfig, Cope),
+    "hybrid": (HybridConfig, Hybrid),
 }
 
 

@@ -44,6 +44,12 @@ class Alibi(PositionalEncoding):
         super().__init__(cfg, d_model, n_heads, head_dim, init_std, n_layers)
         self.register_buffer("slopes", alibi_slopes(n_heads), persistent=False)
 
+    def linear_slopes(self) -> torch.Tensor:
+        return self.slopes
+
+    def flex_bias(self, score, head, q_pos, k_pos):
+        return score - self.slopes[head] * (q_pos - k_pos).float()
+
     def score_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         """-m_h · (i - j) for query position i and key position j. -> (H, Tq, Tk)"""
         distance = (q_pos[:, None] - k_pos[None, :]).float()  # (Tq, Tk)

@@ -70,6 +70,15 @@ class PositionalEncoding(nn.Module):
         multiplied by the softmax scale. Only called when ``needs_scores``."""
         return scores
 
+    def linear_slopes(self) -> Optional[torch.Tensor]:
+        """(H,) slopes m when ``score_bias`` is exactly -m·(q_pos - k_pos), else None.
+        Lets long evaluation run through the flash kernel without a mask (model/linear_bias.py)."""
+        return None
+
+    def flex_bias(self, score: torch.Tensor, head: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        """``score_bias`` for one (head, query, key) element, in ops FlexAttention can compile."""
+        raise NotImplementedError(f"encoding {self.label!r} has no FlexAttention score_mod; use model.attention=auto")
+
     def logit_scale(self, seq_len: int) -> float:
         return 1.0
 

@@ -36,7 +36,7 @@ EVAL_CONFIG_YAML = "eval_config.yaml"
 def refused_keys(group: str, values: dict) -> list[str]:
     allowed = OVERRIDABLE[group]
     if allowed is None:  # an encoding's name picks another class and other weights
-        return ["name"] if group == "encoding" and "name" in values else []
+        return sorted({"name", "members"} & set(values)) if group == "encoding" else []
     return sorted(set(values) - set(allowed))
 
 

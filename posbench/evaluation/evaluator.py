@@ -94,7 +94,7 @@ def evaluate_length(model: Transformer, stream: np.ndarray, length: int, cfg: Ev
     mean = float(nll_sum.sum() / total)  # token-weighted: every scored target counts once
     return LengthResult(
         length, protocol, "ok", stride=stride, nll=mean, ppl=perplexity(mean),
-        tokens_scored=total, windows=len(plan), backend=model.backend_for(length),
+        tokens_scored=total, windows=len(plan), backend=getattr(model, "last_backend", None) or model.backend_for(length),
         wall_time_s=time.perf_counter() - started,
         position_curve=position_curve(nll_sum, counts, cfg.position_buckets, bucket_kind(cfg)),
     )

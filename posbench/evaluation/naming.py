@@ -19,7 +19,8 @@ UNREADABLE = "checkpoint"  # the job itself then says, in one line, what is wron
 
 def config_label(config: dict) -> str:
     """``alibi_L2048`` for a run config dict, as in training folder names."""
-    return f"{config['encoding']['name']}_L{config['train']['seq_len']}"
+    encoding = config['encoding']
+    return f"{encoding.get('members', encoding['name'])}_L{config['train']['seq_len']}"  # hybrids: sinusoidal+alibi
 
 
 def checkpoint_label(path: str) -> str:

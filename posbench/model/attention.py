@@ -46,5 +46,6 @@ class CausalSelfAttention(nn.Module):
         scale = encoding.logit_scale(T) / math.sqrt(self.head_dim)
         bias_fn = encoding.score_bias if encoding.has_bias else None
         score_mod = partial(encoding.score_mod, layer=self.layer) if encoding.needs_scores else None
-        y = attend(q, k, v, ctx.pos, bias_fn, scale, ctx.backend, ctx.block, ctx.mask, score_mod)  # (B, H, T, Dh)
+        y = attend(q, k, v, ctx.pos, bias_fn, scale, ctx.backend, ctx.block, ctx.mask, score_mod,
+                   encoding.linear_slopes(), encoding.flex_bias)  # (B, H, T, Dh)
         return self.out_proj(y.transpose(1, 2).reshape(B, T, -1))

@@ -4,6 +4,10 @@
   float mask (bias + causal -inf) for the whole (T, T) square.
 - ``blockwise``: query blocks, each attending its causal key prefix with only its
   (H, block, prefix) slice of the bias; memory grows with T, not T².
+- ``linear``: for biases linear in distance (ALiBi), the blockwise computation through the
+  flash kernel with no mask at all (see ``linear_bias.py``); CPU, no autograd (evaluation).
+- ``flex``: FlexAttention with the encoding's elementwise ``flex_bias`` as its ``score_mod``
+  (CUDA forward and backward; CPU forward, compiled).
 - ``eager``: the plain softmax(QKᵀ·scale + bias)V reference that tests check every path against.
 
 An encoding whose logits depend on the scores themselves (a ``score_mod``, e.g. CoPE) needs them
@@ -20,23 +24,29 @@ import torch.nn.functional as F
 BiasFn = Callable[[torch.Tensor, torch.Tensor], Optional[torch.Tensor]]  # (q_pos, k_pos) -> (H, Tq, Tk)
 ScoreMod = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (scores (B,H,Tq,Tk), scaled q (B,H,Tq,Dh)) -> scores
 
-BACKENDS = ("sdpa", "blockwise", "eager")
+BACKENDS = ("sdpa", "blockwise", "linear", "flex", "eager")
 MASK_BYTES_LIMIT = 256 * 2**20  # a full (H, T, T) fp32 mask above this goes blockwise
 
 
-def choose_backend(requested: str, has_bias: bool, n_heads: int, seq_len: int, needs_scores: bool = False) -> str:
-    """``auto``: causal SDPA without a bias; with one, a full mask while it is small, else blocks.
+def choose_backend(requested: str, has_bias: bool, n_heads: int, seq_len: int, needs_scores: bool = False,
+                   linear_ok: bool = False) -> str:
+    """``auto``: causal SDPA without a bias; with one, a full mask while it is small, else blocks
+    (the mask-free ``linear`` path when the bias allows it and ``linear_ok``: CPU, no autograd).
     Explicit scores (``needs_scores``) run ``eager`` while the square is small, else ``blockwise``."""
     fits = n_heads * seq_len * seq_len * 4 <= MASK_BYTES_LIMIT
     if requested != "auto":
         if requested not in BACKENDS:
             raise ValueError(f"model.attention={requested!r} is not available; choose auto or one of {', '.join(BACKENDS)}")
-        return "eager" if needs_scores and requested == "sdpa" else requested
+        if needs_scores and requested in ("sdpa", "linear", "flex"):
+            return "eager" if fits else "blockwise"
+        if requested == "linear" and not linear_ok:
+            return "blockwise"  # the flash kernel's log-sum-exp has no autograd; keep exact gradients
+        return requested
     if needs_scores:
         return "eager" if fits else "blockwise"
     if not has_bias or fits:
         return "sdpa"
-    return "blockwise"
+    return "linear" if linear_ok else "blockwise"
 
 
 def causal_bias(bias: Optional[torch.Tensor], q_pos_idx: torch.Tensor, k_pos_idx: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -65,17 +75,29 @@ def attend(
     block: int = 1024,
     mask: Optional[torch.Tensor] = None,
     score_mod: Optional[ScoreMod] = None,
+    slopes: Optional[torch.Tensor] = None,
+    flex_bias: Optional[Callable] = None,
 ) -> torch.Tensor:
     """Causal attention over one window. q, k, v (B, H, T, Dh); pos (T,). -> (B, H, T, Dh)
 
     ``mask`` is the precomputed ``full_mask`` for the sdpa path (shared by all layers).
     ``score_mod`` needs explicit scores: blockwise keeps its blocks, sdpa and eager take one block.
+    ``slopes`` (H,): the bias is -slopes·(i - j), which the ``linear`` path uses; ``flex_bias``
+    is the encoding's elementwise bias for the ``flex`` path.
     """
     if score_mod is not None:
         return _explicit(q, k, v, pos, bias_fn, scale, block if backend == "blockwise" else q.shape[-2], score_mod)
     if backend == "eager":
         return _eager(q, k, v, pos, bias_fn, scale)
-    if backend == "blockwise" and bias_fn is not None:
+    if backend == "linear" and slopes is not None:
+        from posbench.model.linear_bias import linear_bias_attention
+
+        return linear_bias_attention(q, k, v, pos, slopes, scale, block)
+    if backend == "flex":
+        from posbench.model.flex import flex_attend
+
+        return flex_attend(q, k, v, pos, flex_bias, scale)
+    if backend in ("blockwise", "linear") and bias_fn is not None:
         return _blockwise(q, k, v, pos, bias_fn, scale, block)
     if bias_fn is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
@@ -86,11 +108,13 @@ def attend(
 
 def _blockwise(q, k, v, pos, bias_fn: BiasFn, scale: float, block: int) -> torch.Tensor:
     seq_len = q.shape[-2]
-    idx = torch.arange(seq_len, device=q.device)
     outputs = []
     for start in range(0, seq_len, block):
         end = min(start + block, seq_len)
-        bias = causal_bias(bias_fn(pos[start:end], pos[:end]), idx[start:end], idx[:end], q.dtype)  # (H, b, end)
+        bias = bias_fn(pos[start:end], pos[:end]).to(q.dtype)  # (H, b, end), a fresh tensor per block
+        bias = bias.clone() if bias._base is not None or not bias.is_contiguous() else bias
+        future = torch.ones(end - start, end - start, dtype=torch.bool, device=q.device).triu(1)
+        bias[:, :, start:].masked_fill_(future, float("-inf"))  # only the diagonal square has a future
         outputs.append(
             F.scaled_dot_product_attention(q[:, :, start:end], k[:, :, :end], v[:, :, :end], attn_mask=bias[None], scale=scale)
         )

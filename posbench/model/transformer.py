@@ -89,8 +89,12 @@ class Transformer(nn.Module):
         return total - self.embed.weight.numel() if non_embedding else total
 
     def backend_for(self, seq_len: int) -> str:
+        """The attention path a forward of ``seq_len`` tokens takes now (device, autograd, autocast)."""
         enc = self.encoding
-        return choose_backend(self.cfg.attention.value, enc.has_bias, self.cfg.n_heads, seq_len, enc.needs_scores)
+        device = self.embed.weight.device
+        linear_ok = (enc.linear_slopes() is not None and device.type == "cpu" and not torch.is_grad_enabled()
+                     and not torch.is_autocast_enabled("cpu"))
+        return choose_backend(self.cfg.attention.value, enc.has_bias, self.cfg.n_heads, seq_len, enc.needs_scores, linear_ok)
 
     def forward(self, tokens: torch.Tensor, pos: Optional[torch.Tensor] = None) -> torch.Tensor:
         """tokens (B, T) -> logits (B, T, V); ``pos`` (T,) defaults to the encoding's positions
@@ -100,6 +104,7 @@ class Transformer(nn.Module):
             pos = self.encoding.positions(T, tokens.device)
         x = self.encoding.embed_input(self.embed(tokens), pos)  # (B, T, D)
         ctx = AttentionContext(self.encoding, pos, self.backend_for(T), self.cfg.attention_block)
+        self.last_backend = ctx.backend  # what results record
         if ctx.backend == "sdpa" and self.encoding.has_bias:
             ctx.mask = full_mask(self.encoding.score_bias, pos, x.dtype)  # built once, shared by layers
         for block in self.blocks:

@@ -22,7 +22,7 @@ def find_resume_checkpoint(run: RunConfig, run_dir: Path) -> Optional[Path]:
         return None
     if str(value).strip().lower() in TRUE_WORDS:
         root = Path(run.run_root) / run.experiment_name
-        kind = f"{run.encoding.name}_L{run.train.seq_len}"
+        kind = f"{getattr(run.encoding, 'members', run.encoding.name)}_L{run.train.seq_len}"  # as configs/train.yaml names folders
         names = (f"_{kind}", f"{kind}_s{run.train.seed}")  # single runs end with the first, sweep jobs are the second
         found = [p for p in root.rglob("checkpoints/last.pt") if p.parent.parent.name.endswith(names)]
         found += list((run_dir / "checkpoints").glob("last.pt"))

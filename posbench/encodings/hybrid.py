@@ -1,0 +1,198 @@
+"""Hybrid encodings: several encodings' hooks in one model, e.g. sinusoidal embeddings with ALiBi,
+to test whether a model needs absolute and relative position information together.
+
+``encoding=hybrid encoding.members=sinusoidal+alibi``: the members run their hooks in that order.
+Input embeddings and rotations apply one after the other, biases add, logit scales multiply, and
+a length is refused when any member refuses it. Each member keeps its own typed config under
+``encoding.options.NAME`` (``configs/encoding/hybrid.yaml`` composes every encoding's own YAML
+there, so defaults and types are those of ``encoding=NAME``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Dict, Optional
+
+import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from torch import nn
+
+from posbench.encodings.base import EncodingConfig, PositionalEncoding
+from posbench.encodings.positions import ARANGE
+
+SEPARATOR = "+"
+EXAMPLE = "encoding.members=sinusoidal+alibi"
+
+
+def registry() -> dict:
+    """The encoding registry, imported late: ``posbench.encodings`` imports this module to register it."""
+    from posbench.encodings import ENCODINGS
+
+    return ENCODINGS
+
+
+def member_choices() -> list[str]:
+    return sorted(name for name in registry() if name != "hybrid")
+
+
+def overrides(cls: type, hook: str) -> bool:
+    """True when an encoding class replaces the base class's no-op ``hook``."""
+    return getattr(cls, hook) is not getattr(PositionalEncoding, hook)
+
+
+@dataclass
+class HybridConfig(EncodingConfig):
+    name: str = "hybrid"
+    # member names joined by "+", in the order their hooks run; results, W&B and run folders show this
+    members: str = "sinusoidal+alibi"
+    # member name -> that member's own config; options of encodings that are not members are dropped
+    options: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        names = member_names(self.members)
+        unknown = sorted(set(self.options) - set(member_choices()))
+        if unknown:
+            raise ValueError(f"encoding.options.{unknown[0]} names no encoding; options are keyed by member name: "
+                             f"{', '.join(member_choices())}")
+        self.members = SEPARATOR.join(names)
+        self.options = {name: member_config(name, self.options.get(name, {})) for name in names}
+        check_combination(self.options)
+
+
+def member_names(members: str) -> list[str]:
+    """``"sinusoidal+alibi"`` -> ``["sinusoidal", "alibi"]``, refusing names that cannot be members."""
+    names = [name.strip() for name in str(members).split(SEPARATOR)]
+    if names == [""]:
+        raise ValueError(f"encoding.members is empty: name at least one encoding, e.g. {EXAMPLE}")
+    for name in names:
+        if name == "hybrid":
+            raise ValueError("encoding.members cannot hold a hybrid: list its members in one hybrid instead")
+        if name not in registry():
+            raise ValueError(f"encoding.members={members}: {name!r} is no encoding (join names with a single "
+                             f"'{SEPARATOR}'); valid members: {', '.join(member_choices())}")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ValueError(f"encoding.members={members} names {', '.join(twice)} twice: its hooks would apply twice; "
+                         "list each encoding once")
+    return names
+
+
+def member_config(name: str, given: Any) -> EncodingConfig:
+    """One member's options (its config, or a plain mapping from YAML or a checkpoint) -> its typed config."""
+    config_cls = registry()[name][0]
+    if isinstance(given, config_cls):
+        return given
+    try:
+        typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(config_cls), given))
+    except OmegaConfBaseException as exc:
+        keys = ", ".join(f.name for f in fields(config_cls) if f.name != "name")
+        raise ValueError(f"encoding.options.{name}: {str(exc).splitlines()[0]}; its keys are {keys}") from None
+    except ValueError as exc:
+        # the member's own check names "encoding.KEY"; here that key lives under the member's options
+        raise ValueError(str(exc).replace("encoding.", f"encoding.options.{name}.")) from None
+    if typed.name != name:
+        raise ValueError(f"encoding.options.{name}.name={typed.name}: a member's options keep its own name")
+    return typed  # type: ignore[return-value]
+
+
+def check_combination(options: dict[str, EncodingConfig]) -> None:
+    """Refuse members whose hooks would fight: two rotations of q and k, or two sources of positions."""
+    rotary = [name for name in options if overrides(registry()[name][1], "rotate_qk")]
+    if len(rotary) > 1:
+        raise ValueError(f"encoding.members holds {' and '.join(rotary)}: both rotate q and k, and a rotation of a "
+                         "rotation is neither scheme; keep one rotary member")
+    sampled = [name for name, cfg in options.items() if getattr(cfg, "random_positions_max", None) is not None]
+    if len(sampled) > 1:
+        raise ValueError(f"encoding.options of {' and '.join(sampled)} both set random_positions_max: members share "
+                         "one set of positions; set it on one member only")
+
+
+class Hybrid(PositionalEncoding):
+    """Every member's hooks, applied in the order of ``encoding.members``."""
+
+    cfg: HybridConfig
+
+    def __init__(self, cfg: HybridConfig, d_model: int, n_heads: int, head_dim: int, init_std: float, n_layers: int = 1):
+        super().__init__(cfg, d_model, n_heads, head_dim, init_std, n_layers)
+        build = registry()
+        # a ModuleDict, so the optimiser, .to(device) and checkpoints see every member's parameters and buffers
+        self.members = nn.ModuleDict({
+            name: build[name][1](member_cfg, d_model, n_heads, head_dim, init_std, n_layers)
+            for name, member_cfg in cfg.options.items()
+        })
+        self.has_bias = any(member.has_bias for member in self.members.values())
+        self.needs_scores = any(member.needs_scores for member in self.members.values())
+        self.position_source = self.find_position_source()
+
+    def find_position_source(self) -> Optional[str]:
+        """The one member whose positions are not 0..T-1 (randomized), or None."""
+        own = [name for name, member in self.members.items()
+               if member.sampler is not ARANGE or overrides(type(member), "positions")]
+        if len(own) > 1:
+            raise ValueError(f"encoding members {' and '.join(own)} each choose positions; only one member may")
+        return own[0] if own else None
+
+    @property
+    def label(self) -> str:
+        return SEPARATOR.join(member.label for member in self.members.values())
+
+    def positions(self, seq_len: int, device: torch.device) -> torch.Tensor:
+        if self.position_source is None:
+            return super().positions(seq_len, device)
+        return self.members[self.position_source].positions(seq_len, device)  # (T,)
+
+    def embed_input(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        for member in self.members.values():
+            x = member.embed_input(x, pos)  # (B, T, D)
+        return x
+
+    def rotate_qk(self, q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        for member in self.members.values():
+            q, k = member.rotate_qk(q, k, pos)  # (B, H, T, Dh), (B, Hkv, T, Dh)
+        return q, k
+
+    def bias_members(self) -> list[PositionalEncoding]:
+        return [member for member in self.members.values() if member.has_bias]
+
+    def score_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> Optional[torch.Tensor]:
+        """The sum of the members' biases. -> (H, Tq, Tk), or None without a bias member"""
+        total = None
+        for member in self.bias_members():
+            bias = member.score_bias(q_pos, k_pos)
+            total = bias if total is None else total + bias
+        return total
+
+    def score_mod(self, scores: torch.Tensor, q: torch.Tensor, layer: int) -> torch.Tensor:
+        for member in self.members.values():
+            if member.needs_scores:
+                scores = member.score_mod(scores, q, layer)  # (B, H, Tq, Tk)
+        return scores
+
+    def linear_slopes(self) -> Optional[torch.Tensor]:
+        """A lone bias member's slopes; a sum with another bias is no longer linear in distance."""
+        biased = self.bias_members()
+        return biased[0].linear_slopes() if len(biased) == 1 else None
+
+    def flex_bias(self, score: torch.Tensor, head: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        for member in self.bias_members():
+            score = member.flex_bias(score, head, q_pos, k_pos)  # each member adds its bias
+        return score
+
+    def logit_scale(self, seq_len: int) -> float:
+        scale = 1.0
+        for member in self.members.values():
+            scale *= member.logit_scale(seq_len)
+        return scale
+
+    def length_limit_reason(self, seq_len: int) -> Optional[str]:
+        """The first member's refusal: a hybrid takes only the lengths every member takes."""
+        for member in self.members.values():
+            reason = member.length_limit_reason(seq_len)
+            if reason is not None:
+                return reason
+        return None
+
+    def reset_parameters(self) -> None:
+        for member in self.members.values():
+            member.reset_parameters()

@@ -1,0 +1,44 @@
+"""FlexAttention (PyTorch >= 2.5) with the encoding's bias as an elementwise ``score_mod``.
+
+On CUDA it runs forward and backward; on CPU only a compiled forward exists. Block masks
+and compiled kernels are cached per (length, device): each new length compiles once.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Optional
+
+import torch
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+@functools.lru_cache(maxsize=16)
+def _causal_block_mask(seq_len: int, device: str):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def causal(b, h, q_idx, kv_idx):
+        return q_idx >= kv_idx
+
+    return create_block_mask(causal, None, None, seq_len, seq_len, device=device, _compile=True)
+
+
+def flex_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
+                flex_bias: Optional[Callable], scale: float) -> torch.Tensor:
+    """Causal attention of one window; ``flex_bias(score, head, q_pos, k_pos)`` adds the bias."""
+    if q.device.type == "cpu" and torch.is_grad_enabled():
+        raise ValueError("model.attention=flex on CPU is forward-only (FlexAttention has no CPU backward); "
+                         "use model.attention=auto for training")
+    score_mod = None
+    if flex_bias is not None:
+        def score_mod(score, b, h, q_idx, kv_idx):
+            return flex_bias(score, h, pos[q_idx], pos[kv_idx])
+
+    block_mask = _causal_block_mask(q.shape[-2], str(q.device))
+    return _compiled()(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)

@@ -1,0 +1,87 @@
+"""Protects the long-evaluation attention paths: the mask-free linear-bias path and FlexAttention agree with the eager reference, and auto picks them only where they are exact."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from posbench.config import Attention, ModelConfig
+from posbench.encodings import ENCODINGS, alibi_slopes
+from posbench.model.backends import attend, choose_backend
+from posbench.model.linear_bias import linear_bias_attention
+from posbench.model.transformer import Transformer
+
+
+def pair(encoding: str, attention: str, block: int = 16) -> tuple[Transformer, Transformer]:
+    torch.manual_seed(0)
+    cfg = dict(name="t", n_layers=2, d_model=32, n_heads=4, attention_block=block)
+    reference = Transformer(ModelConfig(**cfg, attention=Attention.eager), ENCODINGS[encoding][0](), 64).eval()
+    other = Transformer(ModelConfig(**cfg, attention=Attention(attention)), ENCODINGS[encoding][0](), 64).eval()
+    other.load_state_dict(reference.state_dict())
+    return reference, other
+
+
+@pytest.mark.parametrize("length,block,offset", [(37, 8, 0), (100, 33, 500), (64, 64, 0), (5, 2, 9)])
+def test_linear_path_equals_eager_for_alibi(length, block, offset):
+    reference, linear = pair("alibi", "linear", block)
+    tokens, pos = torch.randint(0, 64, (2, length)), torch.arange(length) + offset
+    with torch.no_grad():
+        out = linear(tokens, pos)
+        assert linear.last_backend == "linear"
+        torch.testing.assert_close(out, reference(tokens, pos), rtol=1e-5, atol=1e-5)
+
+
+def test_linear_path_is_exact_at_64k_positions():
+    """fp32 against an fp64 softmax for the last queries of a 65,536-token window (atol 1e-5)."""
+    torch.manual_seed(0)
+    T, H, D = 65536, 2, 8
+    q, k, v = (torch.randn(1, H, T, D) for _ in range(3))
+    slopes, pos, scale = alibi_slopes(8)[[0, 7]], torch.arange(T), D**-0.5
+    with torch.no_grad():
+        out = linear_bias_attention(q, k, v, pos, slopes, scale, block=4096)[:, :, -4:]
+    rows = torch.arange(T - 4, T)
+    logits = (q[0, :, rows].double() @ k[0].double().transpose(-1, -2)) * scale  # (H, 4, T)
+    logits -= slopes.double()[:, None, None] * (rows[:, None] - pos[None, :]).double()
+    logits = logits.masked_fill(pos[None, None, :] > rows[None, :, None], float("-inf"))
+    reference = logits.softmax(-1) @ v[0].double()
+    torch.testing.assert_close(out[0].double(), reference, rtol=0, atol=1e-5)
+
+
+def test_auto_takes_the_linear_path_only_without_autograd_on_cpu():
+    model = pair("alibi", "auto")[1]
+    long = 16384
+    with torch.no_grad():
+        assert model.backend_for(long) == "linear"
+        assert model.backend_for(512) == "sdpa"  # a small mask is cheaper than blocks
+    assert model.backend_for(long) == "blockwise"  # training: keep exact gradients
+    assert choose_backend("auto", False, 4, long) == "sdpa"
+    assert choose_backend("auto", True, 4, long) == "blockwise"  # a bias with no linear form
+    assert choose_backend("linear", True, 4, long, linear_ok=False) == "blockwise"
+
+
+@pytest.mark.parametrize("encoding", ["t5", "kerple_log", "fire", "sandwich"])
+def test_other_biases_run_blockwise_when_long(encoding):
+    model = pair(encoding, "auto")[1]
+    with torch.no_grad():
+        assert model.backend_for(16384) == "blockwise"
+
+
+@pytest.mark.slow
+def test_flex_attention_equals_eager_for_alibi():
+    """FlexAttention compiled on CPU (forward only); ~30 s of compilation."""
+    reference, flex = pair("alibi", "flex")
+    tokens, pos = torch.randint(0, 64, (2, 100)), torch.arange(100) + 77
+    with torch.no_grad():
+        torch.testing.assert_close(flex(tokens, pos), reference(tokens, pos), rtol=1e-5, atol=1e-5)
+
+
+def test_flex_without_a_score_mod_says_what_to_do():
+    model = pair("t5", "flex")[1]
+    with torch.no_grad(), pytest.raises(NotImplementedError, match="model.attention=auto"):
+        model(torch.zeros(1, 8, dtype=torch.long))
+
+
+def test_flex_refuses_cpu_training_with_the_fix():
+    q = k = v = torch.randn(1, 2, 8, 4)
+    with pytest.raises(ValueError, match="model.attention=auto"):
+        attend(q, k, v, torch.arange(8), None, 0.5, "flex")
