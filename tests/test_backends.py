@@ -77,7 +77,7 @@ def test_flex_attention_equals_eager_for_alibi():
 
 def test_flex_without_a_score_mod_says_what_to_do():
     model = pair("t5", "flex")[1]
-    with torch.no_grad(), pytest.raises(NotImplementedError, match="model.attention=auto"):
+    with torch.no_grad(), pytest.raises(ValueError, match="model.attention=auto"):
         model(torch.zeros(1, 8, dtype=torch.long))
 
 

@@ -75,6 +75,10 @@ class PositionalEncoding(nn.Module):
         Lets long evaluation run through the flash kernel without a mask (model/linear_bias.py)."""
         return None
 
+    @property
+    def has_flex_bias(self) -> bool:
+        return type(self).flex_bias is not PositionalEncoding.flex_bias
+
     def flex_bias(self, score: torch.Tensor, head: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         """``score_bias`` for one (head, query, key) element, in ops FlexAttention can compile."""
         raise NotImplementedError(f"encoding {self.label!r} has no FlexAttention score_mod; use model.attention=auto")

@@ -174,6 +174,10 @@ class Hybrid(PositionalEncoding):
         biased = self.bias_members()
         return biased[0].linear_slopes() if len(biased) == 1 else None
 
+    @property
+    def has_flex_bias(self) -> bool:
+        return all(member.has_flex_bias for member in self.bias_members())
+
     def flex_bias(self, score: torch.Tensor, head: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         for member in self.bias_members():
             score = member.flex_bias(score, head, q_pos, k_pos)  # each member adds its bias

@@ -26,7 +26,7 @@ def _causal_block_mask(seq_len: int, device: str):
     def causal(b, h, q_idx, kv_idx):
         return q_idx >= kv_idx
 
-    return create_block_mask(causal, None, None, seq_len, seq_len, device=device, _compile=True)
+    return torch.compile(create_block_mask)(causal, None, None, seq_len, seq_len, device=device)
 
 
 def flex_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,

@@ -94,7 +94,10 @@ class Transformer(nn.Module):
         device = self.embed.weight.device
         linear_ok = (enc.linear_slopes() is not None and device.type == "cpu" and not torch.is_grad_enabled()
                      and not torch.is_autocast_enabled("cpu"))
-        return choose_backend(self.cfg.attention.value, enc.has_bias, self.cfg.n_heads, seq_len, enc.needs_scores, linear_ok)
+        backend = choose_backend(self.cfg.attention.value, enc.has_bias, self.cfg.n_heads, seq_len, enc.needs_scores, linear_ok)
+        if backend == "flex" and enc.has_bias and not enc.has_flex_bias:
+            raise ValueError(f"encoding {enc.label!r} has no FlexAttention score_mod yet; use model.attention=auto")
+        return backend
 
     def forward(self, tokens: torch.Tensor, pos: Optional[torch.Tensor] = None) -> torch.Tensor:
         """tokens (B, T) -> logits (B, T, V); ``pos`` (T,) defaults to the encoding's positions
