@@ -39,6 +39,7 @@ def alibi_slopes(num_heads: int) -> torch.Tensor:
 class Alibi(PositionalEncoding):
     cfg: AlibiConfig
     has_bias = True
+    distance_only = True
 
     def __init__(self, cfg: AlibiConfig, d_model: int, n_heads: int, head_dim: int, init_std: float, n_layers: int = 1):
         super().__init__(cfg, d_model, n_heads, head_dim, init_std, n_layers)

@@ -37,6 +37,8 @@ class PositionalEncoding(nn.Module):
 
     #: True when ``score_bias`` returns a tensor (decides the attention backend)
     has_bias: bool = False
+    #: True when ``score_bias`` depends on q_pos - k_pos alone (long evaluation shares one table)
+    distance_only: bool = False
     #: True when ``score_mod`` needs each layer's explicit scores (decides the attention backend)
     needs_scores: bool = False
 

@@ -122,6 +122,7 @@ class Hybrid(PositionalEncoding):
             for name, member_cfg in cfg.options.items()
         })
         self.has_bias = any(member.has_bias for member in self.members.values())
+        self.distance_only = all(m.distance_only for m in self.members.values() if m.has_bias)  # a sum of such biases is one too
         self.needs_scores = any(member.needs_scores for member in self.members.values())
         self.position_source = self.find_position_source()
 

@@ -53,6 +53,7 @@ class Kerple(PositionalEncoding):
 
     cfg: KerpleLogConfig | KerplePowerConfig
     has_bias = True
+    distance_only = True
 
     def __init__(self, cfg, d_model: int, n_heads: int, head_dim: int, init_std: float, n_layers: int = 1):
         super().__init__(cfg, d_model, n_heads, head_dim, init_std, n_layers)

@@ -27,6 +27,7 @@ class Sandwich(PositionalEncoding):
 
     cfg: SandwichConfig
     has_bias = True
+    distance_only = True
 
     def __init__(self, cfg: SandwichConfig, d_model: int, n_heads: int, head_dim: int, init_std: float, n_layers: int = 1):
         super().__init__(cfg, d_model, n_heads, head_dim, init_std, n_layers)

@@ -53,6 +53,7 @@ def t5_relative_bucket(relative_position: torch.Tensor, num_buckets: int = 32, m
 class T5Bias(PositionalEncoding):
     cfg: T5Config
     has_bias = True
+    distance_only = True
 
     def __init__(self, cfg: T5Config, d_model: int, n_heads: int, head_dim: int, init_std: float, n_layers: int = 1):
         super().__init__(cfg, d_model, n_heads, head_dim, init_std, n_layers)

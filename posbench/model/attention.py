@@ -47,5 +47,5 @@ class CausalSelfAttention(nn.Module):
         bias_fn = encoding.score_bias if encoding.has_bias else None
         score_mod = partial(encoding.score_mod, layer=self.layer) if encoding.needs_scores else None
         y = attend(q, k, v, ctx.pos, bias_fn, scale, ctx.backend, ctx.block, ctx.mask, score_mod,
-                   encoding.linear_slopes(), encoding.flex_bias)  # (B, H, T, Dh)
+                   encoding.linear_slopes(), encoding.flex_bias, encoding.distance_only)  # (B, H, T, Dh)
         return self.out_proj(y.transpose(1, 2).reshape(B, T, -1))

@@ -77,13 +77,15 @@ def attend(
     score_mod: Optional[ScoreMod] = None,
     slopes: Optional[torch.Tensor] = None,
     flex_bias: Optional[Callable] = None,
+    distance_only: bool = False,
 ) -> torch.Tensor:
     """Causal attention over one window. q, k, v (B, H, T, Dh); pos (T,). -> (B, H, T, Dh)
 
     ``mask`` is the precomputed ``full_mask`` for the sdpa path (shared by all layers).
     ``score_mod`` needs explicit scores: blockwise keeps its blocks, sdpa and eager take one block.
     ``slopes`` (H,): the bias is -slopes·(i - j), which the ``linear`` path uses; ``flex_bias``
-    is the encoding's elementwise bias for the ``flex`` path.
+    is the encoding's elementwise bias for the ``flex`` path. ``distance_only``: the bias
+    depends on q_pos - k_pos alone, so blocks can share one table of it (``_toeplitz_blockwise``).
     """
     if score_mod is not None:
         return _explicit(q, k, v, pos, bias_fn, scale, block if backend == "blockwise" else q.shape[-2], score_mod)
@@ -98,6 +100,8 @@ def attend(
 
         return flex_attend(q, k, v, pos, flex_bias, scale)
     if backend in ("blockwise", "linear") and bias_fn is not None:
+        if distance_only and consecutive(pos):
+            return _toeplitz_blockwise(q, k, v, pos, bias_fn, scale, block)
         return _blockwise(q, k, v, pos, bias_fn, scale, block)
     if bias_fn is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
@@ -118,6 +122,37 @@ def _blockwise(q, k, v, pos, bias_fn: BiasFn, scale: float, block: int) -> torch
         outputs.append(
             F.scaled_dot_product_attention(q[:, :, start:end], k[:, :, :end], v[:, :, :end], attn_mask=bias[None], scale=scale)
         )
+    return torch.cat(outputs, dim=2)
+
+
+def consecutive(pos: torch.Tensor) -> bool:
+    return pos.numel() < 2 or bool((pos[1:] - pos[:-1] == 1).all())
+
+
+def distance_table(bias_fn: BiasFn, pos: torch.Tensor, block: int, dtype: torch.dtype) -> torch.Tensor:
+    """u[h, t] = bias at distance d = (T - 1) - t for t < T + block - 1, i.e. d runs from
+    T - 1 down to -(block - 1); -inf where d < 0 (the causal mask). -> (H, T + block - 1)"""
+    T = pos.numel()
+    distances = torch.arange(T - 1, -block, -1, device=pos.device)  # (T + block - 1,)
+    values = bias_fn(pos[0] + distances.clamp(min=0), pos[:1])[:, :, 0].to(dtype)  # (H, n): query at d, key at 0
+    return values.masked_fill(distances[None, :] < 0, float("-inf")).contiguous()
+
+
+def _toeplitz_blockwise(q, k, v, pos, bias_fn: BiasFn, scale: float, block: int) -> torch.Tensor:
+    """``_blockwise`` for a bias of the distance alone: one (H, T + block) table per call, and each
+    block's (H, b, e) bias a strided view of it, with no per-block bias arithmetic.
+
+    For rows in reverse order (r' = b - 1 - r, query index i = e - 1 - r') and key j, the
+    distance is e - 1 - r' - j, which sits at t = (T - e) + r' + j of the table: unit strides."""
+    T, H = q.shape[-2], q.shape[1]
+    table = distance_table(bias_fn, pos, block, q.dtype)
+    outputs = []
+    for start in range(0, T, block):
+        end = min(start + block, T)
+        bias = table.as_strided((H, end - start, end), (table.stride(0), 1, 1), table.storage_offset() + T - end)
+        q_rev = q[:, :, start:end].flip(2)
+        out = F.scaled_dot_product_attention(q_rev, k[:, :, :end], v[:, :, :end], attn_mask=bias[None], scale=scale)
+        outputs.append(out.flip(2))
     return torch.cat(outputs, dim=2)
 
 
