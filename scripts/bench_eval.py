@@ -45,7 +45,7 @@ def measure_one(encoding: str, length: int, attention: str, repeats: int) -> dic
             times.append(time.perf_counter() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     return {"encoding": encoding, "length": length, "seconds": min(times), "forward_mb": max(peak - before, 1.0),
-            "peak_mb": peak, "backend": model.backend_for(length)}
+            "peak_mb": peak, "backend": model.last_backend}
 
 
 def run_child(encoding: str, length: int, attention: str, repeats: int) -> dict:
