@@ -75,8 +75,19 @@ def test_flex_attention_equals_eager_for_alibi():
         torch.testing.assert_close(flex(tokens, pos), reference(tokens, pos), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("encoding", ["t5", "kerple_log", "sandwich"])
+def test_flex_attention_equals_eager_for_distance_biases(encoding):
+    """Biases of the distance alone run FlexAttention through a per-window table lookup (CPU, compiled forward)."""
+    reference, flex = pair(encoding, "flex")
+    tokens, pos = torch.randint(0, 64, (2, 100)), torch.arange(100) + 77
+    with torch.no_grad():
+        torch.testing.assert_close(flex(tokens, pos), reference(tokens, pos), rtol=1e-5, atol=1e-5)
+        assert flex.last_backend == "flex"
+
+
 def test_flex_without_a_score_mod_says_what_to_do():
-    model = pair("t5", "flex")[1]
+    model = pair("fire", "flex")[1]
     with torch.no_grad(), pytest.raises(ValueError, match="model.attention=auto"):
         model(torch.zeros(1, 8, dtype=torch.long))
 

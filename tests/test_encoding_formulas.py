@@ -126,6 +126,23 @@ def test_fire_is_an_mlp_of_the_progressively_interpolated_log_distance():
     assert past.max() <= 1 and past.min() >= 0
 
 
+def test_fire_piecewise_linear_form_equals_its_mlp():
+    """Evaluation (no autograd) uses the MLP's exact piecewise-linear form: it must equal the MLP
+    itself, for weights far from their init and inputs on both sides of every knot."""
+    enc = make("fire")
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in enc.mlp.parameters():
+            p.normal_()
+        knots = enc.piecewise_linear()[0]
+        x = torch.cat([torch.linspace(-3, 3, 2001), knots, knots - 1e-4, knots + 1e-4])[None, :]
+        expected = enc.mlp(x[..., None]).permute(2, 0, 1)
+        torch.testing.assert_close(enc.piecewise_bias(x), expected, rtol=1e-5, atol=1e-5)
+        q_pos, k_pos = torch.arange(900, 940), torch.arange(940)
+        no_grad_bias = enc.score_bias(q_pos, k_pos)
+    torch.testing.assert_close(no_grad_bias, enc.score_bias(q_pos, k_pos).detach(), rtol=1e-5, atol=1e-5)
+
+
 def test_fire_c_and_threshold_stay_positive_under_optimiser_steps():
     enc = make("fire")
     push(enc, lambda e: e.c + e.threshold + e.score_bias(torch.arange(20), torch.arange(20)).sum())

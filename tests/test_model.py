@@ -96,6 +96,26 @@ def test_backends_agree_with_eager_reference(encoding, attention, block, offset)
         torch.testing.assert_close(other(tokens, pos), reference(tokens, pos), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("encoding", ["fire", "t5"])
+def test_blockwise_shrinks_its_blocks_to_a_bias_budget_and_stays_exact(encoding, monkeypatch):
+    """With a tiny bias budget, blocks shrink as the key prefix grows (down to one row);
+    positions two apart keep T5 off its shared-table path and on the per-block one, which runs
+    each query block through all layers with the keys and values cached."""
+    from posbench.model import backends
+
+    monkeypatch.setattr(backends, "BLOCK_BIAS_BYTES", 4 * 4 * 24)  # 24 (row, key) pairs of 4 heads
+    assert backends.block_rows(16, 4, 6) == 4 and backends.block_rows(16, 4, 37) == 1
+    tokens = torch.randint(0, VOCAB, (2, 37))
+    pos = 2 * torch.arange(37) + 41
+    reference = tiny_model(encoding, "eager")
+    other = tiny_model(encoding, "blockwise", 16)
+    assert not other.by_blocks(pos)  # with autograd: layer by layer
+    with torch.no_grad():
+        assert other.by_blocks(pos)  # one query block at a time through all layers, its bias built once
+        torch.testing.assert_close(other(tokens, pos + 1000), reference(tokens, pos + 1000), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(other(tokens[:, :30], pos[:30]), reference(tokens[:, :30], pos[:30]), rtol=1e-5, atol=1e-5)
+
+
 def test_attend_blockwise_matches_full_mask_for_a_bias():
     torch.manual_seed(1)
     q, k, v = (torch.randn(1, 3, 29, 8) for _ in range(3))
@@ -131,3 +151,21 @@ def test_model_variants_run_and_stay_causal(variant):
 def test_grouped_query_attention_has_fewer_key_value_parameters():
     full, grouped = tiny_model("rope"), tiny_model("rope", kv_heads=1)
     assert grouped.num_parameters() < full.num_parameters()
+
+
+def test_only_position_local_encodings_run_by_blocks():
+    """Rotations that read the whole window (scaled RoPE, xPos) and explicit scores (CoPE) keep the
+    layer-by-layer path; an unscaled rotation with a per-block bias may go by blocks."""
+    from posbench.encodings.hybrid import HybridConfig
+    from posbench.encodings.rope_scaling import YarnScalingConfig
+
+    assert tiny_model("fire").encoding.position_local and tiny_model("rope").encoding.position_local
+    assert not tiny_model("xpos").encoding.position_local and not tiny_model("cope").encoding.position_local
+    scaled = ENCODINGS["rope"][0]()
+    scaled.scaling = YarnScalingConfig(factor=4.0, original_max_position=64)
+    assert not Transformer(ModelConfig(name="t", n_layers=1, d_model=32, n_heads=4), scaled, VOCAB).encoding.position_local
+    hybrid = HybridConfig(members="rope+fire")
+    model = Transformer(ModelConfig(name="t", n_layers=1, d_model=32, n_heads=4, attention=Attention.blockwise, attention_block=8),
+                        hybrid, VOCAB).eval()
+    with torch.no_grad():
+        assert model.by_blocks(torch.arange(30))

@@ -88,6 +88,12 @@ class PositionalEncoding(nn.Module):
     def logit_scale(self, seq_len: int) -> float:
         return 1.0
 
+    @property
+    def position_local(self) -> bool:
+        """True when every hook treats each position on its own, so a window can run one query
+        block at a time through all layers (no rotation that looks at the whole window, no scores)."""
+        return type(self).rotate_qk is PositionalEncoding.rotate_qk and not self.needs_scores
+
     def length_limit_reason(self, seq_len: int) -> Optional[str]:
         """Why this encoding cannot take ``seq_len`` positions, or None if it can."""
         return self.sampler.length_limit_reason(seq_len)

@@ -58,14 +58,58 @@ class Fire(PositionalEncoding):
 
     def normalized_distance(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         """psi(|i - j|) / psi(max(L, i)), in [0, 1] for past keys. -> (Tq, Tk)"""
-        distance = (q_pos[:, None] - k_pos[None, :]).abs().float()
-        normaliser = torch.maximum(q_pos.float(), self.threshold)[:, None]  # (Tq, 1)
+        distance = (q_pos[:, None] - k_pos[None, :]).abs_()  # (Tq, Tk) int64
+        span = 1 if not distance.numel() else 1 + max(int(q_pos.max() - k_pos.min()), int(k_pos.max() - q_pos.min()))
         psi = lambda x: torch.log1p(self.c * x)  # noqa: E731
-        return psi(distance) / (psi(normaliser) + self.cfg.eps)
+        psi_of_distance = psi(torch.arange(span, device=q_pos.device, dtype=torch.float32))  # one value per distance
+        normaliser = torch.maximum(q_pos.float(), self.threshold)[:, None]  # (Tq, 1)
+        return psi_of_distance[distance].div_(psi(normaliser) + self.cfg.eps)
 
     def score_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
-        """f_theta of the normalised distance, per head. -> (H, Tq, Tk)"""
+        """f_theta of the normalised distance, per head. -> (H, Tq, Tk)
+
+        With autograd on, through the MLP itself; without (evaluation), through its exact
+        piecewise-linear form, which needs no (Tq, Tk, width) hidden activations."""
         x = self.normalized_distance(q_pos, k_pos)
+        if not torch.is_grad_enabled():
+            return self.piecewise_bias(x)
         rows = max(1, MLP_ELEMENTS_PER_CHUNK // (x.shape[1] * self.cfg.mlp_width))
         out = [self.mlp(chunk[..., None]) for chunk in x.split(rows)]  # (rows, Tk, H) each
         return torch.cat(out).permute(2, 0, 1)
+
+    def piecewise_linear(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """f_theta as slope·x + intercept on the pieces between its knots.
+
+        A one-input ReLU MLP W2·relu(a·x + c) + b2 is piecewise linear in x: hidden unit k turns
+        on or off at x = -c_k / a_k. Between consecutive knots the set of active units is fixed,
+        so f = (W2·[active]·a)·x + (b2 + W2·[active]·c) there; f is continuous, so the value at a
+        knot does not depend on the piece it is assigned to.
+        -> knots (m,) sorted, slopes (H, m + 1), intercepts (H, m + 1); piece r is
+        (knots[r - 1], knots[r]] with open ends.
+        """
+        first, second = self.mlp[0], self.mlp[2]
+        a, c = first.weight[:, 0].double(), first.bias.double()  # (W,)
+        w2, b2 = second.weight.double(), second.bias.double()  # (H, W), (H,)
+        turning = a != 0
+        knots = torch.sort(-c[turning] / a[turning]).values  # (m,)
+        if knots.numel():  # one point inside each piece, and one beyond each end
+            gaps = knots[1:] - knots[:-1]
+            inner = knots[:-1] + gaps / 2
+            probe = torch.cat([knots[:1] - 1, inner, knots[-1:] + 1])
+        else:
+            probe = torch.zeros(1, dtype=torch.float64, device=a.device)
+        active = ((probe[:, None] * a[None, :] + c[None, :]) > 0).double()  # (m + 1, W)
+        slopes = (w2 * a) @ active.T  # (H, m + 1)
+        intercepts = b2[:, None] + (w2 * c) @ active.T
+        return knots.float(), slopes.float(), intercepts.float()
+
+    def piecewise_bias(self, x: torch.Tensor) -> torch.Tensor:
+        """f_theta(x) per head from ``piecewise_linear``: one bucket search, then slope·x + intercept
+        gathered per head. x (Tq, Tk) -> (H, Tq, Tk)"""
+        knots, slopes, intercepts = self.piecewise_linear()
+        piece = torch.bucketize(x, knots.to(x.dtype), out_int32=True).view(-1)  # r: knots[r - 1] < x <= knots[r]
+        slopes, intercepts, flat_x = slopes.to(x.dtype), intercepts.to(x.dtype), x.reshape(-1)
+        out = torch.empty((self.n_heads, flat_x.numel()), dtype=x.dtype, device=x.device)
+        for h in range(self.n_heads):
+            torch.addcmul(intercepts[h].index_select(0, piece), slopes[h].index_select(0, piece), flat_x, out=out[h])
+        return out.view(self.n_heads, *x.shape)

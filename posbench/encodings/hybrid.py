@@ -190,6 +190,10 @@ class Hybrid(PositionalEncoding):
             scale *= member.logit_scale(seq_len)
         return scale
 
+    @property
+    def position_local(self) -> bool:
+        return all(member.position_local for member in self.members.values())
+
     def length_limit_reason(self, seq_len: int) -> Optional[str]:
         """The first member's refusal: a hybrid takes only the lengths every member takes."""
         for member in self.members.values():

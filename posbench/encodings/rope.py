@@ -85,3 +85,8 @@ class Rope(PositionalEncoding):
     def rotate_qk(self, q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cos, sin = self.cos_sin(pos)
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+
+    @property
+    def position_local(self) -> bool:
+        """Unscaled rotations depend on each position alone; scaled kinds read the window's length."""
+        return self.cfg.scaling.kind == "none"

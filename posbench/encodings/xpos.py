@@ -45,6 +45,10 @@ class Xpos(Rope):
         q_scale, k_scale = scale.float(), scale.reciprocal().float()
         return apply_rotary(q, cos * q_scale, sin * q_scale), apply_rotary(k, cos * k_scale, sin * k_scale)
 
+    @property
+    def position_local(self) -> bool:
+        return False  # the decay is centred on the whole window
+
     def longest_window(self) -> int:
         """The longest window whose largest q·k scale, zeta_min^(-(T-1)/scale_base), stays finite in fp32/bf16."""
         return int(FLOAT32_LOG_MAX * self.cfg.scale_base / -math.log(float(self.zeta.min()))) + 1

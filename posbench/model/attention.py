@@ -8,6 +8,7 @@ from functools import partial
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from posbench.encodings import PositionalEncoding
@@ -22,7 +23,11 @@ class AttentionContext:
     pos: torch.Tensor  # (T,)
     backend: str
     block: int
-    mask: Optional[torch.Tensor] = None  # (1, H, T, T) for the sdpa path with a bias
+    mask: Optional[torch.Tensor] = None  # (1, H, T, T) for the sdpa path with a bias; (1, H, b, end) by blocks
+    # run by query blocks through all layers: each layer's keys and values so far, (B, H, T, Dh) each
+    cache: Optional[list[tuple[torch.Tensor, torch.Tensor]]] = None
+    start: int = 0  # first index of this block in the window
+    window: int = 0  # the window's length (for length-dependent logit scales)
 
 
 class CausalSelfAttention(nn.Module):
@@ -43,9 +48,15 @@ class CausalSelfAttention(nn.Module):
         if self.kv_heads != self.n_heads:
             repeat = self.n_heads // self.kv_heads
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
-        scale = encoding.logit_scale(T) / math.sqrt(self.head_dim)
+        scale = encoding.logit_scale(ctx.window or T) / math.sqrt(self.head_dim)
+        if ctx.cache is not None:  # one query block: attend the cached prefix with this block's bias
+            keys, values = ctx.cache[self.layer]
+            end = ctx.start + T
+            keys[:, :, ctx.start:end], values[:, :, ctx.start:end] = k, v
+            y = F.scaled_dot_product_attention(q, keys[:, :, :end], values[:, :, :end], attn_mask=ctx.mask, scale=scale)
+            return self.out_proj(y.transpose(1, 2).reshape(B, T, -1))
         bias_fn = encoding.score_bias if encoding.has_bias else None
         score_mod = partial(encoding.score_mod, layer=self.layer) if encoding.needs_scores else None
         y = attend(q, k, v, ctx.pos, bias_fn, scale, ctx.backend, ctx.block, ctx.mask, score_mod,
-                   encoding.linear_slopes(), encoding.flex_bias, encoding.distance_only)  # (B, H, T, Dh)
+                   encoding.linear_slopes(), encoding.flex_bias if encoding.has_flex_bias else None, encoding.distance_only)  # (B, H, T, Dh)
         return self.out_proj(y.transpose(1, 2).reshape(B, T, -1))

@@ -3,7 +3,8 @@
 - ``sdpa``: ``F.scaled_dot_product_attention``; causal flag when there is no bias, else one
   float mask (bias + causal -inf) for the whole (T, T) square.
 - ``blockwise``: query blocks, each attending its causal key prefix with only its
-  (H, block, prefix) slice of the bias; memory grows with T, not T².
+  (H, block, prefix) slice of the bias, fewer rows per block as the prefix grows so that slice
+  stays under BLOCK_BIAS_BYTES; memory grows with T, not T².
 - ``linear``: for biases linear in distance (ALiBi), the blockwise computation through the
   flash kernel with no mask at all (see ``linear_bias.py``); CPU, no autograd (evaluation).
 - ``flex``: FlexAttention with the encoding's elementwise ``flex_bias`` as its ``score_mod``
@@ -26,6 +27,7 @@ ScoreMod = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (scores (B,H,
 
 BACKENDS = ("sdpa", "blockwise", "linear", "flex", "eager")
 MASK_BYTES_LIMIT = 256 * 2**20  # a full (H, T, T) fp32 mask above this goes blockwise
+BLOCK_BIAS_BYTES = 32 * 2**20  # one blockwise step's (H, rows, prefix) bias stays under this
 
 
 def choose_backend(requested: str, has_bias: bool, n_heads: int, seq_len: int, needs_scores: bool = False,
@@ -96,9 +98,15 @@ def attend(
 
         return linear_bias_attention(q, k, v, pos, slopes, scale, block)
     if backend == "flex":
-        from posbench.model.flex import flex_attend
+        from posbench.model.flex import distance_bias_table, flex_attend
 
-        return flex_attend(q, k, v, pos, flex_bias, scale)
+        table = None
+        if flex_bias is None and bias_fn is not None:
+            if not distance_only:
+                raise ValueError("this encoding's bias depends on more than the distance and has no FlexAttention "
+                                 "score_mod; use model.attention=auto")
+            table = distance_bias_table(bias_fn, pos)
+        return flex_attend(q, k, v, pos, flex_bias, scale, table)
     if backend in ("blockwise", "linear") and bias_fn is not None:
         if distance_only and consecutive(pos):
             return _toeplitz_blockwise(q, k, v, pos, bias_fn, scale, block)
@@ -110,18 +118,32 @@ def attend(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype), scale=scale)
 
 
+def block_rows(block: int, n_heads: int, end: int) -> int:
+    """Query rows of one ``_blockwise`` step ending near ``end``: ``block``, fewer where its
+    (H, rows, end) fp32 bias would pass BLOCK_BIAS_BYTES (memory stays linear in length)."""
+    return max(1, min(block, BLOCK_BIAS_BYTES // (4 * n_heads * end)))
+
+
+def block_causal_bias(bias_fn: BiasFn, pos: torch.Tensor, start: int, end: int, dtype: torch.dtype) -> torch.Tensor:
+    """The bias of queries start..end-1 over keys 0..end-1, -inf on their future. -> (1, H, b, end)"""
+    bias = bias_fn(pos[start:end], pos[:end]).to(dtype)  # (H, b, end), a fresh tensor per block
+    bias = bias.clone() if bias._base is not None or not bias.is_contiguous() else bias
+    future = torch.ones(end - start, end - start, dtype=torch.bool, device=pos.device).triu(1)
+    bias[:, :, start:].masked_fill_(future, float("-inf"))  # only the diagonal square has a future
+    return bias[None]
+
+
 def _blockwise(q, k, v, pos, bias_fn: BiasFn, scale: float, block: int) -> torch.Tensor:
-    seq_len = q.shape[-2]
+    seq_len, n_heads = q.shape[-2], q.shape[1]
     outputs = []
-    for start in range(0, seq_len, block):
-        end = min(start + block, seq_len)
-        bias = bias_fn(pos[start:end], pos[:end]).to(q.dtype)  # (H, b, end), a fresh tensor per block
-        bias = bias.clone() if bias._base is not None or not bias.is_contiguous() else bias
-        future = torch.ones(end - start, end - start, dtype=torch.bool, device=q.device).triu(1)
-        bias[:, :, start:].masked_fill_(future, float("-inf"))  # only the diagonal square has a future
+    start = 0
+    while start < seq_len:
+        end = min(start + block_rows(block, n_heads, min(start + block, seq_len)), seq_len)
+        mask = block_causal_bias(bias_fn, pos, start, end, q.dtype)
         outputs.append(
-            F.scaled_dot_product_attention(q[:, :, start:end], k[:, :, :end], v[:, :, :end], attn_mask=bias[None], scale=scale)
+            F.scaled_dot_product_attention(q[:, :, start:end], k[:, :, :end], v[:, :, :end], attn_mask=mask, scale=scale)
         )
+        start = end
     return torch.cat(outputs, dim=2)
 
 

@@ -1,4 +1,6 @@
-"""FlexAttention (PyTorch >= 2.5) with the encoding's bias as an elementwise ``score_mod``.
+"""FlexAttention (PyTorch >= 2.5) with the encoding's bias as an elementwise ``score_mod``: its
+own ``flex_bias`` where it has one (ALiBi), else, for any bias of the distance alone (T5, KERPLE,
+Sandwich), a lookup in a per-window table of the bias at every distance.
 
 On CUDA it runs forward and backward; on CPU only a compiled forward exists. Block masks
 and compiled kernels are cached per (length, device): each new length compiles once.
@@ -29,9 +31,18 @@ def _causal_block_mask(seq_len: int, device: str):
     return torch.compile(create_block_mask)(causal, None, None, seq_len, seq_len, device=device)
 
 
+def distance_bias_table(bias_fn: Callable, pos: torch.Tensor) -> torch.Tensor:
+    """A bias of the distance alone, tabulated: u[h, d] = bias at distance d for every distance
+    0..max(pos)-min(pos) the window holds (query at min(pos) + d, key at min(pos)). -> (H, D)"""
+    low = pos.min()
+    distances = torch.arange(int(pos.max() - low) + 1, device=pos.device)
+    return bias_fn(low + distances, low[None])[:, :, 0].float().contiguous()
+
+
 def flex_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
-                flex_bias: Optional[Callable], scale: float) -> torch.Tensor:
-    """Causal attention of one window; ``flex_bias(score, head, q_pos, k_pos)`` adds the bias."""
+                flex_bias: Optional[Callable], scale: float, table: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Causal attention of one window; ``flex_bias(score, head, q_pos, k_pos)`` adds the bias, or,
+    for a bias of the distance alone, ``table`` (H, D) from ``distance_bias_table`` is looked up."""
     if q.device.type == "cpu" and torch.is_grad_enabled():
         raise ValueError("model.attention=flex on CPU is forward-only (FlexAttention has no CPU backward); "
                          "use model.attention=auto for training")
@@ -39,6 +50,10 @@ def flex_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Te
     if flex_bias is not None:
         def score_mod(score, b, h, q_idx, kv_idx):
             return flex_bias(score, h, pos[q_idx], pos[kv_idx])
+    elif table is not None:
+        def score_mod(score, b, h, q_idx, kv_idx):
+            distance = (pos[q_idx] - pos[kv_idx]).clamp(min=0)  # future keys are masked; keep the index valid
+            return score + table[h, distance].to(score.dtype)
 
     block_mask = _causal_block_mask(q.shape[-2], str(q.device))
     return _compiled()(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)

@@ -11,7 +11,7 @@ from torch import nn
 from posbench.config import Mlp, ModelConfig, Norm
 from posbench.encodings import EncodingConfig, build_encoding
 from posbench.model.attention import AttentionContext, CausalSelfAttention
-from posbench.model.backends import choose_backend, full_mask
+from posbench.model.backends import block_causal_bias, block_rows, choose_backend, consecutive, full_mask
 
 
 def make_norm(kind: Norm, dim: int) -> nn.Module:
@@ -95,8 +95,9 @@ class Transformer(nn.Module):
         linear_ok = (enc.linear_slopes() is not None and device.type == "cpu" and not torch.is_grad_enabled()
                      and not torch.is_autocast_enabled("cpu"))
         backend = choose_backend(self.cfg.attention.value, enc.has_bias, self.cfg.n_heads, seq_len, enc.needs_scores, linear_ok)
-        if backend == "flex" and enc.has_bias and not enc.has_flex_bias:
-            raise ValueError(f"encoding {enc.label!r} has no FlexAttention score_mod yet; use model.attention=auto")
+        if backend == "flex" and enc.has_bias and not (enc.has_flex_bias or enc.distance_only):
+            raise ValueError(f"encoding {enc.label!r} has no FlexAttention score_mod (its bias depends on more than "
+                             "the distance); use model.attention=auto")
         return backend
 
     def forward(self, tokens: torch.Tensor, pos: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -105,11 +106,43 @@ class Transformer(nn.Module):
         T = tokens.shape[1]
         if pos is None:
             pos = self.encoding.positions(T, tokens.device)
+        backend = self.backend_for(T)
+        self.last_backend = backend  # what results record
+        if backend == "blockwise" and self.by_blocks(pos):
+            return self.forward_by_blocks(tokens, pos)
         x = self.encoding.embed_input(self.embed(tokens), pos)  # (B, T, D)
-        ctx = AttentionContext(self.encoding, pos, self.backend_for(T), self.cfg.attention_block)
-        self.last_backend = ctx.backend  # what results record
+        ctx = AttentionContext(self.encoding, pos, backend, self.cfg.attention_block)
         if ctx.backend == "sdpa" and self.encoding.has_bias:
             ctx.mask = full_mask(self.encoding.score_bias, pos, x.dtype)  # built once, shared by layers
         for block in self.blocks:
             x = block(x, ctx)
         return self.lm_head(self.final_norm(x))
+
+    def by_blocks(self, pos: torch.Tensor) -> bool:
+        """Whether a blockwise forward runs one query block at a time through all layers: for a bias
+        that must be built afresh for every block (it depends on more than the distance, as FIRE's
+        does), so each block's bias is built once for every layer; evaluation only."""
+        enc = self.encoding
+        table = enc.distance_only and consecutive(pos)  # the shared distance table is cheaper still
+        return enc.has_bias and not table and enc.position_local and not torch.is_grad_enabled()
+
+    def forward_by_blocks(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """The forward one query block at a time, every layer keeping its keys and values so far:
+        the same function as ``forward``, with each block's (H, rows, prefix) bias built once and
+        shared by the layers. Rows per block follow ``block_rows``. -> logits (B, T, V)"""
+        B, T = tokens.shape
+        H, Dh = self.cfg.n_heads, self.head_dim
+        param = self.embed.weight
+        cache = [(param.new_empty(B, H, T, Dh), param.new_empty(B, H, T, Dh)) for _ in self.blocks]
+        logits, start = [], 0
+        while start < T:
+            end = min(start + block_rows(self.cfg.attention_block, H, min(start + self.cfg.attention_block, T)), T)
+            rows = pos[start:end]
+            x = self.encoding.embed_input(self.embed(tokens[:, start:end]), rows)  # (B, b, D)
+            mask = block_causal_bias(self.encoding.score_bias, pos, start, end, x.dtype)
+            ctx = AttentionContext(self.encoding, rows, "blockwise", self.cfg.attention_block, mask, cache, start, T)
+            for block in self.blocks:
+                x = block(x, ctx)
+            logits.append(self.lm_head(self.final_norm(x)))
+            start = end
+        return torch.cat(logits, dim=1)
