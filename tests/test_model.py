@@ -96,11 +96,12 @@ def test_backends_agree_with_eager_reference(encoding, attention, block, offset)
         torch.testing.assert_close(other(tokens, pos), reference(tokens, pos), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("encoding", ["fire", "t5"])
+@pytest.mark.parametrize("encoding", ["fire", "t5", "cope"])
 def test_blockwise_shrinks_its_blocks_to_a_bias_budget_and_stays_exact(encoding, monkeypatch):
     """With a tiny bias budget, blocks shrink as the key prefix grows (down to one row);
     positions two apart keep T5 off its shared-table path and on the per-block one, which runs
-    each query block through all layers with the keys and values cached."""
+    each query block through all layers with the keys and values cached; CoPE's explicit scores
+    shrink the same way."""
     from posbench.model import backends
 
     monkeypatch.setattr(backends, "BLOCK_BIAS_BYTES", 4 * 4 * 24)  # 24 (row, key) pairs of 4 heads
@@ -110,8 +111,8 @@ def test_blockwise_shrinks_its_blocks_to_a_bias_budget_and_stays_exact(encoding,
     reference = tiny_model(encoding, "eager")
     other = tiny_model(encoding, "blockwise", 16)
     assert not other.by_blocks(pos)  # with autograd: layer by layer
-    with torch.no_grad():
-        assert other.by_blocks(pos)  # one query block at a time through all layers, its bias built once
+    with torch.no_grad():  # one query block at a time through all layers, its bias built once (not CoPE: scores)
+        assert other.by_blocks(pos) == (encoding != "cope")
         torch.testing.assert_close(other(tokens, pos + 1000), reference(tokens, pos + 1000), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(other(tokens[:, :30], pos[:30]), reference(tokens[:, :30], pos[:30]), rtol=1e-5, atol=1e-5)
 

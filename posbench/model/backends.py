@@ -188,15 +188,18 @@ def _eager(q, k, v, pos, bias_fn: Optional[BiasFn], scale: float) -> torch.Tenso
 
 def _explicit(q, k, v, pos, bias_fn: Optional[BiasFn], scale: float, block: int, score_mod: ScoreMod) -> torch.Tensor:
     """The eager computation, one query block (and its causal key prefix) at a time, with the
-    encoding's ``score_mod`` applied to each block's fp32 scores."""
-    seq_len = q.shape[-2]
+    encoding's ``score_mod`` applied to each block's fp32 scores; blocks shrink with the prefix
+    like ``_blockwise``'s (here the (B, H, rows, prefix) scores are what the budget bounds)."""
+    seq_len, rows_of = q.shape[-2], q.shape[0] * q.shape[1]  # every (batch, head) row holds its own scores
     idx = torch.arange(seq_len, device=q.device)
     outputs = []
-    for start in range(0, seq_len, block):
-        end = min(start + block, seq_len)
+    start = 0
+    while start < seq_len:
+        end = min(start + block_rows(block, rows_of, min(start + block, seq_len)), seq_len)
         bias = None if bias_fn is None else bias_fn(pos[start:end], pos[:end])
         q_scaled = q[:, :, start:end].float() * scale  # (B, H, b, Dh)
         scores = q_scaled @ k[:, :, :end].float().transpose(-2, -1)  # (B, H, b, end)
         scores = score_mod(scores + causal_bias(bias, idx[start:end], idx[:end], torch.float32)[None], q_scaled)
         outputs.append((scores.softmax(dim=-1) @ v[:, :, :end].float()).to(q.dtype))
+        start = end
     return torch.cat(outputs, dim=2)
