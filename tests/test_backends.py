@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from posbench.config import Attention, ModelConfig
 from posbench.encodings import ENCODINGS, alibi_slopes
@@ -96,3 +97,51 @@ def test_flex_refuses_cpu_training_with_the_fix():
     q = k = v = torch.randn(1, 2, 8, 4)
     with pytest.raises(ValueError, match="model.attention=auto"):
         attend(q, k, v, torch.arange(8), None, 0.5, "flex")
+
+
+def test_learned_bias_gradients_through_the_flash_kernel_equal_the_unfused_ones():
+    """bias_grad.py: output and the q, k, v and mask gradients equal SDPA's unfused path (fp32, atol 1e-5),
+    at a length that is not a multiple of its gradient block."""
+    from posbench.model.bias_grad import GRAD_BLOCK, flash_bias_attention
+
+    torch.manual_seed(0)
+    B, H, T, D = 2, 3, GRAD_BLOCK + 45, 16
+    q, k, v = (torch.randn(B, H, T, D, requires_grad=True) for _ in range(3))
+    bias = torch.randn(1, H, T, T, requires_grad=True)
+    future = torch.ones(T, T, dtype=torch.bool).triu(1)
+    weights = torch.randn(B, H, T, D)
+
+    def grads(attention):
+        for t in (q, k, v, bias):
+            t.grad = None
+        out = attention(q, k, v, bias.masked_fill(future, float("-inf")))
+        (out * weights).sum().backward()
+        return [out.detach()] + [t.grad.clone() for t in (q, k, v, bias)]
+
+    fused = grads(lambda q, k, v, mask: flash_bias_attention(q, k, v, mask, 0.3))
+    unfused = grads(lambda q, k, v, mask: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.3))
+    for a, b in zip(fused, unfused):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("encoding", ["t5", "fire"])
+def test_model_training_takes_the_fused_bias_gradient(encoding, monkeypatch):
+    from posbench.model import bias_grad
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(name="t", n_layers=2, d_model=32, n_heads=4), ENCODINGS[encoding][0](), 64)
+    tokens = torch.randint(0, 64, (2, 41))
+    calls = []
+    original = bias_grad.FlashBiasAttention.apply
+    monkeypatch.setattr(bias_grad.FlashBiasAttention, "apply", lambda *a: calls.append(1) or original(*a))
+
+    def parameter_grads(fused: bool):
+        model.zero_grad()
+        monkeypatch.setattr(bias_grad, "applies", (lambda q, m: m.requires_grad) if fused else (lambda q, m: False))
+        F.cross_entropy(model(tokens[:, :-1]).flatten(0, 1), tokens[:, 1:].flatten()).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    fused, unfused = parameter_grads(True), parameter_grads(False)
+    assert calls and any(n.startswith("encoding.") for n in fused)
+    for name in unfused:
+        torch.testing.assert_close(fused[name], unfused[name], rtol=1e-4, atol=1e-6)

@@ -1,7 +1,8 @@
 """Attention backends behind one ``attend()``.
 
 - ``sdpa``: ``F.scaled_dot_product_attention``; causal flag when there is no bias, else one
-  float mask (bias + causal -inf) for the whole (T, T) square.
+  float mask (bias + causal -inf) for the whole (T, T) square; a learned bias on CPU trains
+  through the flash kernel with its own bias gradient (``bias_grad.py``).
 - ``blockwise``: query blocks, each attending its causal key prefix with only its
   (H, block, prefix) slice of the bias, fewer rows per block as the prefix grows so that slice
   stays under BLOCK_BIAS_BYTES; memory grows with T, not T².
@@ -21,6 +22,8 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
+
+from posbench.model import bias_grad
 
 BiasFn = Callable[[torch.Tensor, torch.Tensor], Optional[torch.Tensor]]  # (q_pos, k_pos) -> (H, Tq, Tk)
 ScoreMod = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (scores (B,H,Tq,Tk), scaled q (B,H,Tq,Dh)) -> scores
@@ -115,7 +118,10 @@ def attend(
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
     if mask is None:
         mask = full_mask(bias_fn, pos, q.dtype)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype), scale=scale)
+    mask = mask.to(q.dtype)
+    if bias_grad.applies(q, mask):  # a learned bias on CPU: keep the fused kernel (model/bias_grad.py)
+        return bias_grad.flash_bias_attention(q, k, v, mask, scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
 def block_rows(block: int, n_heads: int, end: int) -> int:

@@ -1,0 +1,60 @@
+"""Training with a learned bias on CPU through the flash kernel.
+
+``F.scaled_dot_product_attention`` takes its fused CPU kernel only while the float mask needs no
+gradient; a learned bias (T5, KERPLE, FIRE) makes it fall back to the unfused path, which builds
+the whole (B, H, T, T) score tensor in both directions and does every square matmul without the
+causal saving. Here the forward and the q/k/v gradients run through the flash kernel and its
+backward, and the bias gradient is formed one query block at a time over its causal key prefix
+from the kernel's log-sum-exp (standard attention calculus, e.g. Dao et al. 2022, FlashAttention,
+Appendix B.2):
+
+    P = exp(S - lse),  dP = dO·Vᵀ,  dS = P ⊙ (dP - rowsum(dO ⊙ O)),  d bias = Σ_batch dS.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+_flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+GRAD_BLOCK = 256  # query rows per step of the bias gradient
+
+
+def applies(q: torch.Tensor, mask: torch.Tensor) -> bool:
+    """CPU, fp32, a mask that needs a gradient."""
+    return (q.device.type == "cpu" and q.dtype == torch.float32 and mask.dtype == torch.float32
+            and mask.requires_grad and torch.is_grad_enabled())
+
+
+class FlashBiasAttention(torch.autograd.Function):
+    """softmax(scale·q·kᵀ + mask) v with gradients for q, k, v and the mask (1, H, T, T)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask, scale):
+        out, lse = _flash(q, k, v, 0.0, True, attn_mask=mask, scale=scale)
+        ctx.save_for_backward(q, k, v, mask, out, lse)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, mask, out, lse = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        dq, dk, dv = _flash_backward(grad_out, q, k, v, out, lse, 0.0, True, attn_mask=mask, scale=ctx.scale)
+        dmask = None
+        if ctx.needs_input_grad[3]:
+            T = q.shape[-2]
+            dmask = torch.zeros_like(mask)
+            row_term = (grad_out * out).sum(-1, keepdim=True)  # (B, H, T, 1)
+            for s in range(0, T, GRAD_BLOCK):
+                e = min(s + GRAD_BLOCK, T)  # keys after e are in every row's future: no gradient there
+                scores = torch.matmul(q[:, :, s:e], k[:, :, :e].transpose(-2, -1)).mul_(ctx.scale)
+                scores.add_(mask[:, :, s:e, :e]).sub_(lse[:, :, s:e, None]).exp_()  # P
+                d_probs = torch.matmul(grad_out[:, :, s:e], v[:, :, :e].transpose(-2, -1)).sub_(row_term[:, :, s:e])
+                dmask[:, :, s:e, :e] = (scores * d_probs).sum(0, keepdim=True)
+        return dq, dk, dv, dmask, None
+
+
+def flash_bias_attention(q, k, v, mask, scale: float) -> torch.Tensor:
+    """q, k, v (B, H, T, Dh); mask (1, H, T, T) with -inf on the future. -> (B, H, T, Dh)"""
+    return FlashBiasAttention.apply(q, k, v, mask, scale)
