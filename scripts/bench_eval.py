@@ -5,7 +5,8 @@ Usage:
     python scripts/bench_eval.py                           # model=tiny, 16K, every encoding
     python scripts/bench_eval.py --lengths 16384 65536 --encodings nope alibi t5
 Memory is the growth of peak RSS during the forward (what the forward itself needs);
-total peak RSS is printed too.
+total peak RSS is printed too. A length the encoding refuses (the evaluator's n/a) and a
+forward with non-finite logits are reported instead of timed.
 """
 
 from __future__ import annotations
@@ -35,15 +36,20 @@ def measure_one(encoding: str, length: int, attention: str, repeats: int) -> dic
     cfg_cls = ENCODINGS[encoding][0]
     enc_cfg = cfg_cls(**({"max_positions": length} if encoding == "learned" else {}))
     model = Transformer(ModelConfig(name="tiny", attention=Attention(attention)), enc_cfg, 256).eval()
+    reason = model.encoding.length_limit_reason(length)
+    if reason is not None:  # what the evaluator reports as n/a
+        return {"encoding": encoding, "length": length, "error": f"n/a: {reason}"}
     tokens = torch.randint(0, 256, (1, length))
     before = rss_mb()
     times = []
     with torch.no_grad():
         for _ in range(repeats):
             start = time.perf_counter()
-            model(tokens)
+            logits = model(tokens)
             times.append(time.perf_counter() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    if not torch.isfinite(logits).all():
+        return {"encoding": encoding, "length": length, "error": "non-finite logits"}
     return {"encoding": encoding, "length": length, "seconds": min(times), "forward_mb": max(peak - before, 1.0),
             "peak_mb": peak, "backend": model.last_backend}
 

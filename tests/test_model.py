@@ -170,3 +170,11 @@ def test_only_position_local_encodings_run_by_blocks():
                         hybrid, VOCAB).eval()
     with torch.no_grad():
         assert model.by_blocks(torch.arange(30))
+
+
+def test_xpos_forward_past_its_fp32_window_says_what_to_do():
+    """xPos's q/k scales overflow fp32 past longest_window(); the forward refuses instead of returning inf/NaN."""
+    model = tiny_model("xpos")
+    longest = model.encoding.longest_window()
+    with pytest.raises(ValueError, match="raise encoding.scale_base"):
+        model(torch.zeros(1, longest + 1, dtype=torch.long))

@@ -63,6 +63,14 @@ class T5Bias(PositionalEncoding):
         nn.init.normal_(self.table.weight, std=self.init_std)
 
     def score_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
-        """table[bucket(key - query)] per head. -> (H, Tq, Tk)"""
-        buckets = t5_relative_bucket(k_pos[None, :] - q_pos[:, None], self.cfg.num_buckets, self.cfg.max_distance)
-        return self.table(buckets).permute(2, 0, 1)
+        """table[bucket(key - query)] per head. -> (H, Tq, Tk)
+
+        Bucketed once per distance the window holds, then gathered per (query, key): the (H, D)
+        per-distance values are all that autograd scatters back into, not a (Tq, Tk, H) lookup."""
+        if not q_pos.numel() or not k_pos.numel():
+            return self.table.weight.new_zeros(self.n_heads, q_pos.numel(), k_pos.numel())
+        low = int(q_pos.min() - k_pos.max())  # the smallest query - key distance
+        distances = torch.arange(low, int(q_pos.max() - k_pos.min()) + 1, device=q_pos.device)
+        buckets = t5_relative_bucket(-distances, self.cfg.num_buckets, self.cfg.max_distance)
+        per_distance = self.table(buckets).T  # (H, D)
+        return per_distance[:, q_pos[:, None] - k_pos[None, :] - low]

@@ -104,6 +104,9 @@ class Transformer(nn.Module):
         """tokens (B, T) -> logits (B, T, V); ``pos`` (T,) defaults to the encoding's positions
         (0..T-1, or sampled ones for randomized positions)."""
         T = tokens.shape[1]
+        reason = self.encoding.length_limit_reason(T)
+        if reason is not None:  # e.g. xPos past the window its fp32 scales can hold
+            raise ValueError(reason)
         if pos is None:
             pos = self.encoding.positions(T, tokens.device)
         backend = self.backend_for(T)
