@@ -127,8 +127,9 @@ def test_fire_is_an_mlp_of_the_progressively_interpolated_log_distance():
 
 
 def test_fire_piecewise_linear_form_equals_its_mlp():
-    """Evaluation (no autograd) uses the MLP's exact piecewise-linear form: it must equal the MLP
-    itself, for weights far from their init and inputs on both sides of every knot."""
+    """FIRE's bias goes through the MLP's exact piecewise-linear form: it must equal the MLP itself,
+    with and without autograd, for weights far from their init and inputs on both sides of every
+    knot, and give the MLP's gradients."""
     enc = make("fire")
     torch.manual_seed(3)
     with torch.no_grad():
@@ -141,6 +142,18 @@ def test_fire_piecewise_linear_form_equals_its_mlp():
         q_pos, k_pos = torch.arange(900, 940), torch.arange(940)
         no_grad_bias = enc.score_bias(q_pos, k_pos)
     torch.testing.assert_close(no_grad_bias, enc.score_bias(q_pos, k_pos).detach(), rtol=1e-5, atol=1e-5)
+    # training: the gradients of every FIRE parameter equal those through the MLP itself
+    weights = torch.randn(H, 40, 940)
+
+    def grads(bias_of):
+        enc.zero_grad()
+        (bias_of(enc.normalized_distance(q_pos, k_pos)) * weights).sum().backward()
+        return {name: p.grad.clone() for name, p in enc.named_parameters()}
+
+    through_pieces = grads(enc.piecewise_bias)
+    through_mlp = grads(lambda x: enc.mlp(x[..., None]).permute(2, 0, 1))
+    for name, grad in through_mlp.items():
+        torch.testing.assert_close(through_pieces[name], grad, rtol=1e-4, atol=1e-4)
 
 
 def test_fire_c_and_threshold_stay_positive_under_optimiser_steps():

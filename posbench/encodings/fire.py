@@ -12,8 +12,6 @@ from torch import nn
 
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
 
-MLP_ELEMENTS_PER_CHUNK = 2**22  # hidden activations built at once for a long evaluation block
-
 
 @dataclass
 class FireConfig(EncodingConfig):
@@ -68,14 +66,9 @@ class Fire(PositionalEncoding):
     def score_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         """f_theta of the normalised distance, per head. -> (H, Tq, Tk)
 
-        With autograd on, through the MLP itself; without (evaluation), through its exact
-        piecewise-linear form, which needs no (Tq, Tk, width) hidden activations."""
-        x = self.normalized_distance(q_pos, k_pos)
-        if not torch.is_grad_enabled():
-            return self.piecewise_bias(x)
-        rows = max(1, MLP_ELEMENTS_PER_CHUNK // (x.shape[1] * self.cfg.mlp_width))
-        out = [self.mlp(chunk[..., None]) for chunk in x.split(rows)]  # (rows, Tk, H) each
-        return torch.cat(out).permute(2, 0, 1)
+        Through the MLP's exact piecewise-linear form, which needs no (Tq, Tk, width) hidden
+        activations; its gradients are the MLP's (tested)."""
+        return self.piecewise_bias(self.normalized_distance(q_pos, k_pos))
 
     def piecewise_linear(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """f_theta as slope·x + intercept on the pieces between its knots.
@@ -109,6 +102,8 @@ class Fire(PositionalEncoding):
         knots, slopes, intercepts = self.piecewise_linear()
         piece = torch.bucketize(x, knots.to(x.dtype), out_int32=True).view(-1)  # r: knots[r - 1] < x <= knots[r]
         slopes, intercepts, flat_x = slopes.to(x.dtype), intercepts.to(x.dtype), x.reshape(-1)
+        if torch.is_grad_enabled():  # the same, through ops autograd can follow
+            return (intercepts[:, piece] + slopes[:, piece] * flat_x).view(self.n_heads, *x.shape)
         out = torch.empty((self.n_heads, flat_x.numel()), dtype=x.dtype, device=x.device)
         for h in range(self.n_heads):
             torch.addcmul(intercepts[h].index_select(0, piece), slopes[h].index_select(0, piece), flat_x, out=out[h])

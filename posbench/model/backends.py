@@ -119,7 +119,7 @@ def attend(
     if mask is None:
         mask = full_mask(bias_fn, pos, q.dtype)
     mask = mask.to(q.dtype)
-    if bias_grad.applies(q, mask):  # a learned bias on CPU: keep the fused kernel (model/bias_grad.py)
+    if bias_grad.applies(q, mask):  # CPU: the fused kernel, causal-skipping, with the bias gradient (bias_grad.py)
         return bias_grad.flash_bias_attention(q, k, v, mask, scale)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 

@@ -1,4 +1,4 @@
-"""Training with a learned bias on CPU through the flash kernel.
+"""Attention with a float bias mask on CPU through the flash kernel, learned biases included.
 
 ``F.scaled_dot_product_attention`` takes its fused CPU kernel only while the float mask needs no
 gradient; a learned bias (T5, KERPLE, FIRE) makes it fall back to the unfused path, which builds
@@ -21,9 +21,10 @@ GRAD_BLOCK = 256  # query rows per step of the bias gradient
 
 
 def applies(q: torch.Tensor, mask: torch.Tensor) -> bool:
-    """CPU, fp32, a mask that needs a gradient."""
-    return (q.device.type == "cpu" and q.dtype == torch.float32 and mask.dtype == torch.float32
-            and mask.requires_grad and torch.is_grad_enabled())
+    """CPU and fp32. Fixed biases (ALiBi) gain too: the kernel is called with its causal flag as
+    well as the mask (which ``F.scaled_dot_product_attention`` does not allow), so it skips the
+    key blocks above the diagonal."""
+    return q.device.type == "cpu" and q.dtype == torch.float32 and mask.dtype == torch.float32
 
 
 class FlashBiasAttention(torch.autograd.Function):
