@@ -18,7 +18,7 @@ explicit: ``eager`` for the whole square, ``blockwise`` one query block at a tim
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -130,6 +130,15 @@ def block_rows(block: int, n_heads: int, end: int) -> int:
     return max(1, min(block, BLOCK_BIAS_BYTES // (4 * n_heads * end)))
 
 
+def query_blocks(seq_len: int, block: int, n_heads: int) -> Iterator[tuple[int, int]]:
+    """(start, end) of each query block, rows from ``block_rows``: shrinking as the prefix grows."""
+    start = 0
+    while start < seq_len:
+        end = min(start + block_rows(block, n_heads, min(start + block, seq_len)), seq_len)
+        yield start, end
+        start = end
+
+
 def block_causal_bias(bias_fn: BiasFn, pos: torch.Tensor, start: int, end: int, dtype: torch.dtype) -> torch.Tensor:
     """The bias of queries start..end-1 over keys 0..end-1, -inf on their future. -> (1, H, b, end)"""
     bias = bias_fn(pos[start:end], pos[:end]).to(dtype)  # (H, b, end), a fresh tensor per block
@@ -140,16 +149,12 @@ def block_causal_bias(bias_fn: BiasFn, pos: torch.Tensor, start: int, end: int, 
 
 
 def _blockwise(q, k, v, pos, bias_fn: BiasFn, scale: float, block: int) -> torch.Tensor:
-    seq_len, n_heads = q.shape[-2], q.shape[1]
     outputs = []
-    start = 0
-    while start < seq_len:
-        end = min(start + block_rows(block, n_heads, min(start + block, seq_len)), seq_len)
+    for start, end in query_blocks(q.shape[-2], block, q.shape[1]):
         mask = block_causal_bias(bias_fn, pos, start, end, q.dtype)
         outputs.append(
             F.scaled_dot_product_attention(q[:, :, start:end], k[:, :, :end], v[:, :, :end], attn_mask=mask, scale=scale)
         )
-        start = end
     return torch.cat(outputs, dim=2)
 
 
@@ -196,16 +201,13 @@ def _explicit(q, k, v, pos, bias_fn: Optional[BiasFn], scale: float, block: int,
     """The eager computation, one query block (and its causal key prefix) at a time, with the
     encoding's ``score_mod`` applied to each block's fp32 scores; blocks shrink with the prefix
     like ``_blockwise``'s (here the (B, H, rows, prefix) scores are what the budget bounds)."""
-    seq_len, rows_of = q.shape[-2], q.shape[0] * q.shape[1]  # every (batch, head) row holds its own scores
+    seq_len = q.shape[-2]
     idx = torch.arange(seq_len, device=q.device)
     outputs = []
-    start = 0
-    while start < seq_len:
-        end = min(start + block_rows(block, rows_of, min(start + block, seq_len)), seq_len)
+    for start, end in query_blocks(seq_len, block, q.shape[0] * q.shape[1]):  # scores per (batch, head)
         bias = None if bias_fn is None else bias_fn(pos[start:end], pos[:end])
         q_scaled = q[:, :, start:end].float() * scale  # (B, H, b, Dh)
         scores = q_scaled @ k[:, :, :end].float().transpose(-2, -1)  # (B, H, b, end)
         scores = score_mod(scores + causal_bias(bias, idx[start:end], idx[:end], torch.float32)[None], q_scaled)
         outputs.append((scores.softmax(dim=-1) @ v[:, :, :end].float()).to(q.dtype))
-        start = end
     return torch.cat(outputs, dim=2)

@@ -11,7 +11,7 @@ from torch import nn
 from posbench.config import Mlp, ModelConfig, Norm
 from posbench.encodings import EncodingConfig, build_encoding
 from posbench.model.attention import AttentionContext, CausalSelfAttention
-from posbench.model.backends import block_causal_bias, block_rows, choose_backend, consecutive, full_mask
+from posbench.model.backends import block_causal_bias, choose_backend, consecutive, full_mask, query_blocks
 
 
 def make_norm(kind: Norm, dim: int) -> nn.Module:
@@ -132,14 +132,13 @@ class Transformer(nn.Module):
     def forward_by_blocks(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """The forward one query block at a time, every layer keeping its keys and values so far:
         the same function as ``forward``, with each block's (H, rows, prefix) bias built once and
-        shared by the layers. Rows per block follow ``block_rows``. -> logits (B, T, V)"""
+        shared by the layers. Blocks follow ``query_blocks``. -> logits (B, T, V)"""
         B, T = tokens.shape
         H, Dh = self.cfg.n_heads, self.head_dim
         param = self.embed.weight
         cache = [(param.new_empty(B, H, T, Dh), param.new_empty(B, H, T, Dh)) for _ in self.blocks]
-        logits, start = [], 0
-        while start < T:
-            end = min(start + block_rows(self.cfg.attention_block, H, min(start + self.cfg.attention_block, T)), T)
+        logits = []
+        for start, end in query_blocks(T, self.cfg.attention_block, H):
             rows = pos[start:end]
             x = self.encoding.embed_input(self.embed(tokens[:, start:end]), rows)  # (B, b, D)
             mask = block_causal_bias(self.encoding.score_bias, pos, start, end, x.dtype)
@@ -147,5 +146,4 @@ class Transformer(nn.Module):
             for block in self.blocks:
                 x = block(x, ctx)
             logits.append(self.lm_head(self.final_norm(x)))
-            start = end
         return torch.cat(logits, dim=1)
