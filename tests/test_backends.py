@@ -60,6 +60,54 @@ def test_auto_takes_the_linear_path_only_without_autograd_on_cpu():
     assert choose_backend("linear", True, 4, long, linear_ok=False) == "blockwise"
 
 
+def xpos_reference(q, k, v, q_pos, k_pos, zeta, scale_base, scale, bias=None):
+    """fp64 softmax of the decayed scores computed pair by pair: sum_d q_nd k_md zeta_d^((n - m)/scale_base)."""
+    half = zeta.numel()
+    per_channel = torch.cat((zeta, zeta, torch.ones(q.shape[-1] - 2 * half, dtype=torch.float64)))
+    dist = (q_pos[:, None] - k_pos[None, :]).double()  # (Tq, Tk)
+    decay = per_channel[None, None, :] ** (dist[:, :, None] / scale_base)  # (Tq, Tk, D)
+    logits = torch.einsum("bhnd,bhmd,nmd->bhnm", q.double(), k.double(), decay) * scale
+    if bias is not None:
+        logits = logits + bias.double()
+    logits = logits.masked_fill(k_pos[None, :] > q_pos[:, None], float("-inf"))
+    return logits.softmax(-1) @ v.double()
+
+
+@pytest.mark.parametrize("block,with_bias,grad", [(37, False, False), (64, True, False), (50, False, True)])
+def test_xpos_decay_recentred_per_block_is_exact_where_the_centred_window_overflows(block, with_bias, grad):
+    """600 positions at scale_base 4 (the centred factors overflow past 256): the per-block path
+    against an fp64 pair-by-pair reference (atol 1e-5), with and without a bias, under autograd too
+    (the masked path other devices take)."""
+    torch.manual_seed(0)
+    T, H, D = 600, 2, 12  # rotary pairs on 8 of 12 channels: the other 4 carry no decay
+    xpos = ENCODINGS["xpos"][1](ENCODINGS["xpos"][0](scale_base=4.0, rotary_dim=8 / 12), H * D, H, D, 0.02)
+    alibi = ENCODINGS["alibi"][1](ENCODINGS["alibi"][0](), H * D, H, D, 0.02)
+    q, k, v = (torch.randn(1, H, T, D) for _ in range(3))
+    pos, scale = torch.arange(T) + 5, D**-0.5
+    bias_fn = alibi.score_bias if with_bias else None
+    with torch.set_grad_enabled(grad):
+        out = attend(q, k, v, pos, bias_fn, scale, "blockwise", block, decay=xpos.qk_decay)
+    assert torch.isfinite(out).all()
+    reference = xpos_reference(q, k, v, pos, pos, xpos.zeta, 4.0, scale, alibi.score_bias(pos, pos) if with_bias else None)
+    torch.testing.assert_close(out.double(), reference, rtol=0, atol=1e-5)
+
+
+def test_xpos_is_exact_at_64k_positions():
+    """The model's default scale_base 512 at 65,536 positions (twice its centred window): the last
+    queries against an fp64 softmax of the decayed scores (atol 1e-5)."""
+    torch.manual_seed(0)
+    T, H, D = 65536, 2, 8
+    xpos = ENCODINGS["xpos"][1](ENCODINGS["xpos"][0](), H * D, H, D, 0.02)
+    assert T > xpos.decay_window
+    q, k, v = (torch.randn(1, H, T, D) for _ in range(3))
+    pos, scale = torch.arange(T), D**-0.5
+    with torch.no_grad():
+        out = attend(q, k, v, pos, None, scale, "blockwise", 1024, decay=xpos.qk_decay)[:, :, -4:]
+    rows = torch.arange(T - 4, T)
+    reference = xpos_reference(q[:, :, rows], k, v, pos[rows], pos, xpos.zeta, 512.0, scale)
+    torch.testing.assert_close(out.double(), reference, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("encoding", ["t5", "kerple_log", "fire", "sandwich"])
 def test_other_biases_run_blockwise_when_long(encoding):
     model = pair(encoding, "auto")[1]

@@ -194,15 +194,18 @@ def test_xpos_decay_is_symmetric_and_depends_on_distance_only():
     enc = make("xpos")
     zeta = (torch.arange(0, DH, 2, dtype=torch.float64) / DH + 0.4) / 1.4
     torch.testing.assert_close(enc.zeta, zeta)
-    for pos in (torch.arange(64), torch.arange(64) + 1000, torch.arange(7, 300, 3)):
-        scale = enc.decay(pos)  # q scale; the key at the same position gets its reciprocal
-        torch.testing.assert_close(scale * scale.reciprocal(), torch.ones_like(scale))
+    for pos, centre in ((torch.arange(64), 31), (torch.arange(64) + 1000, 0), (torch.arange(7, 300, 3), 150)):
+        scale = enc.qk_decay(pos, centre)  # q factors; the key at the same position gets their reciprocal
+        assert scale.shape == (pos.numel(), DH)
+        torch.testing.assert_close(scale[:, : DH // 2], scale[:, DH // 2 :])  # a rotated pair shares its factor
         n, m = 40, 9
         expected = zeta ** ((pos[n] - pos[m]).item() / 512.0)
-        torch.testing.assert_close(scale[n] / scale[m], expected)
+        torch.testing.assert_close(scale[n, : DH // 2] / scale[m, : DH // 2], expected)
 
 
 def test_xpos_scores_are_rope_scores_times_the_decay():
+    from posbench.model.backends import scale_qk
+
     xpos, rope = make("xpos"), make("rope")
     q, k = torch.randn(1, H, 50, DH), torch.randn(1, H, 50, DH)
     half = DH // 2
@@ -210,16 +213,22 @@ def test_xpos_scores_are_rope_scores_times_the_decay():
         mask = torch.zeros(DH)
         mask[[i, i + half]] = 1
         for pos in (torch.arange(50), torch.arange(50) + 777):
-            xs = torch.einsum("bhid,bhjd->bhij", *xpos.rotate_qk(q * mask, k * mask, pos))
+            rotated = xpos.rotate_qk(q * mask, k * mask, pos)
+            xs = torch.einsum("bhid,bhjd->bhij", *scale_qk(*rotated, xpos.qk_decay(pos, int(pos[25]))))
             rs = torch.einsum("bhid,bhjd->bhij", *rope.rotate_qk(q * mask, k * mask, pos))
             dist = (pos[:, None] - pos[None, :]).double()
             torch.testing.assert_close(xs.double(), rs.double() * xpos.zeta[i] ** (dist / 512), rtol=1e-4, atol=1e-5)
 
 
-def test_xpos_refuses_lengths_whose_scales_overflow():
+def test_xpos_decay_window_is_where_centred_factors_reach_the_fp32_limit():
+    """Centred on a window of decay_window positions the largest q-factor x k-factor product is
+    e^80 (finite in fp32 with room for |q||k|); twice that window it is e^160 (inf)."""
     enc = make("xpos")
-    assert enc.length_limit_reason(4096) is None
-    assert "scale_base" in enc.length_limit_reason(10**6)
+    for length, finite in ((enc.decay_window, True), (2 * enc.decay_window, False)):
+        factors = enc.qk_decay(torch.arange(length), length // 2)
+        largest = factors[0] * factors[-1].reciprocal()  # query at 0 with the key at the far end (masked)
+        assert bool(torch.isfinite(largest.float()).all()) == finite
+        assert (largest.max().log() <= 80.01) == finite
 
 
 # ---- CoPE (Golovneva et al. 2024 §3) ----

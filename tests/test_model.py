@@ -172,9 +172,26 @@ def test_only_position_local_encodings_run_by_blocks():
         assert model.by_blocks(torch.arange(30))
 
 
-def test_xpos_forward_past_its_fp32_window_says_what_to_do():
-    """xPos's q/k scales overflow fp32 past longest_window(); the forward refuses instead of returning inf/NaN."""
-    model = tiny_model("xpos")
-    longest = model.encoding.longest_window()
-    with pytest.raises(ValueError, match="raise encoding.scale_base"):
-        model(torch.zeros(1, longest + 1, dtype=torch.long))
+def test_xpos_past_its_centred_window_runs_by_blocks_and_matches_the_short_window():
+    """Past decay_window the window-centred factors would overflow fp32; auto re-centres them per query
+    block, and a causal model's first positions must not notice: their logits equal those of a window
+    short enough for the whole-window path (scale_base 4: the centred window holds 256 positions)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(name="test", n_layers=2, d_model=32, n_heads=4, attention_block=37)
+    model = Transformer(cfg, ENCODINGS["xpos"][0](scale_base=4.0), VOCAB).eval()
+    assert model.encoding.decay_window == 256
+    tokens = torch.randint(0, VOCAB, (2, 700))
+    with torch.no_grad():
+        long = model(tokens)
+        assert model.last_backend == "blockwise"
+        short = model(tokens[:, :200])
+        assert model.last_backend == "sdpa"
+    assert torch.isfinite(long).all()
+    torch.testing.assert_close(long[:, :200], short, rtol=1e-4, atol=1e-4)
+
+
+def test_xpos_past_its_centred_window_on_a_whole_window_path_says_what_to_do():
+    cfg = ModelConfig(name="test", n_layers=1, d_model=32, n_heads=4, attention=Attention.sdpa)
+    model = Transformer(cfg, ENCODINGS["xpos"][0](scale_base=4.0), VOCAB).eval()
+    with pytest.raises(ValueError, match="model.attention=auto or blockwise"):
+        model(torch.zeros(1, 300, dtype=torch.long))

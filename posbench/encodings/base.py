@@ -8,6 +8,7 @@ The model calls every hook at a fixed site (see DESIGN in the README):
 | ``embed_input(x, pos)`` | x (B, T, D), pos (T,) | token embeddings, before the first block |
 | ``rotate_qk(q, k, pos)`` | q (B, H, T, Dh), k (B, Hkv, T, Dh) | every attention layer, after projection |
 | ``score_bias(q_pos, k_pos)`` | -> (H, Tq, Tk) or None | added to the logits before softmax |
+| ``qk_decay(pos, centre)`` | -> (T, Dh) float64 | per-channel factors: q times them, k divided (xPos), after the rotation |
 | ``score_mod(scores, q, layer)`` | scores (B, H, Tq, Tk) | content-dependent logits (CoPE), explicit scores only |
 | ``logit_scale(seq_len)`` | -> float | multiplies the 1/sqrt(Dh) softmax scale |
 
@@ -41,6 +42,8 @@ class PositionalEncoding(nn.Module):
     distance_only: bool = False
     #: True when ``score_mod`` needs each layer's explicit scores (decides the attention backend)
     needs_scores: bool = False
+    #: True when ``qk_decay`` returns factors (xPos; long windows re-centre them per query block)
+    has_decay: bool = False
 
     def __init__(self, cfg: EncodingConfig, d_model: int, n_heads: int, head_dim: int, init_std: float, n_layers: int = 1):
         super().__init__()
@@ -63,6 +66,16 @@ class PositionalEncoding(nn.Module):
 
     def rotate_qk(self, q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return q, k
+
+    def qk_decay(self, pos: torch.Tensor, centre: int) -> Optional[torch.Tensor]:
+        """Factors s (T, Dh) such that (q_n·s_n)·(k_m/s_m) carries a factor of n - m alone, centred so that
+        s = 1 at position ``centre``; only called when ``has_decay``."""
+        return None
+
+    @property
+    def decay_window(self) -> Optional[int]:
+        """The longest window whose ``qk_decay`` factors, centred on it, stay finite in fp32 (None: no limit)."""
+        return None
 
     def score_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> Optional[torch.Tensor]:
         return None

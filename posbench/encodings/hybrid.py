@@ -124,6 +124,7 @@ class Hybrid(PositionalEncoding):
         self.has_bias = any(member.has_bias for member in self.members.values())
         self.distance_only = all(m.distance_only for m in self.members.values() if m.has_bias)  # a sum of such biases is one too
         self.needs_scores = any(member.needs_scores for member in self.members.values())
+        self.has_decay = any(member.has_decay for member in self.members.values())
         self.position_source = self.find_position_source()
 
     def find_position_source(self) -> Optional[str]:
@@ -152,6 +153,14 @@ class Hybrid(PositionalEncoding):
         for member in self.members.values():
             q, k = member.rotate_qk(q, k, pos)  # (B, H, T, Dh), (B, Hkv, T, Dh)
         return q, k
+
+    def qk_decay(self, pos: torch.Tensor, centre: int) -> Optional[torch.Tensor]:
+        """The decaying member's factors (one rotary member at most, so one decay)."""
+        return next(m.qk_decay(pos, centre) for m in self.members.values() if m.has_decay)
+
+    @property
+    def decay_window(self) -> Optional[int]:
+        return min((m.decay_window for m in self.members.values() if m.has_decay), default=None)
 
     def bias_members(self) -> list[PositionalEncoding]:
         return [member for member in self.members.values() if member.has_bias]
@@ -195,7 +204,11 @@ class Hybrid(PositionalEncoding):
         return all(member.position_local for member in self.members.values())
 
     def length_limit_reason(self, seq_len: int) -> Optional[str]:
-        """The first member's refusal: a hybrid takes only the lengths every member takes."""
+        """The first member's refusal: a hybrid takes only the lengths every member takes, and a decay
+        (xPos) past its window is re-centred per query block, which explicit scores (CoPE) do not allow."""
+        if self.has_decay and self.needs_scores and seq_len > self.decay_window:
+            return (f"{self.label} past {self.decay_window} positions: the decay must be re-centred per query "
+                    "block, which explicit scores do not allow; evaluate shorter windows")
         for member in self.members.values():
             reason = member.length_limit_reason(seq_len)
             if reason is not None:

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
-from posbench.encodings.rope import Rope, RopeConfig, apply_rotary
+from posbench.encodings.rope import Rope, RopeConfig
 
 FLOAT32_LOG_MAX = 80.0  # ln(3.4e38) is 88.7; keep a margin for the q·k magnitudes themselves
 
@@ -23,38 +22,34 @@ class XposConfig(RopeConfig):
 
 class Xpos(Rope):
     """q at position n is scaled by zeta^(n/scale_base), k at m by zeta^(-m/scale_base), per rotated pair,
-    so q·k carries zeta^((n-m)/scale_base): a decay that depends on the distance only."""
+    so q·k carries zeta^((n-m)/scale_base): a decay that depends on the distance only.
+
+    The rotation is RoPE's (``rotate_qk``); the scales come from ``qk_decay`` and are applied by the
+    attention, centred on the window when it is short enough for fp32 and on each query block when
+    it is not (any length: model/backends.py ``_decayed_blockwise``)."""
 
     cfg: XposConfig
+    has_decay = True
 
     def __init__(self, cfg: XposConfig, d_model: int, n_heads: int, head_dim: int, init_std: float, n_layers: int = 1):
         super().__init__(cfg, d_model, n_heads, head_dim, init_std, n_layers)
         pair = torch.arange(0, self.rotary, 2, dtype=torch.float64) / self.rotary  # 2i/d, (r/2,)
         self.register_buffer("zeta", (pair + cfg.gamma) / (1 + cfg.gamma), persistent=False)
 
-    def decay(self, pos: torch.Tensor) -> torch.Tensor:
-        """zeta^(n/scale_base) for each position n, (T, r/2). Positions are centred on the window first
-        (as the authors' code does): the product for a (query, key) pair depends only on n - m, and
-        centring halves the largest exponent."""
-        centred = (pos - (pos.min() + pos.max()) // 2).to(torch.float64)
-        return self.zeta.to(pos.device)[None, :] ** (centred[:, None] / self.cfg.scale_base)
-
-    def rotate_qk(self, q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cos, sin = self.cos_sin(pos)
-        scale = self.decay(pos)
-        q_scale, k_scale = scale.float(), scale.reciprocal().float()
-        return apply_rotary(q, cos * q_scale, sin * q_scale), apply_rotary(k, cos * k_scale, sin * k_scale)
+    def qk_decay(self, pos: torch.Tensor, centre: int) -> torch.Tensor:
+        """zeta^((n - centre)/scale_base) for each position n and channel, 1 on unrotated channels
+        (rotate-half layout: a pair's two channels share its factor). -> (T, Dh) float64"""
+        exponent = (pos - centre).to(torch.float64)[:, None] / self.cfg.scale_base
+        pairs = self.zeta.to(pos.device)[None, :] ** exponent  # (T, r/2)
+        rest = pairs.new_ones(pos.numel(), self.head_dim - self.rotary)
+        return torch.cat((pairs, pairs, rest), dim=-1)
 
     @property
     def position_local(self) -> bool:
-        return False  # the decay is centred on the whole window
+        return False  # the decay is applied to the whole window, or re-centred per query block by attend()
 
-    def longest_window(self) -> int:
-        """The longest window whose largest q·k scale, zeta_min^(-(T-1)/scale_base), stays finite in fp32/bf16."""
+    @property
+    def decay_window(self) -> int:
+        """The longest window one centring holds: the largest product of a q and a k factor (a query
+        at one end, a key at the other), zeta_min^(-(T-1)/scale_base), stays finite in fp32/bf16."""
         return int(FLOAT32_LOG_MAX * self.cfg.scale_base / -math.log(float(self.zeta.min()))) + 1
-
-    def length_limit_reason(self, seq_len: int) -> Optional[str]:
-        if seq_len > self.longest_window():
-            return (f"xPos scales overflow float32 past {self.longest_window()} positions with scale_base="
-                    f"{self.cfg.scale_base:g}; raise encoding.scale_base to evaluate longer windows")
-        return super().length_limit_reason(seq_len)

@@ -57,6 +57,10 @@ class CausalSelfAttention(nn.Module):
             return self.out_proj(y.transpose(1, 2).reshape(B, T, -1))
         bias_fn = encoding.score_bias if encoding.has_bias else None
         score_mod = partial(encoding.score_mod, layer=self.layer) if encoding.needs_scores else None
-        y = attend(q, k, v, ctx.pos, bias_fn, scale, ctx.backend, ctx.block, ctx.mask, score_mod,
-                   encoding.linear_slopes(), encoding.flex_bias if encoding.has_flex_bias else None, encoding.distance_only)  # (B, H, T, Dh)
+        decay, block = None, ctx.block
+        if encoding.has_decay:  # per-block factors at most e^40 apart inside a block's square
+            decay, block = encoding.qk_decay, max(1, min(block, encoding.decay_window // 2))
+        y = attend(q, k, v, ctx.pos, bias_fn, scale, ctx.backend, block, ctx.mask, score_mod,
+                   encoding.linear_slopes(), encoding.flex_bias if encoding.has_flex_bias else None,
+                   encoding.distance_only, decay)  # (B, H, T, Dh)
         return self.out_proj(y.transpose(1, 2).reshape(B, T, -1))

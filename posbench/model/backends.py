@@ -12,6 +12,10 @@
   (CUDA forward and backward; CPU forward, compiled).
 - ``eager``: the plain softmax(QKᵀ·scale + bias)V reference that tests check every path against.
 
+An encoding whose q and k carry decay factors (xPos, ``qk_decay``) has them centred on the window
+on every path; ``blockwise`` (and ``linear``) re-centre them on each query block instead, so they
+stay finite at any length (``_decayed_blockwise``).
+
 An encoding whose logits depend on the scores themselves (a ``score_mod``, e.g. CoPE) needs them
 explicit: ``eager`` for the whole square, ``blockwise`` one query block at a time (sdpa cannot).
 """
@@ -26,6 +30,7 @@ import torch.nn.functional as F
 from posbench.model import bias_grad
 
 BiasFn = Callable[[torch.Tensor, torch.Tensor], Optional[torch.Tensor]]  # (q_pos, k_pos) -> (H, Tq, Tk)
+DecayFn = Callable[[torch.Tensor, int], torch.Tensor]  # (pos (T,), centre) -> (T, Dh) float64 q factors
 ScoreMod = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (scores (B,H,Tq,Tk), scaled q (B,H,Tq,Dh)) -> scores
 
 BACKENDS = ("sdpa", "blockwise", "linear", "flex", "eager")
@@ -83,6 +88,7 @@ def attend(
     slopes: Optional[torch.Tensor] = None,
     flex_bias: Optional[Callable] = None,
     distance_only: bool = False,
+    decay: Optional[DecayFn] = None,
 ) -> torch.Tensor:
     """Causal attention over one window. q, k, v (B, H, T, Dh); pos (T,). -> (B, H, T, Dh)
 
@@ -91,7 +97,12 @@ def attend(
     ``slopes`` (H,): the bias is -slopes·(i - j), which the ``linear`` path uses; ``flex_bias``
     is the encoding's elementwise bias for the ``flex`` path. ``distance_only``: the bias
     depends on q_pos - k_pos alone, so blocks can share one table of it (``_toeplitz_blockwise``).
+    ``decay``: the encoding's ``qk_decay``, applied here (re-centred per block on blockwise paths).
     """
+    if decay is not None:
+        if backend in ("blockwise", "linear") and score_mod is None:
+            return _decayed_blockwise(q, k, v, pos, decay, bias_fn, scale, block)
+        q, k = scale_qk(q, k, decay(pos, int(pos.min() + pos.max()) // 2))  # centred on the window
     if score_mod is not None:
         return _explicit(q, k, v, pos, bias_fn, scale, block if backend == "blockwise" else q.shape[-2], score_mod)
     if backend == "eager":
@@ -186,6 +197,41 @@ def _toeplitz_blockwise(q, k, v, pos, bias_fn: BiasFn, scale: float, block: int)
         q_rev = q[:, :, start:end].flip(2)
         out = F.scaled_dot_product_attention(q_rev, k[:, :, :end], v[:, :, :end], attn_mask=bias[None], scale=scale)
         outputs.append(out.flip(2))
+    return torch.cat(outputs, dim=2)
+
+
+def scale_qk(q: torch.Tensor, k: torch.Tensor, factors: torch.Tensor, floor: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """q times ``factors`` (T, Dh), k divided by them; key factors below ``floor`` become 0."""
+    inverse = factors.reciprocal()
+    inverse = inverse.masked_fill(inverse < floor, 0.0)
+    return q * factors[-q.shape[-2]:].to(q.dtype), k * inverse.to(k.dtype)
+
+
+DECAY_FLOOR = 1e-30  # a key factor below this multiplies a query factor <= 1: the product is negligible
+
+
+def _decayed_blockwise(q, k, v, pos, decay: DecayFn, bias_fn: Optional[BiasFn], scale: float, block: int) -> torch.Tensor:
+    """Causal attention with decay factors centred on each query block's first position: a query's
+    factor is then at most 1 and at least zeta^(block/scale_base), a key's grows only inside the
+    block's own square, and keys far behind get factors that underflow; below DECAY_FLOOR they are
+    set to 0 (their products are < 1e-30, and fp32 subnormals would slow the kernels). Blocks with
+    a bias follow ``query_blocks``; without one, CPU evaluation uses the mask-free flash calls of
+    ``linear_bias.prefix_and_diagonal``, elsewhere a boolean causal mask per block."""
+    from posbench.model import linear_bias
+
+    T, H = q.shape[-2], q.shape[1]
+    spans = query_blocks(T, block, H) if bias_fn is not None else ((s, min(s + block, T)) for s in range(0, T, block))
+    outputs = []
+    for start, end in spans:
+        q_b, k_b = scale_qk(q[:, :, start:end], k[:, :, :end], decay(pos[:end], int(pos[start])), DECAY_FLOOR)
+        if bias_fn is not None:
+            mask = block_causal_bias(bias_fn, pos, start, end, q.dtype)
+        elif linear_bias.available(q):
+            outputs.append(linear_bias.prefix_and_diagonal(q_b, k_b, v[:, :, :end], scale))
+            continue
+        else:
+            mask = torch.ones(end - start, end, dtype=torch.bool, device=q.device).tril(start)
+        outputs.append(F.scaled_dot_product_attention(q_b, k_b, v[:, :, :end], attn_mask=mask, scale=scale))
     return torch.cat(outputs, dim=2)
 
 

@@ -45,11 +45,19 @@ def linear_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos
     for s in range(0, T, block):
         e = min(s + block, T)
         k1[:, :, :e, D] = m * (pos[:e] - pos[s]).to(q.dtype).view(1, 1, e)  # only the keys this block sees
-        out_b, lse_b = _flash(q1[:, :, s:e], k1[:, :, s:e], v1[:, :, s:e], 0.0, True, scale=scale)
-        if s > 0:
-            out_a, lse_a = _flash(q1[:, :, s:e], k1[:, :, :s], v1[:, :, :s], 0.0, False, scale=scale)
-            top = torch.maximum(lse_a, lse_b)
-            w_a, w_b = (lse_a - top).exp().unsqueeze(-1), (lse_b - top).exp().unsqueeze(-1)
-            out_b = (w_a * out_a + w_b * out_b) / (w_a + w_b)
-        outputs.append(out_b[..., :D])
+        outputs.append(prefix_and_diagonal(q1[:, :, s:e], k1[:, :, :e], v1[:, :, :e], scale)[..., :D])
     return torch.cat(outputs, dim=2)
+
+
+def prefix_and_diagonal(q_block: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Causal attention of the last b queries of a prefix over all its keys, with no mask tensor:
+    the keys before the block (every one visible) and the block's own causal square, two flash
+    calls merged by their log-sum-exps. q_block (B, H, b, D); k, v (B, H, e, D). -> (B, H, b, D)"""
+    s, e = k.shape[-2] - q_block.shape[-2], k.shape[-2]
+    out, lse = _flash(q_block, k[:, :, s:e], v[:, :, s:e], 0.0, True, scale=scale)
+    if s == 0:
+        return out
+    out_a, lse_a = _flash(q_block, k[:, :, :s], v[:, :, :s], 0.0, False, scale=scale)
+    top = torch.maximum(lse_a, lse)
+    w_a, w_b = (lse_a - top).exp().unsqueeze(-1), (lse - top).exp().unsqueeze(-1)
+    return (w_a * out_a + w_b * out) / (w_a + w_b)
