@@ -3,12 +3,12 @@
 ``F.scaled_dot_product_attention`` takes its fused CPU kernel only while the float mask needs no
 gradient; a learned bias (T5, KERPLE, FIRE) makes it fall back to the unfused path, which builds
 the whole (B, H, T, T) score tensor in both directions and does every square matmul without the
-causal saving. Here the forward and the q/k/v gradients run through the flash kernel and its
-backward, and the bias gradient is formed one query block at a time over its causal key prefix
-from the kernel's log-sum-exp (standard attention calculus, e.g. Dao et al. 2022, FlashAttention,
-Appendix B.2):
+causal saving. Here the forward runs through the flash kernel, and every gradient is formed one
+query block at a time over its causal key prefix from the kernel's log-sum-exp (standard attention
+calculus, e.g. Dao et al. 2022, FlashAttention, Appendix B.2):
 
-    P = exp(S - lse),  dP = dO·Vᵀ,  dS = P ⊙ (dP - rowsum(dO ⊙ O)),  d bias = Σ_batch dS.
+    P = exp(S - lse),  dV = Pᵀ·dO,  dP = dO·Vᵀ,  dS = P ⊙ (dP - rowsum(dO ⊙ O)),
+    dQ = scale·dS·K,  dK = scale·dSᵀ·Q,  d bias = Σ_batch dS.
 """
 
 from __future__ import annotations
@@ -41,19 +41,33 @@ class FlashBiasAttention(torch.autograd.Function):
     def backward(ctx, grad_out):
         q, k, v, mask, out, lse = ctx.saved_tensors
         grad_out = grad_out.contiguous()
-        dq, dk, dv = _flash_backward(grad_out, q, k, v, out, lse, 0.0, True, attn_mask=mask, scale=ctx.scale)
-        dmask = None
-        if ctx.needs_input_grad[3]:
-            T = q.shape[-2]
-            dmask = torch.zeros_like(mask)
-            row_term = (grad_out * out).sum(-1, keepdim=True)  # (B, H, T, 1)
-            for s in range(0, T, GRAD_BLOCK):
-                e = min(s + GRAD_BLOCK, T)  # keys after e are in every row's future: no gradient there
-                scores = torch.matmul(q[:, :, s:e], k[:, :, :e].transpose(-2, -1)).mul_(ctx.scale)
-                scores.add_(mask[:, :, s:e, :e]).sub_(lse[:, :, s:e, None]).exp_()  # P
-                d_probs = torch.matmul(grad_out[:, :, s:e], v[:, :, :e].transpose(-2, -1)).sub_(row_term[:, :, s:e])
-                dmask[:, :, s:e, :e] = (scores * d_probs).sum(0, keepdim=True)
-        return dq, dk, dv, dmask, None
+        if not ctx.needs_input_grad[3]:  # a fixed bias (ALiBi): the kernel's own backward
+            dq, dk, dv = _flash_backward(grad_out, q, k, v, out, lse, 0.0, True, attn_mask=mask, scale=ctx.scale)
+            return dq, dk, dv, None, None
+        return (*blockwise_backward(q, k, v, mask, out, lse, grad_out, ctx.scale), None)
+
+
+def blockwise_backward(q, k, v, mask, out, lse, grad_out, scale: float):
+    """Every gradient of a learned-bias attention from one dS per query block over its causal key
+    prefix: five matmuls per block, as many as the kernel's backward, and the mask gradient for free
+    (the kernel's backward does not return dS; taking it as well would cost two more). -> dq, dk, dv, dmask"""
+    T = q.shape[-2]
+    dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    dmask = torch.empty_like(mask)
+    row_term = (grad_out * out).sum(-1, keepdim=True)  # (B, H, T, 1)
+    for s in range(0, T, GRAD_BLOCK):
+        e = min(s + GRAD_BLOCK, T)  # keys after e are in every row's future: no gradient there
+        q_b, do_b = q[:, :, s:e], grad_out[:, :, s:e]
+        probs = torch.matmul(q_b, k[:, :, :e].transpose(-2, -1)).mul_(scale)
+        probs.add_(mask[:, :, s:e, :e]).sub_(lse[:, :, s:e, None]).exp_()  # P (B, H, b, e)
+        dv[:, :, :e] += torch.matmul(probs.transpose(-2, -1), do_b)
+        d_scores = torch.matmul(do_b, v[:, :, :e].transpose(-2, -1)).sub_(row_term[:, :, s:e]).mul_(probs)  # dS
+        dmask[:, :, s:e, :e] = d_scores.sum(0, keepdim=True)
+        dmask[:, :, s:e, e:] = 0
+        d_scores.mul_(scale)
+        dq[:, :, s:e] = torch.matmul(d_scores, k[:, :, :e])
+        dk[:, :, :e] += torch.matmul(d_scores.transpose(-2, -1), q_b)
+    return dq, dk, dv, dmask
 
 
 def flash_bias_attention(q, k, v, mask, scale: float) -> torch.Tensor:
