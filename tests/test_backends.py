@@ -193,3 +193,28 @@ def test_model_training_takes_the_fused_bias_gradient(encoding, monkeypatch):
     assert calls and any(n.startswith("encoding.") for n in fused)
     for name in unfused:
         torch.testing.assert_close(fused[name], unfused[name], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("encoding", ["t5", "kerple_log", "kerple_power", "sandwich", "alibi"])
+def test_distance_only_mask_is_the_bias_laid_out_by_distance_with_its_gradients(encoding):
+    """full_mask's per-distance (Toeplitz) layout against the bias evaluated per (query, key), values
+    and every encoding parameter's gradient (a sum per diagonal), at a length with odd factors."""
+    from posbench.model.backends import full_mask
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(name="t", n_layers=1, d_model=32, n_heads=4), ENCODINGS[encoding][0](), 64)
+    enc = model.encoding
+    pos, weights = torch.arange(45) + 3, torch.randn(1, 4, 45, 45).tril()
+
+    def mask_and_grads(distance_only: bool):
+        enc.zero_grad()
+        mask = full_mask(enc.score_bias, pos, torch.float32, distance_only)
+        if mask.requires_grad:
+            (mask.masked_fill(mask.isinf(), 0) * weights).sum().backward()
+        return mask.detach(), {n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None}
+
+    (laid_out, grads), (reference, reference_grads) = mask_and_grads(True), mask_and_grads(False)
+    torch.testing.assert_close(laid_out, reference)
+    assert grads.keys() == reference_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], reference_grads[name], rtol=1e-5, atol=1e-5)

@@ -97,14 +97,39 @@ class Fire(PositionalEncoding):
         return knots.float(), slopes.float(), intercepts.float()
 
     def piecewise_bias(self, x: torch.Tensor) -> torch.Tensor:
-        """f_theta(x) per head from ``piecewise_linear``: one bucket search, then slope·x + intercept
-        gathered per head. x (Tq, Tk) -> (H, Tq, Tk)"""
+        """f_theta(x) per head from ``piecewise_linear``. x (Tq, Tk) -> (H, Tq, Tk)"""
         knots, slopes, intercepts = self.piecewise_linear()
-        piece = torch.bucketize(x, knots.to(x.dtype), out_int32=True).view(-1)  # r: knots[r - 1] < x <= knots[r]
-        slopes, intercepts, flat_x = slopes.to(x.dtype), intercepts.to(x.dtype), x.reshape(-1)
-        if torch.is_grad_enabled():  # the same, through ops autograd can follow
-            return (intercepts[:, piece] + slopes[:, piece] * flat_x).view(self.n_heads, *x.shape)
-        out = torch.empty((self.n_heads, flat_x.numel()), dtype=x.dtype, device=x.device)
-        for h in range(self.n_heads):
+        return PiecewiseLinear.apply(x, knots.to(x.dtype), slopes.to(x.dtype), intercepts.to(x.dtype))
+
+
+class PiecewiseLinear(torch.autograd.Function):
+    """out[h] = slopes[h, r]·x + intercepts[h, r] with r = x's piece: one bucket search, then a gather
+    and a multiply-add per head; the backward sums each head's gradient per piece (bincount) rather
+    than scattering through gathered (H, Tq·Tk) copies of the coefficients.
+    x (Tq, Tk); knots (m,); slopes, intercepts (H, m + 1). -> (H, Tq, Tk)"""
+
+    @staticmethod
+    def forward(ctx, x, knots, slopes, intercepts):
+        flat_x = x.reshape(-1)
+        piece = torch.bucketize(flat_x, knots)  # r: knots[r - 1] < x <= knots[r]
+        out = torch.empty((slopes.shape[0], flat_x.numel()), dtype=x.dtype, device=x.device)
+        for h in range(slopes.shape[0]):
             torch.addcmul(intercepts[h].index_select(0, piece), slopes[h].index_select(0, piece), flat_x, out=out[h])
-        return out.view(self.n_heads, *x.shape)
+        ctx.save_for_backward(flat_x, piece, slopes)
+        ctx.x_shape = x.shape
+        return out.view(-1, *x.shape)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        flat_x, piece, slopes = ctx.saved_tensors
+        heads, pieces = slopes.shape
+        grad = grad_out.reshape(heads, -1)
+        grad_x = torch.zeros_like(flat_x) if ctx.needs_input_grad[0] else None
+        grad_slopes, grad_intercepts = torch.empty_like(slopes), torch.empty_like(slopes)
+        for h in range(heads):
+            if grad_x is not None:
+                grad_x.addcmul_(grad[h], slopes[h].index_select(0, piece))
+            grad_intercepts[h] = torch.bincount(piece, weights=grad[h], minlength=pieces)
+            grad_slopes[h] = torch.bincount(piece, weights=grad[h] * flat_x, minlength=pieces)
+        grad_x = None if grad_x is None else grad_x.view(ctx.x_shape)
+        return grad_x, None, grad_slopes, grad_intercepts

@@ -66,11 +66,17 @@ def causal_bias(bias: Optional[torch.Tensor], q_pos_idx: torch.Tensor, k_pos_idx
     return mask[None] if bias is None else bias.to(dtype) + mask[None]
 
 
-def full_mask(bias_fn: Optional[BiasFn], pos: torch.Tensor, dtype: torch.dtype) -> Optional[torch.Tensor]:
-    """The (1, H, T, T) float mask for the sdpa path, or None for the causal flag."""
+def full_mask(bias_fn: Optional[BiasFn], pos: torch.Tensor, dtype: torch.dtype, distance_only: bool = False) -> Optional[torch.Tensor]:
+    """The (1, H, T, T) float mask for the sdpa path, or None for the causal flag. A bias of the
+    distance alone over consecutive positions is evaluated once per distance (``distance_table``)
+    and laid out as a Toeplitz matrix in one copy: the (H, T, T) work is that copy, and its
+    gradient (a sum per diagonal) is all a learned bias scatters back."""
     if bias_fn is None:
         return None
-    idx = torch.arange(pos.numel(), device=pos.device)
+    T = pos.numel()
+    if distance_only and consecutive(pos) and T > 1:
+        return CausalToeplitz.apply(distance_table(bias_fn, pos, T, dtype))[None]
+    idx = torch.arange(T, device=pos.device)
     return causal_bias(bias_fn(pos, pos), idx, idx, dtype)[None]
 
 
@@ -128,7 +134,7 @@ def attend(
     if bias_fn is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
     if mask is None:
-        mask = full_mask(bias_fn, pos, q.dtype)
+        mask = full_mask(bias_fn, pos, q.dtype, distance_only)
     mask = mask.to(q.dtype)
     if bias_grad.applies(q, mask):  # CPU: the fused kernel, causal-skipping, with the bias gradient (bias_grad.py)
         return bias_grad.flash_bias_attention(q, k, v, mask, scale)
@@ -157,6 +163,30 @@ def block_causal_bias(bias_fn: BiasFn, pos: torch.Tensor, start: int, end: int, 
     future = torch.ones(end - start, end - start, dtype=torch.bool, device=pos.device).triu(1)
     bias[:, :, start:].masked_fill_(future, float("-inf"))  # only the diagonal square has a future
     return bias[None]
+
+
+class CausalToeplitz(torch.autograd.Function):
+    """``distance_table``'s u (H, 2T - 1), u[h, t] the bias at distance (T - 1) - t, laid out as the
+    (H, T, T) matrix of distance i - j; its gradient is the sum of each diagonal on or below the main
+    one. The future's entries (t >= T) get none: in ``distance_table`` they are the constant -inf."""
+
+    @staticmethod
+    def forward(ctx, table):
+        heads, T = table.shape[0], (table.shape[1] + 1) // 2
+        hankel = table.as_strided((heads, T, T), (table.stride(0), 1, 1))  # [h, a, j] = u[h, a + j]
+        return hankel.flip(1)  # [h, i, j] = u[h, T - 1 - i + j], a copy
+
+    @staticmethod
+    def backward(ctx, grad):
+        """Rows of a (T, 2T) buffer holding grad on their right half, read with a row stride of
+        2T + 1: column c then walks the diagonal of distance T - c (the left half pads with zeros)."""
+        heads, T = grad.shape[0], grad.shape[-1]
+        padded = grad.new_zeros(heads, T, 2 * T)
+        padded[:, :, T:] = grad
+        sums = padded.as_strided((heads, T, T + 1), (2 * T * T, 2 * T + 1, 1)).sum(1)  # [h, c]: distance T - c
+        grad_table = grad.new_zeros(heads, 2 * T - 1)
+        grad_table[:, :T] = sums[:, 1:]  # t = c - 1: distances T - 1 down to 0; the future has none
+        return grad_table
 
 
 def _blockwise(q, k, v, pos, bias_fn: BiasFn, scale: float, block: int) -> torch.Tensor:

@@ -123,7 +123,7 @@ class Transformer(nn.Module):
         x = self.encoding.embed_input(self.embed(tokens), pos)  # (B, T, D)
         ctx = AttentionContext(self.encoding, pos, backend, self.cfg.attention_block)
         if ctx.backend == "sdpa" and self.encoding.has_bias:
-            ctx.mask = full_mask(self.encoding.score_bias, pos, x.dtype)  # built once, shared by layers
+            ctx.mask = full_mask(self.encoding.score_bias, pos, x.dtype, self.encoding.distance_only)  # shared by layers
         for block in self.blocks:
             x = block(x, ctx)
         return self.lm_head(self.final_norm(x))
