@@ -147,15 +147,18 @@ def test_flex_refuses_cpu_training_with_the_fix():
         attend(q, k, v, torch.arange(8), None, 0.5, "flex")
 
 
-def test_learned_bias_gradients_through_the_flash_kernel_equal_the_unfused_ones():
+@pytest.mark.parametrize("spread", [1.0, 1e6])
+def test_learned_bias_gradients_through_the_flash_kernel_equal_the_unfused_ones(spread):
     """bias_grad.py: output and the q, k, v and mask gradients equal SDPA's unfused path (fp32, atol 1e-5),
-    at a length that is not a multiple of its gradient block."""
+    at a length that is not a multiple of its gradient block, with a bias of unit size and one with half
+    its entries near -1e6 (KERPLE-power's range), whose vanishing probabilities the backward flushes to 0."""
     from posbench.model.bias_grad import GRAD_BLOCK, flash_bias_attention
 
     torch.manual_seed(0)
     B, H, T, D = 2, 3, GRAD_BLOCK + 45, 16
     q, k, v = (torch.randn(B, H, T, D, requires_grad=True) for _ in range(3))
-    bias = torch.randn(1, H, T, T, requires_grad=True)
+    far = torch.rand(1, H, T, T) < 0.5  # these get probabilities below 1e-38 when spread is large
+    bias = (torch.randn(1, H, T, T) - far * spread * (1 + torch.rand(1, H, T, T))).requires_grad_()
     future = torch.ones(T, T, dtype=torch.bool).triu(1)
     weights = torch.randn(B, H, T, D)
 

@@ -181,7 +181,8 @@ class CausalToeplitz(torch.autograd.Function):
         """Rows of a (T, 2T) buffer holding grad on their right half, read with a row stride of
         2T + 1: column c then walks the diagonal of distance T - c (the left half pads with zeros)."""
         heads, T = grad.shape[0], grad.shape[-1]
-        padded = grad.new_zeros(heads, T, 2 * T)
+        padded = grad.new_empty(heads, T, 2 * T)
+        padded[:, :, :T].zero_()
         padded[:, :, T:] = grad
         sums = padded.as_strided((heads, T, T + 1), (2 * T * T, 2 * T + 1, 1)).sum(1)  # [h, c]: distance T - c
         grad_table = grad.new_zeros(heads, 2 * T - 1)

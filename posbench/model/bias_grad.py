@@ -14,10 +14,16 @@ calculus, e.g. Dao et al. 2022, FlashAttention, Appendix B.2):
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 _flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
 GRAD_BLOCK = 256  # query rows per step of the bias gradient
+# exp() below EXP_FLOOR would give an fp32 subnormal (or, far below, take a slow path): logits
+# there are clamped to it and their probabilities (< PROB_FLOOR) set to 0, which keeps the
+# backward's exp and matmuls at full speed when a bias reaches large negative values
+# (KERPLE-power: -r1·|i - j|^r2, down to about -1e6 at 2K)
+EXP_FLOOR, PROB_FLOOR = -87.0, 2e-38  # exp(-87) = 1.6e-38
 
 
 def applies(q: torch.Tensor, mask: torch.Tensor) -> bool:
@@ -55,13 +61,15 @@ def blockwise_backward(q, k, v, mask, out, lse, grad_out, scale: float):
     dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
     dmask = torch.empty_like(mask)
     row_term = (grad_out * out).sum(-1, keepdim=True)  # (B, H, T, 1)
+    k_t, v_t = k.transpose(-2, -1).contiguous(), v.transpose(-2, -1).contiguous()  # (B, H, Dh, T), sliced per block
     for s in range(0, T, GRAD_BLOCK):
         e = min(s + GRAD_BLOCK, T)  # keys after e are in every row's future: no gradient there
         q_b, do_b = q[:, :, s:e], grad_out[:, :, s:e]
-        probs = torch.matmul(q_b, k[:, :, :e].transpose(-2, -1)).mul_(scale)
-        probs.add_(mask[:, :, s:e, :e]).sub_(lse[:, :, s:e, None]).exp_()  # P (B, H, b, e)
+        probs = torch.matmul(q_b, k_t[..., :e]).mul_(scale)
+        probs.add_(mask[:, :, s:e, :e]).sub_(lse[:, :, s:e, None])
+        F.threshold_(probs.clamp_(min=EXP_FLOOR).exp_(), PROB_FLOOR, 0.0)  # P (B, H, b, e)
         dv[:, :, :e] += torch.matmul(probs.transpose(-2, -1), do_b)
-        d_scores = torch.matmul(do_b, v[:, :, :e].transpose(-2, -1)).sub_(row_term[:, :, s:e]).mul_(probs)  # dS
+        d_scores = torch.matmul(do_b, v_t[..., :e]).sub_(row_term[:, :, s:e]).mul_(probs)  # dS
         dmask[:, :, s:e, :e] = d_scores.sum(0, keepdim=True)
         dmask[:, :, s:e, e:] = 0
         d_scores.mul_(scale)
