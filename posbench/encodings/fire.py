@@ -111,7 +111,7 @@ class PiecewiseLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, knots, slopes, intercepts):
         flat_x = x.reshape(-1)
-        piece = torch.bucketize(flat_x, knots)  # r: knots[r - 1] < x <= knots[r]
+        piece = torch.bucketize(flat_x, knots, out_int32=True)  # r: knots[r - 1] < x <= knots[r]
         out = torch.empty((slopes.shape[0], flat_x.numel()), dtype=x.dtype, device=x.device)
         for h in range(slopes.shape[0]):
             torch.addcmul(intercepts[h].index_select(0, piece), slopes[h].index_select(0, piece), flat_x, out=out[h])

@@ -144,7 +144,7 @@ class Transformer(nn.Module):
         H, Dh = self.cfg.n_heads, self.head_dim
         param = self.embed.weight
         cache = [(param.new_empty(B, H, T, Dh), param.new_empty(B, H, T, Dh)) for _ in self.blocks]
-        logits = []
+        logits = param.new_empty(B, T, self.lm_head.out_features)
         for start, end in query_blocks(T, self.cfg.attention_block, H):
             rows = pos[start:end]
             x = self.encoding.embed_input(self.embed(tokens[:, start:end]), rows)  # (B, b, D)
@@ -152,5 +152,5 @@ class Transformer(nn.Module):
             ctx = AttentionContext(self.encoding, rows, "blockwise", self.cfg.attention_block, mask, cache, start, T)
             for block in self.blocks:
                 x = block(x, ctx)
-            logits.append(self.lm_head(self.final_norm(x)))
-        return torch.cat(logits, dim=1)
+            logits[:, start:end] = self.lm_head(self.final_norm(x))
+        return logits
