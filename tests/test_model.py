@@ -190,6 +190,34 @@ def test_xpos_past_its_centred_window_runs_by_blocks_and_matches_the_short_windo
     torch.testing.assert_close(long[:, :200], short, rtol=1e-4, atol=1e-4)
 
 
+def test_xpos_with_a_bias_decays_per_block_as_over_the_whole_window():
+    """A hybrid of xPos and ALiBi: within the centred window, blockwise (decay re-centred per block,
+    bias per block) equals eager (decay centred on the window, full bias); past it, auto takes the
+    per-block path and the first positions match the short window."""
+    from posbench.encodings.hybrid import HybridConfig
+
+    def model(attention: str, rotary: str = "xpos") -> Transformer:
+        torch.manual_seed(0)
+        cfg = ModelConfig(name="test", n_layers=2, d_model=32, n_heads=4, attention_block=50, attention=Attention(attention))
+        options = {"xpos": {"scale_base": 4.0}} if rotary == "xpos" else {}
+        built = Transformer(cfg, HybridConfig(members=f"{rotary}+alibi", options=options), VOCAB).eval()
+        with torch.no_grad():  # logits large enough for the decay to show
+            for block in built.blocks:
+                block.attn.q_proj.weight.mul_(20)
+                block.attn.kv_proj.weight.mul_(20)
+        return built
+
+    tokens = torch.randint(0, VOCAB, (1, 700))
+    blockwise, eager, auto = model("blockwise"), model("eager"), model("auto")
+    with torch.no_grad():
+        reference = eager(tokens[:, :200])
+        assert not torch.allclose(reference, model("eager", "rope")(tokens[:, :200]), atol=1e-3)  # the decay acts
+        torch.testing.assert_close(blockwise(tokens[:, :200]), reference, rtol=1e-4, atol=1e-4)
+        long = auto(tokens)
+        assert auto.last_backend == "blockwise" and torch.isfinite(long).all()
+        torch.testing.assert_close(long[:, :200], auto(tokens[:, :200]), rtol=1e-4, atol=1e-4)
+
+
 def test_xpos_past_its_centred_window_on_a_whole_window_path_says_what_to_do():
     cfg = ModelConfig(name="test", n_layers=1, d_model=32, n_heads=4, attention=Attention.sdpa)
     model = Transformer(cfg, ENCODINGS["xpos"][0](scale_base=4.0), VOCAB).eval()
