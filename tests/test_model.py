@@ -243,3 +243,15 @@ def test_bf16_autocast_trains_and_evaluates_close_to_fp32(encoding, attention):
     (reference, fp32_grads), (logits, grads) = logits_and_grads(False), logits_and_grads(True)
     assert grads.keys() == fp32_grads.keys() and all(torch.isfinite(g).all() for g in grads.values())
     torch.testing.assert_close(logits, reference, rtol=0, atol=0.05)
+
+
+def test_xpos_with_explicit_scores_past_its_centred_window_is_refused_with_the_reason():
+    """CoPE's explicit scores cannot take a per-block decay: past the centred window such a hybrid is n/a."""
+    from posbench.encodings.hybrid import HybridConfig
+
+    cfg = ModelConfig(name="test", n_layers=1, d_model=32, n_heads=4)
+    model = Transformer(cfg, HybridConfig(members="xpos+cope", options={"xpos": {"scale_base": 4.0}}), VOCAB).eval()
+    assert model.encoding.length_limit_reason(256) is None
+    assert "explicit scores" in model.encoding.length_limit_reason(300)
+    with pytest.raises(ValueError, match="evaluate shorter windows"):
+        model(torch.zeros(1, 300, dtype=torch.long))

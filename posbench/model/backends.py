@@ -232,7 +232,8 @@ def _toeplitz_blockwise(q, k, v, pos, bias_fn: BiasFn, scale: float, block: int)
 
 
 def scale_qk(q: torch.Tensor, k: torch.Tensor, factors: torch.Tensor, floor: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """q times ``factors`` (T, Dh), k divided by them; key factors below ``floor`` become 0."""
+    """q times ``factors`` (T, Dh), k divided by them; key factors below ``floor`` become 0. q may
+    hold only the last rows (a query block ending at T), k all T."""
     inverse = factors.reciprocal()
     inverse = inverse.masked_fill(inverse < floor, 0.0)
     return q * factors[-q.shape[-2]:].to(q.dtype), k * inverse.to(k.dtype)
@@ -255,14 +256,13 @@ def _decayed_blockwise(q, k, v, pos, decay: DecayFn, bias_fn: Optional[BiasFn], 
     outputs = []
     for start, end in spans:
         q_b, k_b = scale_qk(q[:, :, start:end], k[:, :, :end], decay(pos[:end], int(pos[start])), DECAY_FLOOR)
-        if bias_fn is not None:
-            mask = block_causal_bias(bias_fn, pos, start, end, q.dtype)
-        elif linear_bias.available(q):
-            outputs.append(linear_bias.prefix_and_diagonal(q_b, k_b, v[:, :, :end], scale))
-            continue
+        if bias_fn is None and linear_bias.available(q):
+            out = linear_bias.prefix_and_diagonal(q_b, k_b, v[:, :, :end], scale)
         else:
-            mask = torch.ones(end - start, end, dtype=torch.bool, device=q.device).tril(start)
-        outputs.append(F.scaled_dot_product_attention(q_b, k_b, v[:, :, :end], attn_mask=mask, scale=scale))
+            mask = (block_causal_bias(bias_fn, pos, start, end, q.dtype) if bias_fn is not None
+                    else torch.ones(end - start, end, dtype=torch.bool, device=q.device).tril(start))
+            out = F.scaled_dot_product_attention(q_b, k_b, v[:, :, :end], attn_mask=mask, scale=scale)
+        outputs.append(out)
     return torch.cat(outputs, dim=2)
 
 

@@ -95,12 +95,11 @@ class Transformer(nn.Module):
         linear_ok = (enc.linear_slopes() is not None and device.type == "cpu" and not torch.is_grad_enabled()
                      and not torch.is_autocast_enabled("cpu"))
         backend = choose_backend(self.cfg.attention.value, enc.has_bias, self.cfg.n_heads, seq_len, enc.needs_scores, linear_ok)
-        if enc.has_decay and seq_len > enc.decay_window and (backend not in ("blockwise", "linear") or enc.needs_scores):
-            if self.cfg.attention.value != "auto" or enc.needs_scores:
+        if enc.has_decay and seq_len > enc.decay_window and backend not in ("blockwise", "linear"):
+            if self.cfg.attention.value != "auto":  # (with explicit scores, length_limit_reason refuses first)
                 raise ValueError(f"encoding {enc.label!r} at {seq_len} positions needs its decay re-centred per query "
-                                 f"block (past {enc.decay_window} its window-centred factors overflow fp32), which "
-                                 "only model.attention=auto or blockwise does" + ("" if not enc.needs_scores else
-                                 " and not with explicit scores; evaluate shorter windows"))
+                                 f"block (past {enc.decay_window} its window-centred factors overflow fp32): use "
+                                 "model.attention=auto or blockwise")
             backend = "blockwise"
         if backend == "flex" and enc.has_bias and not (enc.has_flex_bias or enc.distance_only):
             raise ValueError(f"encoding {enc.label!r} has no FlexAttention score_mod (its bias depends on more than "
