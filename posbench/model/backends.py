@@ -35,7 +35,7 @@ ScoreMod = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (scores (B,H,
 
 BACKENDS = ("sdpa", "blockwise", "linear", "flex", "eager")
 MASK_BYTES_LIMIT = 256 * 2**20  # a full (H, T, T) fp32 mask above this goes blockwise
-BLOCK_BIAS_BYTES = 16 * 2**20  # one blockwise step's (H, rows, prefix) bias stays under this
+BLOCK_BIAS_BYTES = 8 * 2**20  # one blockwise step's (H, rows, prefix) bias stays under this
 
 
 def choose_backend(requested: str, has_bias: bool, n_heads: int, seq_len: int, needs_scores: bool = False,
