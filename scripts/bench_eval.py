@@ -4,8 +4,9 @@ Each (encoding, length) runs in a fresh process so its peak resident memory is i
 Usage:
     python scripts/bench_eval.py                           # model=tiny, 16K, every encoding
     python scripts/bench_eval.py --lengths 16384 65536 --encodings nope alibi t5
-Memory is the growth of peak RSS during the forward (what the forward itself needs);
-total peak RSS is printed too. A length the encoding refuses (the evaluator's n/a) and a
+Memory is the growth of peak RSS during the forward; total peak RSS is printed too. With glibc's
+default allocator RSS includes heap kept after frees; run with MALLOC_MMAP_THRESHOLD_=1048576
+(children inherit it) to see what the forward itself needs (times are then not comparable). A length the encoding refuses (the evaluator's n/a) and a
 forward with non-finite logits are reported instead of timed.
 """
 

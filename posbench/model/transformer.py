@@ -111,7 +111,7 @@ class Transformer(nn.Module):
         (0..T-1, or sampled ones for randomized positions)."""
         T = tokens.shape[1]
         reason = self.encoding.length_limit_reason(T)
-        if reason is not None:  # e.g. xPos past the window its fp32 scales can hold
+        if reason is not None:  # e.g. learned positions past their table, or sampled positions past their range
             raise ValueError(reason)
         if pos is None:
             pos = self.encoding.positions(T, tokens.device)
