@@ -37,7 +37,7 @@ def measure_one(encoding: str, length: int, attention: str, repeats: int) -> dic
     cfg_cls = ENCODINGS[encoding][0]
     enc_cfg = cfg_cls(**({"max_positions": length} if encoding == "learned" else {}))
     model = Transformer(ModelConfig(name="tiny", attention=Attention(attention)), enc_cfg, 256).eval()
-    reason = model.encoding.length_limit_reason(length)
+    reason = model.length_limit_reason(length)
     if reason is not None:  # what the evaluator reports as n/a
         return {"encoding": encoding, "length": length, "error": f"n/a: {reason}"}
     tokens = torch.randint(0, 256, (1, length))
@@ -52,7 +52,7 @@ def measure_one(encoding: str, length: int, attention: str, repeats: int) -> dic
     if not torch.isfinite(logits).all():
         return {"encoding": encoding, "length": length, "error": "non-finite logits"}
     return {"encoding": encoding, "length": length, "seconds": min(times), "forward_mb": max(peak - before, 1.0),
-            "peak_mb": peak, "backend": model.last_backend}
+            "peak_mb": peak, "backend": model.attention_plan(length, needs_grad=False).name}
 
 
 def run_child(encoding: str, length: int, attention: str, repeats: int) -> dict:

@@ -43,3 +43,14 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def planned_attention(q, k, v, pos, scores, scale: float, requested: str = "auto", block: int = 1024, layer: int = 0):
+    """Attention of one window through the backend the planner picks for ``scores`` (an encoding's
+    ``Scores``) and the requested path, under the current autograd state."""
+    import torch
+
+    from posbench.model.planner import Settings, plan_attention
+
+    settings = Settings(requested, block, q.device.type, torch.is_grad_enabled(), False)
+    return plan_attention(scores, pos, q.shape[1], settings)(q, k, v, scale, layer)

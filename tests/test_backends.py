@@ -8,9 +8,11 @@ import torch.nn.functional as F
 
 from posbench.config import Attention, ModelConfig
 from posbench.encodings import ENCODINGS, alibi_slopes
-from posbench.model.backends import attend, choose_backend
+from posbench.encodings.scores import LinearBias, PairBias, Scores
 from posbench.model.linear_bias import linear_bias_attention
+from posbench.model.planner import Settings, plan_attention
 from posbench.model.transformer import Transformer
+from tests.conftest import planned_attention
 
 
 def pair(encoding: str, attention: str, block: int = 16) -> tuple[Transformer, Transformer]:
@@ -28,7 +30,7 @@ def test_linear_path_equals_eager_for_alibi(length, block, offset):
     tokens, pos = torch.randint(0, 64, (2, length)), torch.arange(length) + offset
     with torch.no_grad():
         out = linear(tokens, pos)
-        assert linear.last_backend == "linear"
+        assert linear.attention_plan(length, pos, needs_grad=False).name == "linear"
         torch.testing.assert_close(out, reference(tokens, pos), rtol=1e-5, atol=1e-5)
 
 
@@ -51,13 +53,17 @@ def test_linear_path_is_exact_at_64k_positions():
 def test_auto_takes_the_linear_path_only_without_autograd_on_cpu():
     model = pair("alibi", "auto")[1]
     long = 16384
-    with torch.no_grad():
-        assert model.backend_for(long) == "linear"
-        assert model.backend_for(512) == "sdpa"  # a small mask is cheaper than blocks
-    assert model.backend_for(long) == "blockwise"  # training: keep exact gradients
-    assert choose_backend("auto", False, 4, long) == "sdpa"
-    assert choose_backend("auto", True, 4, long) == "blockwise"  # a bias with no linear form
-    assert choose_backend("linear", True, 4, long, linear_ok=False) == "blockwise"
+    assert model.attention_plan(long, needs_grad=False).name == "linear"
+    assert model.attention_plan(512, needs_grad=False).name == "sdpa"  # a small mask is cheaper than blocks
+    assert model.attention_plan(long, needs_grad=True).name == "blockwise"  # training: keep exact gradients
+
+    def planned(scores, requested="auto", needs_grad=False):
+        return plan_attention(scores, torch.arange(long), 4, Settings(requested, needs_grad=needs_grad)).name
+
+    slopes = alibi_slopes(4)
+    assert planned(Scores()) == "sdpa"
+    assert planned(Scores(bias=PairBias(LinearBias(slopes).fn))) == "blockwise"  # a bias with no linear form
+    assert planned(Scores(bias=LinearBias(slopes)), "linear", needs_grad=True) == "blockwise"
 
 
 def xpos_reference(q, k, v, q_pos, k_pos, zeta, scale_base, scale, bias=None):
@@ -84,9 +90,9 @@ def test_xpos_decay_recentred_per_block_is_exact_where_the_centred_window_overfl
     alibi = ENCODINGS["alibi"][1](ENCODINGS["alibi"][0](), H * D, H, D, 0.02)
     q, k, v = (torch.randn(1, H, T, D) for _ in range(3))
     pos, scale = torch.arange(T) + 5, D**-0.5
-    bias_fn = alibi.score_bias if with_bias else None
+    scores = Scores(bias=alibi.scores().bias if with_bias else None, decay=xpos.scores().decay)
     with torch.set_grad_enabled(grad):
-        out = attend(q, k, v, pos, bias_fn, scale, "blockwise", block, decay=xpos.qk_decay)
+        out = planned_attention(q, k, v, pos, scores, scale, "blockwise", block)
     assert torch.isfinite(out).all()
     reference = xpos_reference(q, k, v, pos, pos, xpos.zeta, 4.0, scale, alibi.score_bias(pos, pos) if with_bias else None)
     torch.testing.assert_close(out.double(), reference, rtol=0, atol=1e-5)
@@ -98,11 +104,11 @@ def test_xpos_is_exact_at_64k_positions():
     torch.manual_seed(0)
     T, H, D = 65536, 2, 8
     xpos = ENCODINGS["xpos"][1](ENCODINGS["xpos"][0](), H * D, H, D, 0.02)
-    assert T > xpos.decay_window
+    assert T > xpos.scores().decay.window
     q, k, v = (torch.randn(1, H, T, D) for _ in range(3))
     pos, scale = torch.arange(T), D**-0.5
     with torch.no_grad():
-        out = attend(q, k, v, pos, None, scale, "blockwise", 1024, decay=xpos.qk_decay)[:, :, -4:]
+        out = planned_attention(q, k, v, pos, xpos.scores(), scale, "blockwise", 1024)[:, :, -4:]
     rows = torch.arange(T - 4, T)
     reference = xpos_reference(q[:, :, rows], k, v, pos[rows], pos, xpos.zeta, 512.0, scale)
     torch.testing.assert_close(out.double(), reference, rtol=0, atol=1e-5)
@@ -111,8 +117,7 @@ def test_xpos_is_exact_at_64k_positions():
 @pytest.mark.parametrize("encoding", ["t5", "kerple_log", "fire", "sandwich"])
 def test_other_biases_run_blockwise_when_long(encoding):
     model = pair(encoding, "auto")[1]
-    with torch.no_grad():
-        assert model.backend_for(16384) == "blockwise"
+    assert model.attention_plan(16384, needs_grad=False).name == "blockwise"
 
 
 @pytest.mark.slow
@@ -132,7 +137,7 @@ def test_flex_attention_equals_eager_for_distance_biases(encoding):
     tokens, pos = torch.randint(0, 64, (2, 100)), torch.arange(100) + 77
     with torch.no_grad():
         torch.testing.assert_close(flex(tokens, pos), reference(tokens, pos), rtol=1e-5, atol=1e-5)
-        assert flex.last_backend == "flex"
+        assert flex.attention_plan(100, pos, needs_grad=False).name == "flex"
 
 
 def test_flex_without_a_score_mod_says_what_to_do():
@@ -144,7 +149,7 @@ def test_flex_without_a_score_mod_says_what_to_do():
 def test_flex_refuses_cpu_training_with_the_fix():
     q = k = v = torch.randn(1, 2, 8, 4)
     with pytest.raises(ValueError, match="model.attention=auto"):
-        attend(q, k, v, torch.arange(8), None, 0.5, "flex")
+        planned_attention(q, k, v, torch.arange(8), Scores(), 0.5, "flex")
 
 
 @pytest.mark.parametrize("spread", [1.0, 1e6])
@@ -202,7 +207,7 @@ def test_model_training_takes_the_fused_bias_gradient(encoding, monkeypatch):
 def test_distance_only_mask_is_the_bias_laid_out_by_distance_with_its_gradients(encoding):
     """full_mask's per-distance (Toeplitz) layout against the bias evaluated per (query, key), values
     and every encoding parameter's gradient (a sum per diagonal), at a length with odd factors."""
-    from posbench.model.backends import full_mask
+    from posbench.model.masks import full_mask
 
     torch.manual_seed(0)
     model = Transformer(ModelConfig(name="t", n_layers=1, d_model=32, n_heads=4), ENCODINGS[encoding][0](), 64)
@@ -221,3 +226,16 @@ def test_distance_only_mask_is_the_bias_laid_out_by_distance_with_its_gradients(
     assert grads.keys() == reference_grads.keys()
     for name in grads:
         torch.testing.assert_close(grads[name], reference_grads[name], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("requested,encoding,expected", [
+    ("blockwise", "nope", "sdpa"), ("linear", "rope", "sdpa"),  # no bias: the causal kernel is memory-linear
+    ("linear", "t5", "blockwise"),  # a bias that is not linear
+    ("flex", "cope", "eager"), ("sdpa", "cope", "eager"),  # explicit scores, whatever is requested
+    ("blockwise", "xpos", "blockwise"), ("eager", "alibi", "eager"), ("sdpa", "t5", "sdpa"),
+])
+def test_the_recorded_backend_is_the_path_that_runs(requested, encoding, expected):
+    """The planner names the path it returns, not the one requested: a results row never claims a path that
+    did not run."""
+    model = pair(encoding, requested)[1]
+    assert model.attention_plan(64, needs_grad=False).name == expected

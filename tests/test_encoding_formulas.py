@@ -204,7 +204,7 @@ def test_xpos_decay_is_symmetric_and_depends_on_distance_only():
 
 
 def test_xpos_scores_are_rope_scores_times_the_decay():
-    from posbench.model.backends import scale_qk
+    from posbench.model.blocks import scale_qk
 
     xpos, rope = make("xpos"), make("rope")
     q, k = torch.randn(1, H, 50, DH), torch.randn(1, H, 50, DH)
@@ -274,12 +274,17 @@ def test_cope_is_causal():
 
 
 def test_cope_has_one_table_per_layer_and_explicit_scores():
-    from posbench.model.backends import choose_backend
+    from posbench.model.planner import Settings, plan_attention
 
-    assert make("cope").embeddings.shape == (2, DH, 64)
-    assert choose_backend("auto", False, H, 512, needs_scores=True) == "eager"
-    assert choose_backend("auto", False, H, 65536, needs_scores=True) == "blockwise"
-    assert choose_backend("sdpa", False, H, 512, needs_scores=True) == "eager"
+    cope = make("cope")
+    assert cope.embeddings.shape == (2, DH, 64)
+
+    def planned(requested: str, length: int) -> str:
+        return plan_attention(cope.scores(), torch.arange(length), H, Settings(requested)).name
+
+    assert planned("auto", 512) == "eager"
+    assert planned("auto", 65536) == "blockwise"
+    assert planned("sdpa", 512) == "eager"
 
 
 # ---- relative encodings: scores unchanged when every position shifts ----

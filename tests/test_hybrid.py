@@ -17,8 +17,9 @@ from posbench.encodings.absolute import LearnedConfig, SinusoidalConfig, sinusoi
 from posbench.encodings.hybrid import HybridConfig, member_choices
 from posbench.encodings.rope import RopeConfig
 from posbench.encodings.rope_scaling import YarnScalingConfig
+from posbench.encodings.scores import PairBias, Scores
 from posbench.model.transformer import Transformer
-from posbench.training.loop import train
+from posbench.jobs.train import train
 from posbench.training.optim import build_optimizer
 from tests.conftest import REPO, compose_run
 
@@ -57,19 +58,20 @@ def test_a_hybrid_of_one_member_is_that_member_exactly(name):
         assert torch.equal(hybrid(tokens, pos), alone(tokens, pos))
         assert torch.equal(hybrid(tokens), alone(tokens))  # positions the encoding chooses (randomized for sinusoidal)
     assert hybrid.encoding.length_limit_reason(300) == alone.encoding.length_limit_reason(300)
-    assert hybrid.backend_for(48) == alone.backend_for(48)
+    assert hybrid.attention_plan(48, needs_grad=True).name == alone.attention_plan(48, needs_grad=True).name
 
 
 class SinusoidalPlusAlibiByHand(PositionalEncoding):
     """Vaswani §3.5 table added to the inputs and Press et al. §3 bias, written out directly."""
-
-    has_bias = True
 
     def embed_input(self, x, pos):
         return x + self.init_std * sinusoidal_table(pos, self.d_model)
 
     def score_bias(self, q_pos, k_pos):
         return -alibi_slopes(self.n_heads)[:, None, None] * (q_pos[:, None] - k_pos[None, :]).float()
+
+    def scores(self):
+        return Scores(bias=PairBias(self.score_bias))
 
 
 @pytest.mark.parametrize("attention", ["eager", "sdpa", "blockwise"])
@@ -90,7 +92,7 @@ def test_the_linear_bias_path_is_taken_only_when_alibi_is_the_only_bias(members,
     tokens, pos = torch.randint(0, VOCAB, (2, 37)), torch.arange(37) + 9
     with torch.no_grad():
         torch.testing.assert_close(other(tokens, pos), reference(tokens, pos), rtol=1e-5, atol=1e-5)
-    assert other.last_backend == ("linear" if linear else "blockwise")  # a sum of biases needs the mask
+    assert other.attention_plan(37, pos, needs_grad=False).name == ("linear" if linear else "blockwise")  # a sum of biases needs the mask
 
 
 def test_biases_add_and_every_members_parameters_train():
@@ -178,3 +180,27 @@ def test_trains_on_smoke_and_evaluates_at_four_times_its_length(smoke_run, tmp_p
         assert rows[512]["status"] == "n/a" and "learned positions end at 128" in rows[512]["reason"]
     else:
         assert rows[512]["status"] == "ok" and math.isfinite(rows[512]["ppl"])
+
+
+def test_a_hybrids_scores_are_its_members_combined():
+    """scores.combine: a linear bias alone stays linear (the mask-free path); with a bias of the distance it
+    becomes one of the distance (the shared table); with a per-pair bias, a per-pair one; the sum of the parts'
+    biases and of their elementwise forms where both have one; one decay; position-local only if every part is."""
+    from posbench.encodings.scores import DistanceBias, LinearBias, combine
+
+    def kind(members: str):
+        return type(model_with(HybridConfig(members=members)).encoding.scores().bias)
+
+    assert kind("sinusoidal+alibi") is LinearBias
+    assert kind("alibi+t5") is DistanceBias and kind("kerple_log+sandwich") is DistanceBias
+    assert kind("alibi+fire") is PairBias and kind("rope") is type(None)
+    hybrid = model_with(HybridConfig(members="alibi+t5+xpos")).encoding
+    scores, q_pos, k_pos = hybrid.scores(), torch.arange(3, 20), torch.arange(20)
+    members = hybrid.members
+    expected = members["alibi"].score_bias(q_pos, k_pos) + members["t5"].score_bias(q_pos, k_pos)
+    torch.testing.assert_close(scores.bias.fn(q_pos, k_pos), expected)
+    assert scores.decay is not None and not scores.position_local
+    slopes = torch.tensor([0.5, 0.25])
+    doubled = combine([Scores(bias=LinearBias(slopes)), Scores(bias=DistanceBias(LinearBias(slopes).fn, LinearBias(slopes).elementwise))])
+    head, qi, kj = torch.tensor(1), torch.tensor(9), torch.tensor(4)
+    assert doubled.bias.elementwise(torch.tensor(0.0), head, qi, kj) == -2 * 0.25 * 5

@@ -7,8 +7,9 @@ import torch
 
 from posbench.config import Attention, ModelConfig
 from posbench.encodings import ENCODINGS, build_encoding
-from posbench.model.backends import attend
+from posbench.encodings.scores import PairBias, Scores
 from posbench.model.transformer import Transformer
+from tests.conftest import planned_attention
 
 ALL = sorted(ENCODINGS)
 # FIRE divides by the query position, so only distances below its threshold are shift-invariant (tested in test_encoding_formulas.py)
@@ -40,7 +41,7 @@ def test_hooks_keep_shapes(encoding):
     assert q2.shape == q.shape and k2.shape == k.shape
     bias = enc.score_bias(pos[3:7], pos)  # a block of queries against all keys
     assert bias is None or bias.shape == (4, 4, 12)
-    assert (bias is not None) == enc.has_bias
+    assert (bias is not None) == (enc.scores().bias is not None)
 
 
 @pytest.mark.parametrize("encoding", ALL)
@@ -102,17 +103,19 @@ def test_blockwise_shrinks_its_blocks_to_a_bias_budget_and_stays_exact(encoding,
     positions two apart keep T5 off its shared-table path and on the per-block one, which runs
     each query block through all layers with the keys and values cached; CoPE's explicit scores
     shrink the same way."""
-    from posbench.model import backends
+    from posbench.model import blocks
+    from posbench.model.backends import ByBlocks
 
-    monkeypatch.setattr(backends, "BLOCK_BIAS_BYTES", 4 * 4 * 24)  # 24 (row, key) pairs of 4 heads
-    assert backends.block_rows(16, 4, 6) == 4 and backends.block_rows(16, 4, 37) == 1
+    monkeypatch.setattr(blocks, "BLOCK_BIAS_BYTES", 4 * 4 * 24)  # 24 (row, key) pairs of 4 heads
+    assert blocks.block_rows(16, 4, 6) == 4 and blocks.block_rows(16, 4, 37) == 1
     tokens = torch.randint(0, VOCAB, (2, 37))
     pos = 2 * torch.arange(37) + 41
     reference = tiny_model(encoding, "eager")
     other = tiny_model(encoding, "blockwise", 16)
-    assert not other.by_blocks(pos)  # with autograd: layer by layer
-    with torch.no_grad():  # one query block at a time through all layers, its bias built once (not CoPE: scores)
-        assert other.by_blocks(pos) == (encoding != "cope")
+    assert not isinstance(other.attention_plan(37, pos, needs_grad=True), ByBlocks)  # with autograd: layer by layer
+    # one query block at a time through all layers, its bias built once (not CoPE: scores)
+    assert isinstance(other.attention_plan(37, pos, needs_grad=False), ByBlocks) == (encoding != "cope")
+    with torch.no_grad():
         torch.testing.assert_close(other(tokens, pos + 1000), reference(tokens, pos + 1000), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(other(tokens[:, :30], pos[:30]), reference(tokens[:, :30], pos[:30]), rtol=1e-5, atol=1e-5)
 
@@ -126,9 +129,10 @@ def test_attend_blockwise_matches_full_mask_for_a_bias():
     def bias(qp, kp):
         return -slopes[:, None, None] * (qp[:, None] - kp[None, :]).float()
 
-    full = attend(q, k, v, pos, bias, 0.35, "sdpa")
-    torch.testing.assert_close(attend(q, k, v, pos, bias, 0.35, "blockwise", block=4), full, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(attend(q, k, v, pos, bias, 0.35, "eager"), full, rtol=1e-5, atol=1e-6)
+    scores = Scores(bias=PairBias(bias))
+    full = planned_attention(q, k, v, pos, scores, 0.35, "sdpa")
+    torch.testing.assert_close(planned_attention(q, k, v, pos, scores, 0.35, "blockwise", block=4), full, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(planned_attention(q, k, v, pos, scores, 0.35, "eager"), full, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("variant", [dict(kv_heads=2), dict(kv_heads=1), dict(norm="rmsnorm", mlp="swiglu"), dict(tie_embeddings=False)])
@@ -160,16 +164,20 @@ def test_only_position_local_encodings_run_by_blocks():
     from posbench.encodings.hybrid import HybridConfig
     from posbench.encodings.rope_scaling import YarnScalingConfig
 
-    assert tiny_model("fire").encoding.position_local and tiny_model("rope").encoding.position_local
-    assert not tiny_model("xpos").encoding.position_local and not tiny_model("cope").encoding.position_local
+    from posbench.model.backends import ByBlocks
+
+    def position_local(model: Transformer) -> bool:
+        return model.encoding.scores().position_local
+
+    assert position_local(tiny_model("fire")) and position_local(tiny_model("rope"))
+    assert not position_local(tiny_model("xpos")) and not position_local(tiny_model("cope"))
     scaled = ENCODINGS["rope"][0]()
     scaled.scaling = YarnScalingConfig(factor=4.0, original_max_position=64)
-    assert not Transformer(ModelConfig(name="t", n_layers=1, d_model=32, n_heads=4), scaled, VOCAB).encoding.position_local
+    assert not position_local(Transformer(ModelConfig(name="t", n_layers=1, d_model=32, n_heads=4), scaled, VOCAB))
     hybrid = HybridConfig(members="rope+fire")
     model = Transformer(ModelConfig(name="t", n_layers=1, d_model=32, n_heads=4, attention=Attention.blockwise, attention_block=8),
                         hybrid, VOCAB).eval()
-    with torch.no_grad():
-        assert model.by_blocks(torch.arange(30))
+    assert isinstance(model.attention_plan(30, needs_grad=False), ByBlocks)
 
 
 def test_xpos_past_its_centred_window_runs_by_blocks_and_matches_the_short_window():
@@ -183,9 +191,9 @@ def test_xpos_past_its_centred_window_runs_by_blocks_and_matches_the_short_windo
     tokens = torch.randint(0, VOCAB, (2, 700))
     with torch.no_grad():
         long = model(tokens)
-        assert model.last_backend == "blockwise"
+        assert model.attention_plan(700, needs_grad=False).name == "blockwise"
         short = model(tokens[:, :200])
-        assert model.last_backend == "sdpa"
+        assert model.attention_plan(200, needs_grad=False).name == "sdpa"
     assert torch.isfinite(long).all()
     torch.testing.assert_close(long[:, :200], short, rtol=1e-4, atol=1e-4)
 
@@ -203,8 +211,7 @@ def test_xpos_with_a_bias_decays_per_block_as_over_the_whole_window():
         built = Transformer(cfg, HybridConfig(members=f"{rotary}+alibi", options=options), VOCAB).eval()
         with torch.no_grad():  # logits large enough for the decay to show
             for block in built.blocks:
-                block.attn.q_proj.weight.mul_(20)
-                block.attn.kv_proj.weight.mul_(20)
+                block.attn.qkv_proj.weight.mul_(20)
         return built
 
     tokens = torch.randint(0, VOCAB, (1, 700))
@@ -214,7 +221,7 @@ def test_xpos_with_a_bias_decays_per_block_as_over_the_whole_window():
         assert not torch.allclose(reference, model("eager", "rope")(tokens[:, :200]), atol=1e-3)  # the decay acts
         torch.testing.assert_close(blockwise(tokens[:, :200]), reference, rtol=1e-4, atol=1e-4)
         long = auto(tokens)
-        assert auto.last_backend == "blockwise" and torch.isfinite(long).all()
+        assert auto.attention_plan(700, needs_grad=False).name == "blockwise" and torch.isfinite(long).all()
         torch.testing.assert_close(long[:, :200], auto(tokens[:, :200]), rtol=1e-4, atol=1e-4)
 
 
@@ -251,7 +258,28 @@ def test_xpos_with_explicit_scores_past_its_centred_window_is_refused_with_the_r
 
     cfg = ModelConfig(name="test", n_layers=1, d_model=32, n_heads=4)
     model = Transformer(cfg, HybridConfig(members="xpos+cope", options={"xpos": {"scale_base": 4.0}}), VOCAB).eval()
-    assert model.encoding.length_limit_reason(256) is None
-    assert "explicit scores" in model.encoding.length_limit_reason(300)
+    assert model.length_limit_reason(256) is None
+    assert "explicit scores" in model.length_limit_reason(300)
     with pytest.raises(ValueError, match="evaluate shorter windows"):
         model(torch.zeros(1, 300, dtype=torch.long))
+
+
+def test_checkpoints_with_separate_q_and_kv_projections_load_into_the_fused_one():
+    """State dicts written before the fused q/k/v projection (q_proj, then kv_proj holding k and v rows)
+    load unchanged and give the same logits, grouped-query attention included."""
+    model = tiny_model("rope", kv_heads=2)
+    legacy = {}
+    for name, tensor in model.state_dict().items():
+        if name.endswith("qkv_proj.weight"):
+            prefix, q_rows = name[: -len("qkv_proj.weight")], 4 * 8  # n_heads x head_dim
+            legacy[prefix + "q_proj.weight"], legacy[prefix + "kv_proj.weight"] = tensor[:q_rows], tensor[q_rows:]
+        else:
+            legacy[name] = tensor
+    loaded = tiny_model("rope", kv_heads=2)
+    with torch.no_grad():
+        for p in loaded.parameters():
+            p.zero_()
+    loaded.load_state_dict(legacy)
+    tokens = torch.randint(0, VOCAB, (2, 19))
+    with torch.no_grad():
+        assert torch.equal(loaded(tokens), model(tokens))

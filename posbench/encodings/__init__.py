@@ -1,7 +1,9 @@
 """Positional encodings, registered by the name users type (``encoding=NAME``).
 
-Adding a scheme: one class overriding the hooks it needs (see ``base.py``), one config
-dataclass, one line in ``ENCODINGS`` and one ``configs/encoding/NAME.yaml``.
+Adding a scheme: one module with its config dataclass and its class, which overrides the hooks
+it needs and describes what it does to the scores (``base.py``, ``scores.py``); then one line in
+``ENCODINGS``, one ``configs/encoding/NAME.yaml`` and one line in ``configs/encoding/hybrid.yaml``
+(README, "Adding an encoding").
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
+from posbench.encodings.scores import LinearBias, Scores
 
 
 @dataclass
@@ -38,20 +39,13 @@ def alibi_slopes(num_heads: int) -> torch.Tensor:
 
 class Alibi(PositionalEncoding):
     cfg: AlibiConfig
-    has_bias = True
-    distance_only = True
-
     def __init__(self, cfg: AlibiConfig, d_model: int, n_heads: int, head_dim: int, init_std: float, n_layers: int = 1):
         super().__init__(cfg, d_model, n_heads, head_dim, init_std, n_layers)
         self.register_buffer("slopes", alibi_slopes(n_heads), persistent=False)
 
-    def linear_slopes(self) -> torch.Tensor:
-        return self.slopes
-
-    def flex_bias(self, score, head, q_pos, k_pos):
-        return score - self.slopes[head] * (q_pos - k_pos).float()
+    def scores(self) -> Scores:
+        return Scores(bias=LinearBias(self.slopes))
 
     def score_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         """-m_h · (i - j) for query position i and key position j. -> (H, Tq, Tk)"""
-        distance = (q_pos[:, None] - k_pos[None, :]).float()  # (Tq, Tk)
-        return -self.slopes[:, None, None] * distance[None]
+        return LinearBias(self.slopes).fn(q_pos, k_pos)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
+from posbench.encodings.scores import Scores
 
 
 @dataclass
@@ -30,11 +31,13 @@ class Cope(PositionalEncoding):
     """
 
     cfg: CopeConfig
-    needs_scores = True
 
     def __init__(self, cfg: CopeConfig, d_model: int, n_heads: int, head_dim: int, init_std: float, n_layers: int = 1):
         super().__init__(cfg, d_model, n_heads, head_dim, init_std, n_layers)
         self.embeddings = nn.Parameter(torch.zeros(n_layers, head_dim, cfg.npos_max))  # e[p] as columns
+
+    def scores(self) -> Scores:
+        return Scores(score_mod=self.score_mod, position_local=False)
 
     def reset_parameters(self) -> None:
         nn.init.zeros_(self.embeddings)  # the paper's code starts every e[p] at zero

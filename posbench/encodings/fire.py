@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
+from posbench.encodings.scores import PairBias, Scores
 
 
 @dataclass
@@ -30,7 +31,6 @@ class Fire(PositionalEncoding):
     """
 
     cfg: FireConfig
-    has_bias = True
 
     def __init__(self, cfg: FireConfig, d_model: int, n_heads: int, head_dim: int, init_std: float, n_layers: int = 1):
         super().__init__(cfg, d_model, n_heads, head_dim, init_std, n_layers)
@@ -53,6 +53,9 @@ class Fire(PositionalEncoding):
         with torch.no_grad():
             self.log_c.fill_(math.log(self.cfg.init_c))
             self.log_threshold.fill_(math.log(self.cfg.init_threshold))
+
+    def scores(self) -> Scores:
+        return Scores(bias=PairBias(self.score_bias))
 
     def normalized_distance(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         """psi(|i - j|) / psi(max(L, i)), in [0, 1] for past keys. -> (Tq, Tk)"""

@@ -20,6 +20,7 @@ from torch import nn
 
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
 from posbench.encodings.positions import ARANGE
+from posbench.encodings.scores import Scores, combine
 
 SEPARATOR = "+"
 EXAMPLE = "encoding.members=sinusoidal+alibi"
@@ -58,6 +59,9 @@ class HybridConfig(EncodingConfig):
         self.members = SEPARATOR.join(names)
         self.options = {name: member_config(name, self.options.get(name, {})) for name in names}
         check_combination(self.options)
+
+    def label(self) -> str:
+        return SEPARATOR.join(member.label() for member in self.options.values())
 
 
 def member_names(members: str) -> list[str]:
@@ -121,10 +125,6 @@ class Hybrid(PositionalEncoding):
             name: build[name][1](member_cfg, d_model, n_heads, head_dim, init_std, n_layers)
             for name, member_cfg in cfg.options.items()
         })
-        self.has_bias = any(member.has_bias for member in self.members.values())
-        self.distance_only = all(m.distance_only for m in self.members.values() if m.has_bias)  # a sum of such biases is one too
-        self.needs_scores = any(member.needs_scores for member in self.members.values())
-        self.has_decay = any(member.has_decay for member in self.members.values())
         self.position_source = self.find_position_source()
 
     def find_position_source(self) -> Optional[str]:
@@ -134,10 +134,6 @@ class Hybrid(PositionalEncoding):
         if len(own) > 1:
             raise ValueError(f"encoding members {' and '.join(own)} each choose positions; only one member may")
         return own[0] if own else None
-
-    @property
-    def label(self) -> str:
-        return SEPARATOR.join(member.label for member in self.members.values())
 
     def positions(self, seq_len: int, device: torch.device) -> torch.Tensor:
         if self.position_source is None:
@@ -154,44 +150,14 @@ class Hybrid(PositionalEncoding):
             q, k = member.rotate_qk(q, k, pos)  # (B, H, T, Dh), (B, Hkv, T, Dh)
         return q, k
 
-    def qk_decay(self, pos: torch.Tensor, centre: int) -> Optional[torch.Tensor]:
-        """The decaying member's factors (one rotary member at most, so one decay)."""
-        return next(m.qk_decay(pos, centre) for m in self.members.values() if m.has_decay)
-
-    @property
-    def decay_window(self) -> Optional[int]:
-        return min((m.decay_window for m in self.members.values() if m.has_decay), default=None)
-
-    def bias_members(self) -> list[PositionalEncoding]:
-        return [member for member in self.members.values() if member.has_bias]
+    def scores(self) -> Scores:
+        """The members' effects combined: biases add, score modifiers chain (``scores.combine``)."""
+        return combine([member.scores() for member in self.members.values()])
 
     def score_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> Optional[torch.Tensor]:
         """The sum of the members' biases. -> (H, Tq, Tk), or None without a bias member"""
-        total = None
-        for member in self.bias_members():
-            bias = member.score_bias(q_pos, k_pos)
-            total = bias if total is None else total + bias
-        return total
-
-    def score_mod(self, scores: torch.Tensor, q: torch.Tensor, layer: int) -> torch.Tensor:
-        for member in self.members.values():
-            if member.needs_scores:
-                scores = member.score_mod(scores, q, layer)  # (B, H, Tq, Tk)
-        return scores
-
-    def linear_slopes(self) -> Optional[torch.Tensor]:
-        """A lone bias member's slopes; a sum with another bias is no longer linear in distance."""
-        biased = self.bias_members()
-        return biased[0].linear_slopes() if len(biased) == 1 else None
-
-    @property
-    def has_flex_bias(self) -> bool:
-        return all(member.has_flex_bias for member in self.bias_members())
-
-    def flex_bias(self, score: torch.Tensor, head: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
-        for member in self.bias_members():
-            score = member.flex_bias(score, head, q_pos, k_pos)  # each member adds its bias
-        return score
+        bias = self.scores().bias
+        return None if bias is None else bias.fn(q_pos, k_pos)
 
     def logit_scale(self, seq_len: int) -> float:
         scale = 1.0
@@ -199,16 +165,8 @@ class Hybrid(PositionalEncoding):
             scale *= member.logit_scale(seq_len)
         return scale
 
-    @property
-    def position_local(self) -> bool:
-        return all(member.position_local for member in self.members.values())
-
     def length_limit_reason(self, seq_len: int) -> Optional[str]:
-        """The first member's refusal: a hybrid takes only the lengths every member takes, and a decay
-        (xPos) past its window is re-centred per query block, which explicit scores (CoPE) do not allow."""
-        if self.has_decay and self.needs_scores and seq_len > self.decay_window:
-            return (f"{self.label} past {self.decay_window} positions: the decay must be re-centred per query "
-                    "block, which explicit scores do not allow; evaluate shorter windows")
+        """The first member's refusal: a hybrid takes only the lengths every member takes."""
         for member in self.members.values():
             reason = member.length_limit_reason(seq_len)
             if reason is not None:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
+from posbench.encodings.scores import DistanceBias, Scores
 
 
 @dataclass
@@ -52,8 +53,6 @@ class Kerple(PositionalEncoding):
     """Shared by both variants: per-head raw parameters, the distance matrix, the init."""
 
     cfg: KerpleLogConfig | KerplePowerConfig
-    has_bias = True
-    distance_only = True
 
     def __init__(self, cfg, d_model: int, n_heads: int, head_dim: int, init_std: float, n_layers: int = 1):
         super().__init__(cfg, d_model, n_heads, head_dim, init_std, n_layers)
@@ -79,6 +78,9 @@ class Kerple(PositionalEncoding):
             r2 = (torch.rand(self.n_heads) * self.cfg.r2_init_max).clamp(min=margin, max=self.cfg.r2_init_max - margin)
             self.r1_raw.copy_(above_inverse(r1, self.cfg.min_value))
             self.r2_raw.copy_(self.r2_inverse(r2))
+
+    def scores(self) -> Scores:
+        return Scores(bias=DistanceBias(self.score_bias))
 
     def distance(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         return (q_pos[:, None] - k_pos[None, :]).abs().float()[None]  # (1, Tq, Tk)

@@ -28,6 +28,11 @@ class RandomPositionsOption:
             )
 
 
+def randomized_suffix(cfg: object) -> str:
+    """``+randpos`` in the label of an encoding config that draws its positions at random."""
+    return RandomPositions.label_suffix if getattr(cfg, "random_positions_max", None) is not None else ""
+
+
 class ArangePositions:
     """The null sampler: positions 0..T-1."""
 

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
+from posbench.encodings.scores import Scores
 from posbench.encodings.positions import RandomPositionsOption, position_sampler
 from posbench.encodings.rope_scaling import Frequencies, rope_inv_freq, scaling_config
 
@@ -29,6 +30,10 @@ class RopeConfig(EncodingConfig, RandomPositionsOption):
         if not 0 < self.rotary_dim <= 1:
             raise ValueError(f"encoding.rotary_dim={self.rotary_dim} is the rotated fraction of each head: pick 0 < rotary_dim <= 1")
         self.scaling = scaling_config(self.scaling)
+
+    def label(self) -> str:
+        kind = self.scaling.kind
+        return super().label() + ("" if kind == "none" else f"+{kind}")
 
 
 def rotary_dims(head_dim: int, fraction: float) -> int:
@@ -60,11 +65,6 @@ class Rope(PositionalEncoding):
         self.rotary = rotary_dims(head_dim, cfg.rotary_dim)
         self._cached: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # this forward's only
 
-    @property
-    def label(self) -> str:
-        kind = self.cfg.scaling.kind
-        return super().label + ("" if kind == "none" else f"+{kind}")
-
     def frequencies(self, seq_len: int) -> Frequencies:
         """(inv_freq (r/2,), attention_factor) at the current length, computed afresh every call."""
         return self.cfg.scaling.frequencies(self.rotary, self.cfg.base, seq_len)
@@ -86,7 +86,6 @@ class Rope(PositionalEncoding):
         cos, sin = self.cos_sin(pos)
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
 
-    @property
-    def position_local(self) -> bool:
+    def scores(self) -> Scores:
         """Unscaled rotations depend on each position alone; scaled kinds read the window's length."""
-        return self.cfg.scaling.kind == "none"
+        return Scores(position_local=self.cfg.scaling.kind == "none")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
+from posbench.encodings.scores import DistanceBias, Scores
 
 
 @dataclass
@@ -26,8 +27,6 @@ class Sandwich(PositionalEncoding):
     """
 
     cfg: SandwichConfig
-    has_bias = True
-    distance_only = True
 
     def __init__(self, cfg: SandwichConfig, d_model: int, n_heads: int, head_dim: int, init_std: float, n_layers: int = 1):
         super().__init__(cfg, d_model, n_heads, head_dim, init_std, n_layers)
@@ -39,6 +38,9 @@ class Sandwich(PositionalEncoding):
     def by_distance(self, distances: torch.Tensor) -> torch.Tensor:
         """sum_k cos(d·w_k) for each distance d, in float64. -> same shape, float32"""
         return torch.cos(distances.to(torch.float64)[..., None] * self.inv_freq.to(distances.device)).sum(-1).float()
+
+    def scores(self) -> Scores:
+        return Scores(bias=DistanceBias(self.score_bias))
 
     def score_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         """-> (H, Tq, Tk); built from one value per distinct distance, so a block costs O(Tq·Tk)."""

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
+from posbench.encodings.scores import DistanceBias, Scores
 
 
 @dataclass
@@ -52,8 +53,6 @@ def t5_relative_bucket(relative_position: torch.Tensor, num_buckets: int = 32, m
 
 class T5Bias(PositionalEncoding):
     cfg: T5Config
-    has_bias = True
-    distance_only = True
 
     def __init__(self, cfg: T5Config, d_model: int, n_heads: int, head_dim: int, init_std: float, n_layers: int = 1):
         super().__init__(cfg, d_model, n_heads, head_dim, init_std, n_layers)
@@ -61,6 +60,9 @@ class T5Bias(PositionalEncoding):
 
     def reset_parameters(self) -> None:
         nn.init.normal_(self.table.weight, std=self.init_std)
+
+    def scores(self) -> Scores:
+        return Scores(bias=DistanceBias(self.score_bias))
 
     def score_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         """table[bucket(key - query)] per head. -> (H, Tq, Tk)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from posbench.encodings.rope import Rope, RopeConfig
+from posbench.encodings.scores import Decay, Scores
 
 FLOAT32_LOG_MAX = 80.0  # ln(3.4e38) is 88.7; keep a margin for the q·k magnitudes themselves
 
@@ -26,10 +27,9 @@ class Xpos(Rope):
 
     The rotation is RoPE's (``rotate_qk``); the scales come from ``qk_decay`` and are applied by the
     attention, centred on the window when it is short enough for fp32 and on each query block when
-    it is not (any length: model/backends.py ``_decayed_blockwise``)."""
+    it is not (any length: ``model/blocks.py`` ``decayed_blockwise``)."""
 
     cfg: XposConfig
-    has_decay = True
 
     def __init__(self, cfg: XposConfig, d_model: int, n_heads: int, head_dim: int, init_std: float, n_layers: int = 1):
         super().__init__(cfg, d_model, n_heads, head_dim, init_std, n_layers)
@@ -44,9 +44,9 @@ class Xpos(Rope):
         rest = pairs.new_ones(pos.numel(), self.head_dim - self.rotary)
         return torch.cat((pairs, pairs, rest), dim=-1)
 
-    @property
-    def position_local(self) -> bool:
-        return False  # the decay is applied to the whole window, or re-centred per query block by attend()
+    def scores(self) -> Scores:
+        """The decay is applied to the whole window, or re-centred per query block (model/backends.py)."""
+        return Scores(decay=Decay(self.qk_decay, self.decay_window), position_local=False)
 
     @property
     def decay_window(self) -> int:

@@ -65,7 +65,7 @@ def score_windows(model: Transformer, stream: np.ndarray, length: int, batch: li
 
 def unavailable_reason(model: Transformer, stream_len: int, length: int) -> Optional[str]:
     """Why ``length`` cannot be evaluated (reported as n/a), or None."""
-    reason = model.encoding.length_limit_reason(length)
+    reason = model.length_limit_reason(length)
     if reason is None and stream_len < length + 1:
         reason = f"the validation stream has {stream_len} tokens, fewer than one window of {length + 1}"
     return reason
@@ -94,7 +94,7 @@ def evaluate_length(model: Transformer, stream: np.ndarray, length: int, cfg: Ev
     mean = float(nll_sum.sum() / total)  # token-weighted: every scored target counts once
     return LengthResult(
         length, protocol, "ok", stride=stride, nll=mean, ppl=perplexity(mean),
-        tokens_scored=total, windows=len(plan), backend=getattr(model, "last_backend", None) or model.backend_for(length),
+        tokens_scored=total, windows=len(plan), backend=model.attention_plan(length, needs_grad=False, autocast=precision == Precision.bf16).name,
         wall_time_s=time.perf_counter() - started,
         position_curve=position_curve(nll_sum, counts, cfg.position_buckets, bucket_kind(cfg)),
     )

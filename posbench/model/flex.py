@@ -1,8 +1,9 @@
 """FlexAttention (PyTorch >= 2.5) with the encoding's bias as an elementwise ``score_mod``: its
-own ``flex_bias`` where it has one (ALiBi), else, for any bias of the distance alone (T5, KERPLE,
+own elementwise form where it has one (ALiBi's, ``scores.LinearBias.elementwise``), else, for any bias of the distance alone (T5, KERPLE,
 Sandwich), a lookup in a per-window table of the bias at every distance.
 
-On CUDA it runs forward and backward; on CPU only a compiled forward exists. Block masks
+On CUDA it runs forward and backward; on CPU only a compiled forward exists (the planner refuses
+CPU training with it). Block masks
 and compiled kernels are cached per (length, device): each new length compiles once.
 """
 
@@ -40,16 +41,13 @@ def distance_bias_table(bias_fn: Callable, pos: torch.Tensor) -> torch.Tensor:
 
 
 def flex_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
-                flex_bias: Optional[Callable], scale: float, table: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Causal attention of one window; ``flex_bias(score, head, q_pos, k_pos)`` adds the bias, or,
+                elementwise: Optional[Callable], scale: float, table: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Causal attention of one window; ``elementwise(score, head, q_pos, k_pos)`` adds the bias, or,
     for a bias of the distance alone, ``table`` (H, D) from ``distance_bias_table`` is looked up."""
-    if q.device.type == "cpu" and torch.is_grad_enabled():
-        raise ValueError("model.attention=flex on CPU is forward-only (FlexAttention has no CPU backward); "
-                         "use model.attention=auto for training")
     score_mod = None
-    if flex_bias is not None:
+    if elementwise is not None:
         def score_mod(score, b, h, q_idx, kv_idx):
-            return flex_bias(score, h, pos[q_idx], pos[kv_idx])
+            return elementwise(score, h, pos[q_idx], pos[kv_idx])
     elif table is not None:
         def score_mod(score, b, h, q_idx, kv_idx):
             distance = (pos[q_idx] - pos[kv_idx]).clamp(min=0)  # future keys are masked; keep the index valid

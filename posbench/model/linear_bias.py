@@ -20,10 +20,6 @@ _flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 MAX_BLOCK = 128
 
 
-def available(q: torch.Tensor) -> bool:
-    return q.device.type == "cpu" and not torch.is_grad_enabled() and q.dtype == torch.float32
-
-
 def _with_channel(x: torch.Tensor, channel: torch.Tensor) -> torch.Tensor:
     return torch.cat((x, channel.expand(*x.shape[:-1], 1)), dim=-1)
 

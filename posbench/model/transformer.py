@@ -8,10 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from posbench.config import Mlp, ModelConfig, Norm
+from posbench.model.config import Mlp, ModelConfig, Norm
 from posbench.encodings import EncodingConfig, build_encoding
 from posbench.model.attention import AttentionContext, CausalSelfAttention
-from posbench.model.backends import block_causal_bias, choose_backend, consecutive, full_mask, query_blocks
+from posbench.model.backends import Backend, ByBlocks
+from posbench.model.planner import Settings, plan_attention, refusal
 
 
 def make_norm(kind: Norm, dim: int) -> nn.Module:
@@ -88,67 +89,52 @@ class Transformer(nn.Module):
         total = sum(p.numel() for p in self.parameters())
         return total - self.embed.weight.numel() if non_embedding else total
 
-    def backend_for(self, seq_len: int) -> str:
-        """The attention path a forward of ``seq_len`` tokens takes now (device, autograd, autocast)."""
-        enc = self.encoding
-        device = self.embed.weight.device
-        linear_ok = (enc.linear_slopes() is not None and device.type == "cpu" and not torch.is_grad_enabled()
-                     and not torch.is_autocast_enabled("cpu"))
-        backend = choose_backend(self.cfg.attention.value, enc.has_bias, self.cfg.n_heads, seq_len, enc.needs_scores, linear_ok)
-        if enc.has_decay and seq_len > enc.decay_window and backend not in ("blockwise", "linear"):
-            if self.cfg.attention.value != "auto":  # (with explicit scores, length_limit_reason refuses first)
-                raise ValueError(f"encoding {enc.label!r} at {seq_len} positions needs its decay re-centred per query "
-                                 f"block (past {enc.decay_window} its window-centred factors overflow fp32): use "
-                                 "model.attention=auto or blockwise")
-            backend = "blockwise"
-        if backend == "flex" and enc.has_bias and not (enc.has_flex_bias or enc.distance_only):
-            raise ValueError(f"encoding {enc.label!r} has no FlexAttention score_mod (its bias depends on more than "
-                             "the distance); use model.attention=auto")
-        return backend
+    def attention_plan(self, seq_len: int, pos: Optional[torch.Tensor] = None, *, needs_grad: bool,
+                       autocast: bool = False) -> Backend:
+        """The attention backend a forward of ``seq_len`` tokens takes (``model/planner.py``) with or
+        without autograd and autocast; its ``name`` is what results record. ``pos`` defaults to 0..T-1."""
+        param = self.embed.weight
+        pos = torch.arange(seq_len, device=param.device) if pos is None else pos
+        settings = Settings(self.cfg.attention.value, self.cfg.attention_block, param.device.type, needs_grad, autocast,
+                            param.dtype, self.encoding.label)
+        return plan_attention(self.encoding.scores(), pos, self.cfg.n_heads, settings)
+
+    def length_limit_reason(self, seq_len: int) -> Optional[str]:
+        """Why this model cannot take ``seq_len`` tokens (no attention path can, or its encoding cannot), or None."""
+        return refusal(self.encoding.scores(), seq_len, self.encoding.label) or self.encoding.length_limit_reason(seq_len)
 
     def forward(self, tokens: torch.Tensor, pos: Optional[torch.Tensor] = None) -> torch.Tensor:
         """tokens (B, T) -> logits (B, T, V); ``pos`` (T,) defaults to the encoding's positions
         (0..T-1, or sampled ones for randomized positions)."""
         T = tokens.shape[1]
-        reason = self.encoding.length_limit_reason(T)
+        reason = self.length_limit_reason(T)
         if reason is not None:  # e.g. learned positions past their table, or sampled positions past their range
             raise ValueError(reason)
         if pos is None:
             pos = self.encoding.positions(T, tokens.device)
-        backend = self.backend_for(T)
-        self.last_backend = backend  # what results record
-        if backend == "blockwise" and self.by_blocks(pos):
-            return self.forward_by_blocks(tokens, pos)
+        device = tokens.device.type
+        backend = self.attention_plan(T, pos, needs_grad=torch.is_grad_enabled(), autocast=torch.is_autocast_enabled(device))
+        if isinstance(backend, ByBlocks):
+            return self.forward_by_blocks(tokens, backend)
         x = self.encoding.embed_input(self.embed(tokens), pos)  # (B, T, D)
-        ctx = AttentionContext(self.encoding, pos, backend, self.cfg.attention_block)
-        if ctx.backend == "sdpa" and self.encoding.has_bias:
-            ctx.mask = full_mask(self.encoding.score_bias, pos, x.dtype, self.encoding.distance_only)  # shared by layers
+        ctx = AttentionContext(self.encoding, pos, backend, T)
         for block in self.blocks:
             x = block(x, ctx)
         return self.lm_head(self.final_norm(x))
 
-    def by_blocks(self, pos: torch.Tensor) -> bool:
-        """Whether a blockwise forward runs one query block at a time through all layers: for a bias
-        that must be built afresh for every block (it depends on more than the distance, as FIRE's
-        does), so each block's bias is built once for every layer; evaluation only."""
-        enc = self.encoding
-        table = enc.distance_only and consecutive(pos)  # the shared distance table is cheaper still
-        return enc.has_bias and not table and enc.position_local and not torch.is_grad_enabled()
-
-    def forward_by_blocks(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    def forward_by_blocks(self, tokens: torch.Tensor, plan: ByBlocks) -> torch.Tensor:
         """The forward one query block at a time, every layer keeping its keys and values so far:
         the same function as ``forward``, with each block's (H, rows, prefix) bias built once and
-        shared by the layers. Blocks follow ``query_blocks``. -> logits (B, T, V)"""
+        shared by the layers. -> logits (B, T, V)"""
         B, T = tokens.shape
         H, Dh = self.cfg.n_heads, self.head_dim
         param = self.embed.weight
         cache = [(param.new_empty(B, H, T, Dh), param.new_empty(B, H, T, Dh)) for _ in self.blocks]
         logits = param.new_empty(B, T, self.lm_head.out_features)
-        for start, end in query_blocks(T, self.cfg.attention_block, H):
-            rows = pos[start:end]
+        for start, end in plan.spans():
+            rows = plan.pos[start:end]
             x = self.encoding.embed_input(self.embed(tokens[:, start:end]), rows)  # (B, b, D)
-            mask = block_causal_bias(self.encoding.score_bias, pos, start, end, x.dtype)
-            ctx = AttentionContext(self.encoding, rows, "blockwise", self.cfg.attention_block, mask, cache, start, T)
+            ctx = AttentionContext(self.encoding, rows, plan.for_block(cache, start, end, x.dtype), T)
             for block in self.blocks:
                 x = block(x, ctx)
             logits[:, start:end] = self.lm_head(self.final_norm(x))

@@ -1,0 +1,114 @@
+"""Attention one query block at a time over its causal key prefix: memory grows with T, not T².
+
+Blocks have ``block`` rows, fewer where one block's (H, rows, prefix) bias (or CoPE's explicit
+(B, H, rows, prefix) scores) would pass BLOCK_BIAS_BYTES (``query_blocks``). A bias of the distance
+alone is one shared table every block views (``toeplitz_blockwise``); a q/k decay (xPos) is
+re-centred on each block (``decayed_blockwise``), so its factors stay finite at any length.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+
+from posbench.encodings.scores import BiasFn, DecayFn, ScoreMod
+from posbench.model import linear_bias
+from posbench.model.masks import block_causal_bias, causal_bias, distance_table
+
+BLOCK_BIAS_BYTES = 8 * 2**20  # one blockwise step's (H, rows, prefix) bias stays under this
+
+
+def block_rows(block: int, n_heads: int, end: int) -> int:
+    """Query rows of one ``blockwise`` step ending near ``end``: ``block``, fewer where its
+    (H, rows, end) fp32 bias would pass BLOCK_BIAS_BYTES (memory stays linear in length)."""
+    return max(1, min(block, BLOCK_BIAS_BYTES // (4 * n_heads * end)))
+
+
+def query_blocks(seq_len: int, block: int, n_heads: int) -> Iterator[tuple[int, int]]:
+    """(start, end) of each query block, rows from ``block_rows``: shrinking as the prefix grows."""
+    start = 0
+    while start < seq_len:
+        end = min(start + block_rows(block, n_heads, min(start + block, seq_len)), seq_len)
+        yield start, end
+        start = end
+
+
+def blockwise(q, k, v, pos, bias_fn: BiasFn, scale: float, block: int) -> torch.Tensor:
+    outputs = []
+    for start, end in query_blocks(q.shape[-2], block, q.shape[1]):
+        mask = block_causal_bias(bias_fn, pos, start, end, q.dtype)
+        outputs.append(
+            F.scaled_dot_product_attention(q[:, :, start:end], k[:, :, :end], v[:, :, :end], attn_mask=mask, scale=scale)
+        )
+    return torch.cat(outputs, dim=2)
+
+
+def toeplitz_blockwise(q, k, v, pos, bias_fn: BiasFn, scale: float, block: int) -> torch.Tensor:
+    """``blockwise`` for a bias of the distance alone: one (H, T + block) table per call, and each
+    block's (H, b, e) bias a strided view of it, with no per-block bias arithmetic.
+
+    For rows in reverse order (r' = b - 1 - r, query index i = e - 1 - r') and key j, the
+    distance is e - 1 - r' - j, which sits at t = (T - e) + r' + j of the table: unit strides."""
+    T, H = q.shape[-2], q.shape[1]
+    table = distance_table(bias_fn, pos, block, q.dtype)
+    outputs = []
+    for start in range(0, T, block):
+        end = min(start + block, T)
+        bias = table.as_strided((H, end - start, end), (table.stride(0), 1, 1), table.storage_offset() + T - end)
+        q_rev = q[:, :, start:end].flip(2)
+        out = F.scaled_dot_product_attention(q_rev, k[:, :, :end], v[:, :, :end], attn_mask=bias[None], scale=scale)
+        outputs.append(out.flip(2))
+    return torch.cat(outputs, dim=2)
+
+
+def scale_qk(q: torch.Tensor, k: torch.Tensor, factors: torch.Tensor, floor: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """q times ``factors`` (T, Dh), k divided by them; key factors below ``floor`` become 0. q may
+    hold only the last rows (a query block ending at T), k all T."""
+    inverse = factors.reciprocal()
+    inverse = inverse.masked_fill(inverse < floor, 0.0)
+    return q * factors[-q.shape[-2]:].to(q.dtype), k * inverse.to(k.dtype)
+
+
+DECAY_FLOOR = 1e-30  # a key factor below this multiplies a query factor <= 1: the product is negligible
+
+
+def decayed_blockwise(q, k, v, pos, decay: DecayFn, bias_fn: Optional[BiasFn], scale: float, block: int,
+                      mask_free: bool) -> torch.Tensor:
+    """Causal attention with decay factors centred on each query block's first position: a query's
+    factor is then at most 1 and at least zeta^(block/scale_base), a key's grows only inside the
+    block's own square, and keys far behind get factors that underflow; below DECAY_FLOOR they are
+    set to 0 (their products are < 1e-30, and fp32 subnormals would slow the kernels). Blocks with
+    a bias follow ``query_blocks``; without one, ``mask_free`` (CPU evaluation) takes the flash
+    calls of ``linear_bias.prefix_and_diagonal``, else a boolean causal mask per block."""
+    T, H = q.shape[-2], q.shape[1]
+    spans = query_blocks(T, block, H) if bias_fn is not None else ((s, min(s + block, T)) for s in range(0, T, block))
+    outputs = []
+    for start, end in spans:
+        q_b, k_b = scale_qk(q[:, :, start:end], k[:, :, :end], decay(pos[:end], int(pos[start])), DECAY_FLOOR)
+        if bias_fn is None and mask_free:
+            out = linear_bias.prefix_and_diagonal(q_b, k_b, v[:, :, :end], scale)
+        else:
+            mask = (block_causal_bias(bias_fn, pos, start, end, q.dtype) if bias_fn is not None
+                    else torch.ones(end - start, end, dtype=torch.bool, device=q.device).tril(start))
+            out = F.scaled_dot_product_attention(q_b, k_b, v[:, :, :end], attn_mask=mask, scale=scale)
+        outputs.append(out)
+    return torch.cat(outputs, dim=2)
+
+
+def explicit(q, k, v, pos, bias_fn: Optional[BiasFn], scale: float, block: int, score_mod: ScoreMod,
+             layer: int) -> torch.Tensor:
+    """The eager computation, one query block (and its causal key prefix) at a time, with the
+    encoding's ``score_mod`` applied to each block's fp32 scores; blocks shrink with the prefix
+    like ``blockwise``'s (here the (B, H, rows, prefix) scores are what the budget bounds)."""
+    seq_len = q.shape[-2]
+    idx = torch.arange(seq_len, device=q.device)
+    outputs = []
+    for start, end in query_blocks(seq_len, block, q.shape[0] * q.shape[1]):  # scores per (batch, head)
+        bias = None if bias_fn is None else bias_fn(pos[start:end], pos[:end])
+        q_scaled = q[:, :, start:end].float() * scale  # (B, H, b, Dh)
+        scores = q_scaled @ k[:, :, :end].float().transpose(-2, -1)  # (B, H, b, end)
+        scores = score_mod(scores + causal_bias(bias, idx[start:end], idx[:end], torch.float32)[None], q_scaled, layer)
+        outputs.append((scores.softmax(dim=-1) @ v[:, :, :end].float()).to(q.dtype))
+    return torch.cat(outputs, dim=2)

@@ -1,0 +1,60 @@
+"""The model's config schema: shape, norm, MLP, initialisation and attention backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Optional
+
+from omegaconf import MISSING
+
+
+class Norm(str, Enum):
+    layernorm = "layernorm"
+    rmsnorm = "rmsnorm"
+
+
+class Mlp(str, Enum):
+    gelu = "gelu"
+    swiglu = "swiglu"
+
+
+class Attention(str, Enum):
+    auto = "auto"
+    sdpa = "sdpa"
+    blockwise = "blockwise"
+    linear = "linear"
+    flex = "flex"
+    eager = "eager"
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    n_layers: int = 4
+    d_model: int = 256
+    n_heads: int = 4
+    kv_heads: Optional[int] = None  # grouped-query attention; None = n_heads
+    d_ff: Optional[int] = None  # None = 4·d_model (GELU) or 8/3·d_model rounded (SwiGLU)
+    norm: Norm = Norm.layernorm
+    mlp: Mlp = Mlp.gelu
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+    init_std: float = 0.02
+    attention: Attention = Attention.auto
+    attention_block: int = 1024  # query block of the blockwise backend
+
+    def __post_init__(self) -> None:
+        kv = self.kv_heads or self.n_heads
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads}; "
+                "pick a head count that divides the width"
+            )
+        if self.n_heads % kv:
+            raise ValueError(
+                f"model.kv_heads={kv} must divide model.n_heads={self.n_heads} "
+                "(grouped-query attention shares each key/value head among n_heads/kv_heads queries)"
+            )
+        if self.attention_block < 1:
+            raise ValueError("model.attention_block must be at least 1")
