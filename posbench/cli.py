@@ -17,7 +17,7 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from posbench.data import DataError
-    from posbench.training.checkpoint import CheckpointError
+    from posbench.checkpoint import CheckpointError
 
     return (ValueError, DataError, CheckpointError)
 
@@ -43,7 +43,7 @@ def _choices() -> dict:
 @_guarded
 def train_job(cfg: DictConfig) -> object:
     from posbench.distributed import adopt_slurm_environment
-    from posbench.training.loop import train
+    from posbench.jobs.train import train
 
     adopt_slurm_environment()
     run = to_run_config(cfg)
@@ -52,7 +52,7 @@ def train_job(cfg: DictConfig) -> object:
 
 @_guarded
 def eval_job(cfg: DictConfig) -> object:
-    from posbench.evaluation.checkpoint_eval import evaluate_checkpoint
+    from posbench.jobs.evaluate import evaluate_checkpoint
 
     return evaluate_checkpoint(cfg, HydraConfig.get().runtime.output_dir)
 

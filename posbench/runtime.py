@@ -6,12 +6,17 @@ import contextlib
 import os
 import random
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from posbench.config import Precision
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from posbench.encodings import ENCODINGS, SCALING_CONFIGS
-from posbench.training.loop import train
+from posbench.jobs.train import train
 
 # two steps of two sequences, one 512-token window scored: enough to run every path, not to learn
 FAST = ["train.max_steps=2", "train.batch_size=2", "train.val_every=0", "train.ckpt_every=0",

@@ -12,15 +12,17 @@ import numpy as np
 import pytest
 import torch
 
+from posbench.checkpoint import load_checkpoint
 from posbench.config import EvalConfig, ModelConfig, Protocol
 from posbench.encodings import ENCODINGS
 from posbench.evaluation.buckets import bucket_edges, position_curve
-from posbench.evaluation.checkpoint_eval import evaluate_checkpoint
 from posbench.evaluation.evaluator import evaluate_length, evaluate_lengths
-from posbench.evaluation.naming import UNREADABLE, checkpoint_label
 from posbench.evaluation.protocol import count_windows, windows
+from posbench.folders import UNREADABLE, checkpoint_folder
+from posbench.identity import RunIdentity
+from posbench.jobs.evaluate import evaluate_checkpoint
+from posbench.jobs.train import train
 from posbench.model.transformer import Transformer
-from posbench.training.loop import train
 from tests.conftest import REPO, compose_config, compose_run
 
 VOCAB = 17
@@ -207,7 +209,8 @@ def test_posbench_eval_reproduces_the_end_of_training_numbers(trained, tmp_path)
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     [out_dir] = (tmp_path / "eval").iterdir()
-    assert out_dir.name.endswith("_alibi_L128")  # the folder says what was evaluated
+    folder = RunIdentity.from_config(load_checkpoint(trained)["config"]).folder
+    assert folder.startswith("alibi_L128_s0_") and out_dir.name.endswith(f"_{folder}")  # the folder says what was evaluated
     evaluated = json.loads((out_dir / "results.json").read_text())
     at_training = json.loads((trained / "results.json").read_text())
     assert nlls(evaluated) == pytest.approx(nlls(at_training), rel=1e-9)
@@ -235,8 +238,8 @@ def test_inference_time_overrides_apply_and_others_are_refused(trained, tmp_path
 
 def test_the_folder_label_of_an_unreadable_checkpoint_leaves_the_error_to_the_job(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    assert checkpoint_label(str(tmp_path / "bad.pt")) == UNREADABLE
-    assert checkpoint_label(str(tmp_path / "missing.pt")) == UNREADABLE
+    assert checkpoint_folder(str(tmp_path / "bad.pt")) == UNREADABLE
+    assert checkpoint_folder(str(tmp_path / "missing.pt")) == UNREADABLE
 
 
 def test_every_scored_target_is_counted_once_per_position():

@@ -61,7 +61,7 @@ def evaluate(tmp_path, diverged: bool = False, *overrides: str):
     stream = np.random.default_rng(0).integers(0, 32, size=500).astype(np.uint16)
     tracker = RecordingTracker()
     meta = run_metadata(run, model, {"corpus": "synthetic"}, {"run_name": "learned-L16-s0", "step": 0, "tokens_seen": 0})
-    document = evaluate_and_report(model, stream, 0, run, tmp_path, tracker, torch.device("cpu"), meta)
+    document = evaluate_and_report(model, stream, 0, run.eval, run.train.precision, tmp_path, tracker, torch.device("cpu"), meta)
     return document, tracker
 
 

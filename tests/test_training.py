@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from posbench.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from posbench.training.loop import train
+from posbench.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from posbench.jobs.train import train
 from posbench.training.optim import lr_at
 
 
@@ -47,7 +47,7 @@ def test_resume_refuses_a_checkpoint_of_another_model(smoke_run, tmp_path):
 def test_checkpoint_holds_loop_state_and_config(smoke_run, tmp_path):
     train(smoke_run("train.max_steps=4", "eval.enabled=false"), tmp_path / "run")
     state = load_checkpoint(tmp_path / "run")
-    assert state["step"] == 4 and state["schema_version"] == 1
+    assert state["step"] == 4 and state["schema_version"] == 2
     assert state["config"]["encoding"]["name"] == "alibi"
     assert state["batches"]["batch_index"] == 4
     assert set(state) >= {"model", "optimizer", "rng", "tokens_seen", "vocab_size", "corpus_fingerprint"}
@@ -117,3 +117,77 @@ def test_bf16_autocast_trains(smoke_run, tmp_path, monkeypatch):
     run = smoke_run("train.precision=bf16", "train.max_steps=2", "model.d_model=32", "train.seq_len=32", "eval.lengths=[32]")
     out = train(run, tmp_path / "run")
     assert all(torch.isfinite(torch.tensor(list(out["losses"].values()))))
+
+
+def test_resume_true_finds_only_checkpoints_of_its_own_run(smoke_run, tmp_path):
+    """rope s0, rope+yarn s0 and rope s1 in one experiment, in folders whose names all say rope_L128:
+    each resumes its own checkpoint, whatever is newer."""
+    from posbench.training.resume import find_resume_checkpoint
+
+    steps = ["train.max_steps=6", "eval.enabled=false", "train.val_every=0", "train.stop_after_steps=2", "encoding=rope"]
+    variants = {"rope s0": ["train.seed=0"], "rope+yarn s0": ["encoding/scaling=yarn"], "rope s1": ["train.seed=1"]}
+    root = tmp_path / "runs" / "smoke"
+    folders = {}
+    for minute, (name, extra) in enumerate(variants.items()):
+        folders[name] = root / f"2026-01-01_00-0{minute}-00_rope_L128"
+        train(smoke_run(*steps, *extra), folders[name])
+    for name, extra in variants.items():
+        found = find_resume_checkpoint(smoke_run(*steps, *extra, "train.resume=true"), root / "new")
+        assert found == folders[name] / "checkpoints" / "last.pt", name
+    with pytest.raises(CheckpointError, match="found no checkpoint of this run"):
+        find_resume_checkpoint(smoke_run(*steps, "train.seed=2", "train.resume=true"), root / "new")
+    first = load_checkpoint(folders["rope s0"])["losses"]
+    resumed = train(smoke_run(*steps[:-2], "encoding=rope", "train.resume=true"), root / "resumed")
+    assert resumed["step"] == 6 and resumed["losses"][1] == first["1"]
+
+
+def as_schema1(ckpt: dict, q_rows: int) -> dict:
+    """A schema-2 checkpoint written out as schema 1 did: each layer's q and kv projections apart, in the
+    model, and in the optimiser's state and parameter order (q, then kv, where the fused one sits)."""
+    model, names = {}, []
+    for name, tensor in ckpt["model"].items():
+        if name.endswith("qkv_proj.weight"):
+            stem = name[: -len("qkv_proj.weight")]
+            model[stem + "q_proj.weight"], model[stem + "kv_proj.weight"] = tensor[:q_rows], tensor[q_rows:]
+        else:
+            model[name] = tensor
+    optimizer, state, groups, index = ckpt["optimizer"], {}, [], 0
+    fused = {i for i, n in enumerate(ckpt["fused_names"]) if n.endswith("qkv_proj.weight")}
+    for group in optimizer["param_groups"]:
+        ids = []
+        for i in group["params"]:
+            pieces = [slice(0, q_rows), slice(q_rows, None)] if i in fused else [slice(None)]
+            for piece in pieces:
+                state[index] = {k: (v[piece] if v.dim() else v) for k, v in optimizer["state"][i].items()}
+                ids.append(index)
+                index += 1
+        groups.append({**group, "params": ids})
+    return {**ckpt, "schema_version": 1, "model": model, "optimizer": {"state": state, "param_groups": groups}}
+
+
+def test_a_schema1_checkpoint_with_separate_q_and_kv_projections_resumes_exactly(smoke_run, tmp_path):
+    """Checkpoints written before the fused q/k/v projection resume: weights and AdamW moments are fused on
+    load, and the continuation equals the one from the same checkpoint in the current schema."""
+    from posbench.model.transformer import Transformer
+    from posbench.training.optim import parameter_groups
+
+    steps = ["train.max_steps=6", "train.ckpt_every=0", "eval.enabled=false", "train.val_every=0"]
+    train(smoke_run(*steps, "train.stop_after_steps=3"), tmp_path / "killed")
+    ckpt = load_checkpoint(tmp_path / "killed")
+    run = smoke_run(*steps)
+    model = Transformer(run.model, run.encoding, ckpt["vocab_size"])
+    ckpt["fused_names"] = [name for group in parameter_groups(model) for name, _ in group]
+    legacy = as_schema1(ckpt, run.model.d_model)  # q rows: n_heads x head_dim
+    del legacy["fused_names"]
+    save_checkpoint(tmp_path / "legacy" / "checkpoints" / "last.pt", legacy)
+    assert load_checkpoint(tmp_path / "legacy")["schema_version"] == 1
+    current = train(smoke_run(*steps, f"train.resume={tmp_path / 'killed'}"), tmp_path / "a")["losses"]
+    from_legacy = train(smoke_run(*steps, f"train.resume={tmp_path / 'legacy'}"), tmp_path / "b")["losses"]
+    assert from_legacy == current and sorted(from_legacy) == list(range(1, 7))
+
+
+def test_a_checkpoint_of_an_unknown_schema_is_refused_naming_it(tmp_path):
+    path = tmp_path / "future.pt"
+    torch.save({"schema_version": 99, "model": {}}, path)
+    with pytest.raises(CheckpointError, match="schema 99, this posbench reads 1 and 2"):
+        load_checkpoint(path)

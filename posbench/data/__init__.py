@@ -25,7 +25,7 @@ from posbench.data.tokenizer import (
 )
 
 if TYPE_CHECKING:
-    from posbench.config import DataConfig
+    from posbench.data.config import DataConfig
 
 __all__ = ["DataError", "TokenizedCorpus", "TrainBatches", "load_corpus", "cache_root", "corpus_tokenizer"]
 

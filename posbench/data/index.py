@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
+from posbench.atomic import atomic_write
+
 log = logging.getLogger(__name__)
 
 DEFAULT_INDEX = "https://pypi.org/simple"
@@ -115,14 +117,9 @@ def file_sha256(path: Path) -> str:
 
 
 def download(url: str, dest: Path, cert: str | None = None) -> None:
-    """Stream ``url`` into ``dest`` via a temp file, so an interrupted download leaves nothing."""
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
-    try:
-        with _open(url, cert) as response, open(tmp, "wb") as out:
-            shutil.copyfileobj(response, out, 1 << 20)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Stream ``url`` into ``dest`` atomically, so an interrupted download leaves nothing."""
+    with _open(url, cert) as response, atomic_write(dest, "wb") as out:
+        shutil.copyfileobj(response, out, 1 << 20)
 
 
 def fetch_from_indexes(project: str, filename: str, dest: Path) -> None:

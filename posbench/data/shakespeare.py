@@ -33,7 +33,7 @@ from posbench.data.errors import DataError
 from posbench.data.index import fetch_from_indexes, file_sha256
 
 if TYPE_CHECKING:
-    from posbench.config import ShakespeareConfig
+    from posbench.data.config import ShakespeareConfig
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def identity(cfg: ShakespeareConfig) -> dict:
 def main(argv: list[str] | None = None) -> None:
     from omegaconf import OmegaConf
 
-    from posbench.config import ShakespeareConfig
+    from posbench.data.config import ShakespeareConfig
 
     default = OmegaConf.to_object(OmegaConf.structured(ShakespeareConfig)).cache_dir  # type: ignore[union-attr]
     parser = argparse.ArgumentParser(description="Fetch the built-in Shakespeare corpus into the cache.")

@@ -9,22 +9,27 @@ from typing import Any
 import numpy as np
 import torch
 
-from posbench.config import RunConfig, to_plain_dict
+from posbench.config import EvalConfig, RunConfig, to_plain_dict
 from posbench.evaluation.evaluator import bucket_kind, evaluate_lengths
 from posbench.evaluation.protocol import protocol_statement
+from posbench.identity import RunIdentity
 from posbench.model.transformer import Transformer
 from posbench.plots import write_plots
 from posbench.results import RESULTS_JSON, format_table, write_results
+from posbench.runtime import Precision
 from posbench.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
 
 def run_metadata(run: RunConfig, model: Transformer, corpus_info: dict, extra: dict[str, Any]) -> dict[str, Any]:
-    """What results.json says about the model, data and config besides the numbers."""
+    """What results.json says about the model, data and config besides the numbers; ``extra`` wins."""
+    identity = RunIdentity.of(run)
     return {
-        "encoding": model.encoding.label,
-        "train_seq_len": run.train.seq_len,
+        "run_name": identity.name,
+        "identity": identity.to_dict(),
+        "encoding": identity.label,
+        "train_seq_len": identity.train_len,
         "model": {"name": run.model.name, "parameters": model.num_parameters(non_embedding=False),
                   "non_embedding_parameters": model.num_parameters()},
         "data": corpus_info,
@@ -64,19 +69,21 @@ def report_to_tracker(tracker: Tracker, document: dict, plots: dict[str, Path]) 
 
 
 def evaluate_and_report(
-    model: Transformer, val_stream: np.ndarray, separator_id: int, run: RunConfig, run_dir: Path,
-    tracker: Tracker, device: torch.device, metadata: dict[str, Any],
+    model: Transformer, val_stream: np.ndarray, separator_id: int, cfg: EvalConfig, precision: Precision,
+    run_dir: Path, tracker: Tracker, device: torch.device, metadata: dict[str, Any],
 ) -> dict:
-    """Evaluate; write results.json/.csv and the plots into ``run_dir``; print the table; log to the tracker."""
-    cfg = run.eval
-    results = evaluate_lengths(model, val_stream, cfg, device, run.train.precision)
+    """Evaluate; write results.json/.csv and the plots into ``run_dir``; print the table; log to the tracker.
+
+    ``metadata`` (``run_metadata``) names the run, its training length included."""
+    results = evaluate_lengths(model, val_stream, cfg, device, precision)
     statement = protocol_statement(cfg.protocol.value, cfg.stride, cfg.max_tokens, cfg.position_buckets,
                                    bucket_kind(cfg), separator_id)
     document = write_results(run_dir, [r.to_dict() for r in results],
                              {**metadata, "device": str(device), "protocol": statement})
     plots = write_plots(document, run_dir)
-    print(f"\nPerplexity of {document['encoding']} trained at {run.train.seq_len} ({cfg.protocol.value} windows):")
-    print(format_table(document["results"], run.train.seq_len), flush=True)
+    train_len = document["train_seq_len"]
+    print(f"\nPerplexity of {document['encoding']} trained at {train_len} ({cfg.protocol.value} windows):")
+    print(format_table(document["results"], train_len), flush=True)
     report_to_tracker(tracker, document, plots)
     log.info("results and plots written to %s", Path(run_dir) / RESULTS_JSON)
     return document

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from posbench.config import LoggerConfig
+from posbench.tracking.config import LoggerConfig
 from posbench.tracking.base import FanOut, NullTracker, Tracker
 from posbench.tracking.jsonl import JsonlTracker
 from posbench.tracking.wandb_tracker import WandbTracker, resolve_mode

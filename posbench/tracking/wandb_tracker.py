@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from typing import Any, Iterable
 
-from posbench.config import LoggerConfig
+from posbench.tracking.config import LoggerConfig
 from posbench.tracking.base import check_eval_rows, check_metric_names, plain
 
 TRAIN_STEP = "trainer/step"

@@ -10,11 +10,15 @@ from torch import nn
 from posbench.config import TrainConfig
 
 
+def parameter_groups(model: nn.Module) -> list[list[tuple[str, nn.Parameter]]]:
+    """(name, parameter) of the optimiser's two groups, in its order: matrices decay; gains, biases and
+    encoding scalars do not (Loshchilov & Hutter 2019)."""
+    params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    return [[(n, p) for n, p in params if p.dim() >= 2], [(n, p) for n, p in params if p.dim() < 2]]
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """Matrices decay; gains, biases and encoding scalars do not (Loshchilov & Hutter 2019)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
+    decay, no_decay = ([p for _, p in group] for group in parameter_groups(model))
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
 

@@ -5,33 +5,45 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from posbench.checkpoint import CheckpointError, saved_config
 from posbench.config import RunConfig
-from posbench.training.checkpoint import CheckpointError
+from posbench.identity import RunIdentity
 
 TRUE_WORDS = {"true", "yes", "1", "latest"}
 FALSE_WORDS = {"", "false", "no", "0", "none", "null"}
 
 
+def same_run(config: Optional[dict], identity: RunIdentity) -> bool:
+    """Whether a checkpoint's saved config is the run of ``identity`` (the same experiment and seed)."""
+    try:
+        return config is not None and RunIdentity.from_config(config) == identity
+    except (KeyError, TypeError, ValueError):  # a config this posbench cannot read is another run's
+        return False
+
+
+def latest_of_this_run(run: RunConfig, run_dir: Path) -> Path:
+    """The newest ``last.pt`` under ``run_root/experiment_name`` (or in ``run_dir``) whose saved
+    config has this run's identity: folder names are not consulted."""
+    root, identity = Path(run.run_root) / run.experiment_name, RunIdentity.of(run)
+    candidates = {*root.rglob("checkpoints/last.pt"), *(run_dir / "checkpoints").glob("last.pt")}
+    found = [p for p in candidates if same_run(saved_config(p), identity)]
+    if not found:
+        raise CheckpointError(
+            f"train.resume=true found no checkpoint of this run ({identity.name}, experiment {identity.digest}) "
+            f"under {root}; pass train.resume=PATH to a run folder or checkpoint"
+        )
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
 def find_resume_checkpoint(run: RunConfig, run_dir: Path) -> Optional[Path]:
-    """None: start fresh. ``true``: the newest ``last.pt`` of a run of the same encoding and
-    training length (and seed, in sweep folders) under ``run_root/experiment_name``, this
-    run's folder included. A path:
-    that checkpoint file, or a run folder holding ``checkpoints/last.pt``."""
+    """None: start fresh. ``true``: the newest checkpoint of this very run (see
+    ``latest_of_this_run``). A path: that checkpoint file, or a run folder holding
+    ``checkpoints/last.pt``."""
     value = run.train.resume
     if value is None or str(value).strip().lower() in FALSE_WORDS:
         return None
     if str(value).strip().lower() in TRUE_WORDS:
-        root = Path(run.run_root) / run.experiment_name
-        kind = f"{getattr(run.encoding, 'members', run.encoding.name)}_L{run.train.seq_len}"  # as configs/train.yaml names folders
-        names = (f"_{kind}", f"{kind}_s{run.train.seed}")  # single runs end with the first, sweep jobs are the second
-        found = [p for p in root.rglob("checkpoints/last.pt") if p.parent.parent.name.endswith(names)]
-        found += list((run_dir / "checkpoints").glob("last.pt"))
-        if not found:
-            raise CheckpointError(
-                f"train.resume=true found no checkpoint of a {run.encoding.name} run at L={run.train.seq_len} "
-                f"under {root}; pass train.resume=PATH to a run folder or checkpoint"
-            )
-        return max(set(found), key=lambda p: p.stat().st_mtime)
+        return latest_of_this_run(run, run_dir)
     path = Path(value)
     if path.is_dir() and (path / "checkpoints" / "last.pt").is_file():
         return path / "checkpoints" / "last.pt"

@@ -1,4 +1,4 @@
-"""``posbench eval``: evaluate a saved checkpoint at ``eval.lengths`` without retraining.
+"""``posbench eval``: load a checkpoint, apply the overrides, evaluate at ``eval.lengths`` (no retraining).
 
 The run config is the checkpoint's own, with three things laid over it: this command's eval
 group, its device, and the inference-time overrides it names (see configs/eval.yaml). Only
@@ -13,14 +13,14 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
+from posbench.checkpoint import load_checkpoint
 from posbench.config import RunConfig, to_plain_dict, to_run_config
 from posbench.data import TokenizedCorpus, load_corpus
 from posbench.evaluation.run import evaluate_and_report, run_metadata
+from posbench.identity import RunIdentity
 from posbench.model.transformer import Transformer
 from posbench.runtime import check_precision, resolve_device
 from posbench.tracking import build_tracker
-from posbench.training.checkpoint import load_checkpoint
-from posbench.training.loop import run_name
 
 EVAL_KEYS = ("checkpoint", "eval", "device", "run_root")  # the rest of an eval config are overrides
 # group -> keys that may be overridden (None: any key but "name")
@@ -102,12 +102,14 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: str | Path) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_eval_config(out_dir, checkpoint, overrides, run)
-    name = f"{run_name(run, model.encoding.label)}-eval"
-    tracker = build_tracker(run.logger, str(out_dir), {"checkpoint": checkpoint, "overrides": overrides, **to_plain_dict(run)},
-                            name, run.logger.group or run.experiment_name, job_type="eval")
+    identity = RunIdentity.of(run)  # of the evaluated config: the checkpoint's, overrides included
+    name = f"{identity.name}-eval"
+    config = {"checkpoint": checkpoint, "overrides": overrides, **to_plain_dict(run), "identity": identity.to_dict()}
+    tracker = build_tracker(run.logger, str(out_dir), config, name, run.logger.group or run.experiment_name, job_type="eval")
     meta = run_metadata(run, model, corpus.info, {"run_name": name, "checkpoint": checkpoint, "overrides": overrides,
                                                   "step": ckpt["step"], "tokens_seen": ckpt["tokens_seen"]})
     try:
-        return evaluate_and_report(model, corpus.val, corpus.separator_id, run, out_dir, tracker, device, meta)
+        return evaluate_and_report(model, corpus.val, corpus.separator_id, run.eval, run.train.precision, out_dir,
+                                   tracker, device, meta)
     finally:
         tracker.close()

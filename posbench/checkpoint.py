@@ -1,0 +1,66 @@
+"""The checkpoint format: model, optimiser, loop state, RNG and the resolved config, written atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from posbench.atomic import atomic_write
+
+SCHEMA_VERSION = 2
+# schema 1 kept separate q and kv projections; its weights and optimiser state are fused on load
+# (model/legacy.py), so it still evaluates and resumes
+READABLE_SCHEMAS = (1, 2)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message says which file and what to do."""
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Written atomically: a kill never leaves half a file."""
+    with atomic_write(path, "wb") as handle:
+        torch.save({"schema_version": SCHEMA_VERSION, **state}, handle)
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """A run folder's ``checkpoints/last.pt`` (or a folder's ``last.pt``); a file path as given."""
+    path = Path(path)
+    if path.is_dir():
+        return path / "checkpoints" / "last.pt" if (path / "checkpoints").is_dir() else path / "last.pt"
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """Load with ``weights_only=True`` (no pickled code runs) and check the schema.
+
+    ``mmap=True`` maps the tensors instead of reading them: cheap when only the config is wanted."""
+    path = checkpoint_file(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}; pass a run folder or its checkpoints/last.pt")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except Exception as exc:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(
+            f"{path} is not a readable posbench checkpoint ({type(exc).__name__}); "
+            "it may be truncated or from another program: use another checkpoint or retrain"
+        ) from None
+    if not isinstance(state, dict) or "schema_version" not in state or "model" not in state:
+        raise CheckpointError(f"{path} is not a posbench checkpoint (no schema_version/model entries)")
+    if state["schema_version"] not in READABLE_SCHEMAS:
+        raise CheckpointError(
+            f"{path} has checkpoint schema {state['schema_version']}, this posbench reads "
+            f"{' and '.join(map(str, READABLE_SCHEMAS))}; use the posbench version that wrote it"
+        )
+    return state
+
+
+def saved_config(path: str | Path) -> Optional[dict]:
+    """The run config saved in a checkpoint, or None when the file is not a usable checkpoint."""
+    try:
+        config = load_checkpoint(path, mmap=True).get("config")
+    except CheckpointError:
+        return None
+    return config if isinstance(config, dict) else None

