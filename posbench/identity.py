@@ -17,9 +17,11 @@ from posbench.config import RunConfig, to_encoding_config, to_plain_dict
 
 DIGEST_CHARS = 6
 EXPERIMENT_GROUPS = ("encoding", "model", "data", "train")
-# Keys of those groups that do not change what is trained: where and how fast it runs, how it
-# is logged and checkpointed, and where the token cache lives (its content is fingerprinted).
+# Keys of those groups that do not change what is trained: where and how fast it runs (the
+# attention path computes the same function), how it is logged and checkpointed, and where the
+# token cache lives (its content is fingerprinted).
 NOT_EXPERIMENT = {
+    "model": ("attention", "attention_block"),
     "data": ("cache_dir",),
     "train": ("resume", "stop_after_steps", "log_every", "ckpt_every", "val_every", "val_tokens", "device", "compile"),
 }

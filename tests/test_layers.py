@@ -1,4 +1,4 @@
-"""Protects the package layering: training and evaluation never import each other; only the jobs layer joins them."""
+"""Protects the package layering: training and evaluation never import each other (only the jobs layer joins them), and encodings, model and tracking import nothing above them."""
 
 from __future__ import annotations
 
@@ -26,9 +26,15 @@ def loaded_by(package: str) -> set[str]:
     return set(done.stdout.split())
 
 
+ABOVE_MODEL = ("posbench.data", "posbench.training", "posbench.evaluation", "posbench.jobs", "posbench.tracking")
+
+
 @pytest.mark.parametrize("package,forbidden", [
     ("training", ("posbench.evaluation", "posbench.jobs")),
     ("evaluation", ("posbench.training", "posbench.jobs")),
+    ("encodings", ("posbench.model", *ABOVE_MODEL)),  # encodings describe themselves; the model reads them
+    ("model", ABOVE_MODEL),
+    ("tracking", ("posbench.model", "posbench.training", "posbench.evaluation", "posbench.jobs")),
 ])
 def test_training_and_evaluation_do_not_import_each_other(package, forbidden):
     loaded = loaded_by(package)

@@ -168,7 +168,8 @@ def test_identity_splits_experiment_keys_from_execution_keys():
     assert seed.seedless_digest == base.seedless_digest and seed.digest != base.digest
     assert yarn.seedless_digest != base.seedless_digest
     for same in ("train.resume=true", "train.stop_after_steps=2", "train.ckpt_every=1", "train.val_every=0",
-                 "train.val_tokens=64", "train.compile=true", "eval.lengths=[64]", "logger=none", "experiment_name=x"):
+                 "train.val_tokens=64", "train.compile=true", "eval.lengths=[64]", "logger=none", "experiment_name=x",
+                 "model.attention=blockwise", "model.attention_block=64"):
         assert RunIdentity.of(compose_run("debug=smoke", "encoding=rope", same)) == base, same
     for other in ("train.lr=0.01", "train.max_steps=7", "model.n_layers=3", "encoding.base=500", "train.batch_size=8"):
         assert RunIdentity.of(compose_run("debug=smoke", "encoding=rope", other)).seedless_digest != base.seedless_digest, other
