@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.posbench-installed
 
-.PHONY: help setup data train test smoke clean
+.PHONY: help setup data train test lint format smoke clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -27,8 +27,16 @@ data: setup ## fetch and check the built-in Shakespeare corpus into the cache
 train: data ## train ALiBi at 2K on the built-in corpus, evaluate at 2K, 4K, 8K, 16K
 	$(BIN)/python -m posbench train encoding=alibi $(ARGS)
 
-test: data ## run the whole test suite
+test: data lint ## lint, then run the whole test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup ## ruff: lint rules and formatting (configured in pyproject.toml)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup ## apply ruff's formatting and safe fixes
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 smoke: data ## a few training steps of a tiny model, in seconds
 	$(BIN)/python -m posbench train debug=smoke $(ARGS)

@@ -8,7 +8,7 @@ USAGE = """usage: python -m posbench COMMAND [hydra overrides]
 
 commands:
   train     train a model and evaluate it at eval.lengths   (e.g. train encoding=alibi)
-  eval      evaluate a saved checkpoint                     (e.g. eval checkpoint=runs/.../checkpoints/last.pt)
+  eval      evaluate a saved checkpoint                     (e.g. eval checkpoint=runs/.../last.pt)
   compare   compare extrapolation curves of finished runs   (e.g. compare runs/train_length_sweep/<sweep>)
 """
 
@@ -27,7 +27,11 @@ def main(argv: list[str] | None = None) -> None:
     from posbench.cli import COMMANDS, run_hydra
 
     if command not in COMMANDS:
-        print(f"error: unknown command {command!r}; valid commands: {', '.join([*COMMANDS, 'compare'])}\n\n{USAGE}", file=sys.stderr)
+        print(
+            f"error: unknown command {command!r}; valid commands: "
+            f"{', '.join([*COMMANDS, 'compare'])}\n\n{USAGE}",
+            file=sys.stderr,
+        )
         sys.exit(2)
     run_hydra(command, rest)
 

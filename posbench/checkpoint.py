@@ -33,7 +33,9 @@ def checkpoint_file(path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False
+) -> dict[str, Any]:
     """Load with ``weights_only=True`` (no pickled code runs) and check the schema.
 
     ``mmap=True`` maps the tensors instead of reading them: cheap when only the config is wanted."""

@@ -16,8 +16,8 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from posbench.data import DataError
     from posbench.checkpoint import CheckpointError
+    from posbench.data import DataError
 
     return (ValueError, DataError, CheckpointError)
 
@@ -37,7 +37,9 @@ def _guarded(job: Callable[[DictConfig], object]) -> Callable[[DictConfig], obje
 
 
 def _choices() -> dict:
-    return {k: v for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith(("hydra", "schema"))}
+    return {
+        k: v for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith(("hydra", "schema"))
+    }
 
 
 @_guarded

@@ -65,7 +65,9 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
     """``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``."""
     flat: dict[str, object] = {}
     for key, value in tree.items():
-        flat.update(flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+        flat.update(
+            flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+        )
     return flat
 
 
@@ -79,7 +81,9 @@ def row_labels(experiments: dict[RunKey, dict]) -> dict[RunKey, str]:
             labels[key] = key[1]
             continue
         mine = flatten(experiment)
-        differ = sorted(k for k in set().union(*rivals) if any(r.get(k, "-") != mine.get(k, "-") for r in rivals))
+        differ = sorted(
+            k for k in set().union(*rivals) if any(r.get(k, "-") != mine.get(k, "-") for r in rivals)
+        )
         settings = ", ".join(f"{k}={mine.get(k, '-')}" for k in differ) or key[2]
         labels[key] = f"{key[1]} ({settings})"
     return labels
@@ -125,11 +129,17 @@ def markdown(table: dict[Key, dict[int, Cell]]) -> str:
         keys = sorted(k for k in table if k[0] == train_len)
         lengths = sorted({n for k in keys for n in table[k]})
         seeds = max(len(c.ppls) for k in keys for c in table[k].values())
-        head = f"### Trained at L = {train_len} (perplexity, mean ± std over {seeds} seed{'s' * (seeds > 1)})\n"
-        rows = ["| encoding | " + " | ".join(f"{n} ({n / train_len:g}L)" for n in lengths) + " |",
-                "|---|" + "---|" * len(lengths)]
+        head = (
+            f"### Trained at L = {train_len} (perplexity, mean ± std over {seeds} seed{'s' * (seeds > 1)})\n"
+        )
+        rows = [
+            "| encoding | " + " | ".join(f"{n} ({n / train_len:g}L)" for n in lengths) + " |",
+            "|---|" + "---|" * len(lengths),
+        ]
         for key in keys:
-            rows.append(f"| {key[1]} | " + " | ".join(format_cell(table[key].get(n, Cell())) for n in lengths) + " |")
+            rows.append(
+                f"| {key[1]} | " + " | ".join(format_cell(table[key].get(n, Cell())) for n in lengths) + " |"
+            )
         parts.append(head + "\n" + "\n".join(rows) + "\n")
     return "\n".join(parts)
 
@@ -158,7 +168,8 @@ def plot(table: dict[Key, dict[int, Cell]], path: Path) -> None:
 
 
 def compare(dirs: list[Path], out_dir: Optional[Path] = None, protocol: Optional[str] = None) -> str:
-    """Write comparison.md and comparison.png into ``out_dir`` (default: the first folder); return the table."""
+    """Write comparison.md and comparison.png into ``out_dir`` (default: the first folder); return the
+    table."""
     table = collect(find_results(dirs), protocol)
     out_dir = out_dir or (dirs[0] if dirs[0].is_dir() else dirs[0].parent)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -171,8 +182,12 @@ def compare(dirs: list[Path], out_dir: Optional[Path] = None, protocol: Optional
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m posbench compare", description=__doc__.splitlines()[0])
     parser.add_argument("dirs", nargs="+", type=Path, help="sweep or run folders (searched for results.json)")
-    parser.add_argument("--out", type=Path, default=None, help="where comparison.md/.png go (default: the first folder)")
-    parser.add_argument("--protocol", default=None, help="keep only rows of this protocol (nonoverlapping, sliding)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="where comparison.md/.png go (default: the first folder)"
+    )
+    parser.add_argument(
+        "--protocol", default=None, help="keep only rows of this protocol (nonoverlapping, sliding)"
+    )
     args = parser.parse_args(argv)
     missing = [d for d in args.dirs if not d.exists()]
     if missing:

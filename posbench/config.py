@@ -20,16 +20,42 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from posbench.data.config import DATA_SCHEMAS, DataConfig, HFConfig, ShakespeareConfig, TextFilesConfig, Tokenizer
+from posbench.data.config import (
+    DATA_SCHEMAS,
+    DataConfig,
+    HFConfig,
+    ShakespeareConfig,
+    TextFilesConfig,
+    Tokenizer,
+)
 from posbench.encodings import ENCODINGS, EncodingConfig, register_scaling_schemas
 from posbench.model.config import Attention, Mlp, ModelConfig, Norm
 from posbench.runtime import Precision
 from posbench.tracking.config import LoggerConfig
 
 __all__ = [
-    "Attention", "BucketKind", "DATA_SCHEMAS", "DataConfig", "EvalConfig", "EvalRunConfig", "HFConfig", "LoggerConfig",
-    "Mlp", "ModelConfig", "Norm", "Precision", "Protocol", "RunConfig", "ShakespeareConfig", "TextFilesConfig",
-    "Tokenizer", "TrainConfig", "register_schemas", "to_encoding_config", "to_plain_dict", "to_run_config",
+    "DATA_SCHEMAS",
+    "Attention",
+    "BucketKind",
+    "DataConfig",
+    "EvalConfig",
+    "EvalRunConfig",
+    "HFConfig",
+    "LoggerConfig",
+    "Mlp",
+    "ModelConfig",
+    "Norm",
+    "Precision",
+    "Protocol",
+    "RunConfig",
+    "ShakespeareConfig",
+    "TextFilesConfig",
+    "Tokenizer",
+    "TrainConfig",
+    "register_schemas",
+    "to_encoding_config",
+    "to_plain_dict",
+    "to_run_config",
 ]
 
 
@@ -102,7 +128,8 @@ class EvalConfig:
         bad = [n for n in self.lengths if n < 1]
         if bad or not self.lengths:
             raise ValueError(
-                f"eval.lengths must be a non-empty list of lengths of at least 1 token, got {list(self.lengths)}"
+                "eval.lengths must be a non-empty list of lengths of at least 1 token, got "
+                f"{list(self.lengths)}"
             )
         if self.stride is not None and self.stride < 1:
             raise ValueError("eval.stride must be at least 1")
@@ -164,10 +191,14 @@ def to_run_config(cfg: DictConfig | dict) -> RunConfig:
 
     ``__post_init__`` validation runs here; a plain dict picks each group's schema by name.
     """
-    plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True) if isinstance(cfg, DictConfig) else cfg
+    plain = (
+        OmegaConf.to_container(cfg, resolve=True, enum_to_str=True) if isinstance(cfg, DictConfig) else cfg
+    )
     plain = {k: v for k, v in plain.items() if k != "hydra"}
     schema = OmegaConf.structured(EvalRunConfig if "checkpoint" in plain else RunConfig)
-    schema.encoding = _schema_for({n: c for n, (c, _) in ENCODINGS.items()}, plain["encoding"]["name"], "encoding")
+    schema.encoding = _schema_for(
+        {n: c for n, (c, _) in ENCODINGS.items()}, plain["encoding"]["name"], "encoding"
+    )
     schema.data = _schema_for(DATA_SCHEMAS, plain["data"]["name"], "data")
     merged = OmegaConf.merge(schema, plain)
     return OmegaConf.to_object(merged)  # type: ignore[return-value]

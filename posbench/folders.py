@@ -27,7 +27,7 @@ def run_folder(*, _root_: DictConfig) -> str:
     try:
         plain = {key: _root_[key] for key in _root_ if key != "hydra"}  # hydra's own keys hold this resolver
         return RunIdentity.of(to_run_config(OmegaConf.create(plain))).folder
-    except Exception:  # noqa: BLE001 - any config mistake is reported by the job, in one line
+    except Exception:
         return INVALID
 
 
@@ -40,7 +40,9 @@ def checkpoint_folder(path: str) -> str:
 
 
 def register_resolvers() -> None:
-    OmegaConf.register_new_resolver(RUN_RESOLVER, run_folder, replace=True, use_cache=False)  # one per sweep job
+    OmegaConf.register_new_resolver(
+        RUN_RESOLVER, run_folder, replace=True, use_cache=False
+    )  # one per sweep job
     OmegaConf.register_new_resolver(CHECKPOINT_RESOLVER, checkpoint_folder, replace=True, use_cache=True)
 
 

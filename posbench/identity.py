@@ -23,14 +23,26 @@ EXPERIMENT_GROUPS = ("encoding", "model", "data", "train")
 NOT_EXPERIMENT = {
     "model": ("attention", "attention_block"),
     "data": ("cache_dir",),
-    "train": ("resume", "stop_after_steps", "log_every", "ckpt_every", "val_every", "val_tokens", "device", "compile"),
+    "train": (
+        "resume",
+        "stop_after_steps",
+        "log_every",
+        "ckpt_every",
+        "val_every",
+        "val_tokens",
+        "device",
+        "compile",
+    ),
 }
 
 
 def experiment_config(config: dict) -> dict:
     """The parts of a plain run config that make two runs different experiments."""
-    return {group: {k: v for k, v in config[group].items() if k not in NOT_EXPERIMENT.get(group, ())}
-            for group in EXPERIMENT_GROUPS if isinstance(config.get(group), dict)}
+    return {
+        group: {k: v for k, v in config[group].items() if k not in NOT_EXPERIMENT.get(group, ())}
+        for group in EXPERIMENT_GROUPS
+        if isinstance(config.get(group), dict)
+    }
 
 
 def without_seed(experiment: dict) -> dict:
@@ -60,8 +72,13 @@ class RunIdentity:
         """From a plain run config (a checkpoint's, a results file's); ``label`` if already known."""
         experiment = experiment_config(config)
         train = config.get("train", {})
-        return cls(label or to_encoding_config(config["encoding"]).label(), int(train["seq_len"]),
-                   int(train.get("seed", 0)), digest(experiment), digest(without_seed(experiment)))
+        return cls(
+            label or to_encoding_config(config["encoding"]).label(),
+            int(train["seq_len"]),
+            int(train.get("seed", 0)),
+            digest(experiment),
+            digest(without_seed(experiment)),
+        )
 
     @property
     def name(self) -> str:

@@ -17,7 +17,9 @@ from matplotlib.ticker import FuncFormatter, NullLocator
 
 DPI = 120
 NA_Y = 0.03  # height of the n/a markers, in axes coordinates
-LOG_Y_SPREAD = 10.0  # a log perplexity axis once values span a decade: past a breaking point they grow by orders
+LOG_Y_SPREAD = (
+    10.0  # a log perplexity axis once values span a decade: past a breaking point they grow by orders
+)
 EXTRAPOLATION_PNG, POSITION_LOSS_PNG = "extrapolation.png", "position_loss.png"
 
 
@@ -43,9 +45,18 @@ def _mark_missing(ax, rows: Iterable[dict], color) -> None:
         if _has_value(row, "ppl"):
             continue
         text = "n/a" if row["status"] != "ok" else "not finite"
-        ax.plot(row["length"], NA_Y, marker="x", color=color, transform=ax.get_xaxis_transform(), clip_on=False)
-        ax.annotate(text, (row["length"], NA_Y), xycoords=ax.get_xaxis_transform(), xytext=(4, 2),
-                    textcoords="offset points", fontsize=8, color=color)
+        ax.plot(
+            row["length"], NA_Y, marker="x", color=color, transform=ax.get_xaxis_transform(), clip_on=False
+        )
+        ax.annotate(
+            text,
+            (row["length"], NA_Y),
+            xycoords=ax.get_xaxis_transform(),
+            xytext=(4, 2),
+            textcoords="offset points",
+            fontsize=8,
+            color=color,
+        )
 
 
 def _training_lines(ax, train_lengths: Iterable[int]) -> None:
@@ -66,7 +77,12 @@ def plot_extrapolation(documents: list[dict], path: str | Path, title: Optional[
     lengths = sorted({row["length"] for doc in documents for row in doc["results"]})
     for doc in documents:
         ok = [row for row in doc["results"] if _has_value(row, "ppl")]
-        line, = ax.plot([r["length"] for r in ok], [r["ppl"] for r in ok], marker="o", label=series_label(doc, len(documents) > 1))
+        (line,) = ax.plot(
+            [r["length"] for r in ok],
+            [r["ppl"] for r in ok],
+            marker="o",
+            label=series_label(doc, len(documents) > 1),
+        )
         _mark_missing(ax, doc["results"], line.get_color())
     _training_lines(ax, (doc["train_seq_len"] for doc in documents))
     ax.set_xscale("log", base=2)
@@ -111,8 +127,10 @@ def plot_position_loss(document: dict, path: str | Path) -> Path:
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: length_label(round(x)) if x >= 1 else ""))
     ax.set_xlabel("tokens of context (position in window + 1)")
     ax.set_ylabel("mean NLL (nats)")
-    ax.set_title(f"{document['encoding']} trained at {document['train_seq_len']}: loss by position "
-                 f"({document['protocol']['name']} windows)")
+    ax.set_title(
+        f"{document['encoding']} trained at {document['train_seq_len']}: loss by position "
+        f"({document['protocol']['name']} windows)"
+    )
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)

@@ -26,9 +26,33 @@ from posbench.tracking.base import json_safe
 
 RESULTS_SCHEMA_VERSION = 2
 RESULTS_JSON, RESULTS_CSV, POSITION_CSV = "results.json", "results.csv", "position_loss.csv"
-CSV_FIELDS = ("encoding", "train_seq_len", "run_name", "length", "x_train", "protocol", "stride", "status",
-              "ppl", "nll", "tokens_scored", "windows", "backend", "wall_time_s", "reason")
-POSITION_CSV_FIELDS = ("encoding", "train_seq_len", "run_name", "length", "bucket_start", "bucket_end", "nll", "tokens")
+CSV_FIELDS = (
+    "encoding",
+    "train_seq_len",
+    "run_name",
+    "length",
+    "x_train",
+    "protocol",
+    "stride",
+    "status",
+    "ppl",
+    "nll",
+    "tokens_scored",
+    "windows",
+    "backend",
+    "wall_time_s",
+    "reason",
+)
+POSITION_CSV_FIELDS = (
+    "encoding",
+    "train_seq_len",
+    "run_name",
+    "length",
+    "bucket_start",
+    "bucket_end",
+    "nll",
+    "tokens",
+)
 
 
 def posbench_version() -> str:
@@ -40,8 +64,11 @@ def posbench_version() -> str:
 
 def results_document(rows: list[dict], metadata: dict[str, Any]) -> dict:
     """The results.json document: version and provenance, the caller's metadata, then the rows."""
-    head = {"schema_version": RESULTS_SCHEMA_VERSION, "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "posbench_version": posbench_version()}
+    head = {
+        "schema_version": RESULTS_SCHEMA_VERSION,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "posbench_version": posbench_version(),
+    }
     return json_safe({**head, **metadata, "results": rows}, "results")
 
 
@@ -58,7 +85,9 @@ def validate_results(document: dict) -> None:
     error = jsonschema.exceptions.best_match(validator.iter_errors(document))
     if error is not None:
         where = "/".join(str(part) for part in error.absolute_path) or "(top level)"
-        raise ValueError(f"results document breaks schema version {RESULTS_SCHEMA_VERSION} at {where}: {error.message}")
+        raise ValueError(
+            f"results document breaks schema version {RESULTS_SCHEMA_VERSION} at {where}: {error.message}"
+        )
 
 
 def load_results(path: str | Path) -> dict:
@@ -82,13 +111,20 @@ def write_results(run_dir: str | Path, rows: list[dict], metadata: dict[str, Any
 
 
 def _run_columns(document: dict) -> dict:
-    return {"encoding": document["encoding"], "train_seq_len": document["train_seq_len"], "run_name": document.get("run_name")}
+    return {
+        "encoding": document["encoding"],
+        "train_seq_len": document["train_seq_len"],
+        "run_name": document.get("run_name"),
+    }
 
 
 def csv_rows(document: dict) -> list[dict]:
     """One row per evaluated length."""
     train_len = document["train_seq_len"]
-    return [{**_run_columns(document), **row, "x_train": round(row["length"] / train_len, 4)} for row in document["results"]]
+    return [
+        {**_run_columns(document), **row, "x_train": round(row["length"] / train_len, 4)}
+        for row in document["results"]
+    ]
 
 
 def position_rows(document: dict) -> list[dict]:
@@ -97,8 +133,16 @@ def position_rows(document: dict) -> list[dict]:
     for result in document["results"]:
         curve = result.get("position_curve") or {"start": [], "end": [], "nll": [], "tokens": []}
         for start, end, nll, tokens in zip(curve["start"], curve["end"], curve["nll"], curve["tokens"]):
-            rows.append({**_run_columns(document), "length": result["length"], "bucket_start": start,
-                         "bucket_end": end, "nll": nll, "tokens": tokens})
+            rows.append(
+                {
+                    **_run_columns(document),
+                    "length": result["length"],
+                    "bucket_start": start,
+                    "bucket_end": end,
+                    "nll": nll,
+                    "tokens": tokens,
+                }
+            )
     return rows
 
 
@@ -118,12 +162,20 @@ def _number(value: Optional[float], spec: str) -> str:
 
 def format_table(rows: Iterable[dict], train_len: int | None = None) -> str:
     """A fixed-width table: length, ratio to the training length, ppl, NLL, tokens scored, backend."""
-    lines = [f"{'length':>8} {'x train':>7} {'ppl':>10} {'nll':>8} {'tokens':>9} {'windows':>7} {'time s':>7}  backend"]
+    lines = [
+        f"{'length':>8} {'x train':>7} {'ppl':>10} {'nll':>8} {'tokens':>9} {'windows':>7} {'time s':>7}  "
+        "backend"
+    ]
     for row in rows:
         ratio = f"{row['length'] / train_len:.1f}" if train_len else "-"
         if row["status"] != "ok":
-            lines.append(f"{row['length']:>8} {ratio:>7} {'n/a':>10} {'':>8} {0:>9} {0:>7} {'':>7}  ({row['reason']})")
+            lines.append(
+                f"{row['length']:>8} {ratio:>7} {'n/a':>10} {'':>8} {0:>9} {0:>7} {'':>7}  ({row['reason']})"
+            )
             continue
-        lines.append(f"{row['length']:>8} {ratio:>7} {_number(row['ppl'], '10.3f'):>10} {_number(row['nll'], '8.4f'):>8} "
-                     f"{row['tokens_scored']:>9} {row['windows']:>7} {row['wall_time_s']:>7.1f}  {row['backend']}")
+        lines.append(
+            f"{row['length']:>8} {ratio:>7} {_number(row['ppl'], '10.3f'):>10} "
+            f"{_number(row['nll'], '8.4f'):>8} "
+            f"{row['tokens_scored']:>9} {row['windows']:>7} {row['wall_time_s']:>7.1f}  {row['backend']}"
+        )
     return "\n".join(lines)

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 
-
 class Precision(str, Enum):
     fp32 = "fp32"
     bf16 = "bf16"
@@ -34,7 +33,11 @@ class Dist:
 
 def dist_from_env() -> Dist:
     """torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; a plain launch is rank 0 of 1."""
-    return Dist(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
+    return Dist(
+        int(os.environ.get("RANK", 0)),
+        int(os.environ.get("WORLD_SIZE", 1)),
+        int(os.environ.get("LOCAL_RANK", 0)),
+    )
 
 
 def resolve_device(requested: str, dist: Dist = Dist()) -> torch.device:
@@ -42,7 +45,9 @@ def resolve_device(requested: str, dist: Dist = Dist()) -> torch.device:
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"train.device={requested} but no CUDA device is visible; use train.device=cpu or auto")
+            raise ValueError(
+                f"train.device={requested} but no CUDA device is visible; use train.device=cpu or auto"
+            )
         if requested == "cuda":
             requested = f"cuda:{dist.local_rank}"
     elif requested != "cpu":
@@ -62,7 +67,8 @@ def cpu_has_native_bf16() -> bool:
 def check_precision(device: torch.device, precision: Precision) -> None:
     if precision == Precision.bf16 and device.type == "cpu" and not cpu_has_native_bf16():
         raise ValueError(
-            "train.precision=bf16 on a CPU without native bf16 (no avx512_bf16/amx_bf16 flag in /proc/cpuinfo): "
+            "train.precision=bf16 on a CPU without native bf16 (no avx512_bf16/amx_bf16 flag in "
+            "/proc/cpuinfo): "
             "its bf16 matmuls run about 100x slower than fp32 here; use train.precision=fp32"
         )
 

@@ -6,8 +6,9 @@ Usage:
     python scripts/bench_eval.py --lengths 16384 65536 --encodings nope alibi t5
 Memory is the growth of peak RSS during the forward; total peak RSS is printed too. With glibc's
 default allocator RSS includes heap kept after frees; run with MALLOC_MMAP_THRESHOLD_=1048576
-(children inherit it) to see what the forward itself needs (times are then not comparable). A length the encoding refuses (the evaluator's n/a) and a
-forward with non-finite logits are reported instead of timed.
+(children inherit it) to see what the forward itself needs (times are then not comparable). A
+length the encoding refuses (the evaluator's n/a) and a forward with non-finite logits are
+reported instead of timed.
 """
 
 from __future__ import annotations
@@ -51,12 +52,28 @@ def measure_one(encoding: str, length: int, attention: str, repeats: int) -> dic
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     if not torch.isfinite(logits).all():
         return {"encoding": encoding, "length": length, "error": "non-finite logits"}
-    return {"encoding": encoding, "length": length, "seconds": min(times), "forward_mb": max(peak - before, 1.0),
-            "peak_mb": peak, "backend": model.attention_plan(length, needs_grad=False).name}
+    return {
+        "encoding": encoding,
+        "length": length,
+        "seconds": min(times),
+        "forward_mb": max(peak - before, 1.0),
+        "peak_mb": peak,
+        "backend": model.attention_plan(length, needs_grad=False).name,
+    }
 
 
 def run_child(encoding: str, length: int, attention: str, repeats: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", encoding, str(length), "--attention", attention, "--repeats", str(repeats)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        encoding,
+        str(length),
+        "--attention",
+        attention,
+        "--repeats",
+        str(repeats),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         return {"encoding": encoding, "length": length, "error": out.stderr.strip().splitlines()[-1]}
@@ -77,7 +94,10 @@ def main() -> None:
         print(json.dumps(measure_one(args.child[0], int(args.child[1]), args.attention, args.repeats)))
         return
     names = ["nope"] + [e for e in args.encodings if e != "nope"]
-    print(f"{'encoding':>14} {'length':>7} {'time s':>8} {'x nope':>7} {'fwd MB':>8} {'x nope':>7} {'peak MB':>8}  backend")
+    print(
+        f"{'encoding':>14} {'length':>7} {'time s':>8} {'x nope':>7} {'fwd MB':>8} {'x nope':>7} "
+        f"{'peak MB':>8}  backend"
+    )
     for length in args.lengths:
         base = None
         for name in names:
@@ -86,8 +106,12 @@ def main() -> None:
                 print(f"{name:>14} {length:>7}  failed: {r['error']}")
                 continue
             base = base or r
-            print(f"{name:>14} {length:>7} {r['seconds']:>8.2f} {r['seconds'] / base['seconds']:>7.2f} "
-                  f"{r['forward_mb']:>8.0f} {r['forward_mb'] / base['forward_mb']:>7.2f} {r['peak_mb']:>8.0f}  {r['backend']}", flush=True)
+            print(
+                f"{name:>14} {length:>7} {r['seconds']:>8.2f} {r['seconds'] / base['seconds']:>7.2f} "
+                f"{r['forward_mb']:>8.0f} {r['forward_mb'] / base['forward_mb']:>7.2f} {r['peak_mb']:>8.0f}  "
+                f"{r['backend']}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -42,7 +42,11 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, size: int = 2048, repe
 
 def flops_per_token(model: nn.Module, n_layers: int, d_model: int, seq_len: int) -> float:
     """6·N + 6·L·T·d, N counting the weights of every matmul (nn.Linear) outside the encoding."""
-    matmul_params = sum(m.weight.numel() for n, m in model.named_modules() if isinstance(m, nn.Linear) and not n.startswith("encoding"))
+    matmul_params = sum(
+        m.weight.numel()
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and not n.startswith("encoding")
+    )
     return 6 * matmul_params + 6 * n_layers * seq_len * d_model
 
 
@@ -56,10 +60,19 @@ class PlainGpt(nn.Module):
         d = cfg.d_model
         self.heads = cfg.n_heads
         self.embed, self.pos = nn.Embedding(vocab, d), nn.Embedding(seq_len, d)
-        self.layers = nn.ModuleList(nn.ModuleDict(dict(
-            norm1=nn.LayerNorm(d), qkv=nn.Linear(d, 3 * d, bias=False), out=nn.Linear(d, d, bias=False),
-            norm2=nn.LayerNorm(d), up=nn.Linear(d, 4 * d, bias=False), down=nn.Linear(4 * d, d, bias=False),
-        )) for _ in range(cfg.n_layers))
+        self.layers = nn.ModuleList(
+            nn.ModuleDict(
+                dict(
+                    norm1=nn.LayerNorm(d),
+                    qkv=nn.Linear(d, 3 * d, bias=False),
+                    out=nn.Linear(d, d, bias=False),
+                    norm2=nn.LayerNorm(d),
+                    up=nn.Linear(d, 4 * d, bias=False),
+                    down=nn.Linear(4 * d, d, bias=False),
+                )
+            )
+            for _ in range(cfg.n_layers)
+        )
         self.norm, self.head = nn.LayerNorm(d), nn.Linear(d, vocab, bias=False)
         self.head.weight = self.embed.weight
 
@@ -109,8 +122,9 @@ class Trainee:
         return self.tokens[:, :-1].numel() / statistics.median(self.seconds[1:])  # the first step warms up
 
 
-def measure(names: list[str], precision: Precision, device: torch.device, batch: int, seq_len: int,
-            rounds: int) -> tuple[list[Trainee], float]:
+def measure(
+    names: list[str], precision: Precision, device: torch.device, batch: int, seq_len: int, rounds: int
+) -> tuple[list[Trainee], float]:
     """Steps every encoding once per round, round after round, with a matmul-peak sample per
     round: a machine that speeds up or slows down during the run moves every figure alike.
     -> the trainees (median step times), the peak (the best round's GFLOP/s)."""
@@ -127,7 +141,9 @@ def measure(names: list[str], precision: Precision, device: torch.device, batch:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--encodings", nargs="+", default=sorted(ENCODINGS))
-    parser.add_argument("--rounds", type=int, default=6, help="timed steps per encoding (median), after one warm-up")
+    parser.add_argument(
+        "--rounds", type=int, default=6, help="timed steps per encoding (median), after one warm-up"
+    )
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=2048)
     args = parser.parse_args()
@@ -136,20 +152,31 @@ def main() -> None:
     if device.type == "cuda" or cpu_has_native_bf16():
         precisions.append(Precision.bf16)
     else:
-        print("bf16: skipped, this CPU has no native bf16 (avx512_bf16/amx_bf16); its bf16 matmuls are ~100x slower")
+        print(
+            "bf16: skipped, this CPU has no native bf16 (avx512_bf16/amx_bf16); "
+            "its bf16 matmuls are ~100x slower"
+        )
     names = ["nope"] + [e for e in args.encodings if e != "nope"] + [PLAIN]
     fp32_rates = {}
     for precision in precisions:
         trainees, peak = measure(names, precision, device, args.batch, args.seq_len, args.rounds)
-        print(f"\n{precision.value}: matmul peak {peak:,.0f} GFLOP/s on {device}; model=tiny, batch {args.batch} x "
-              f"{args.seq_len}; median of {args.rounds} steps, encodings interleaved")
-        print(f"{'encoding':>14} {'tokens/s':>10} {'x nope':>7} {'MFU':>6} {'spread':>7}" + ("  x fp32" if fp32_rates else ""))
+        print(
+            f"\n{precision.value}: matmul peak {peak:,.0f} GFLOP/s on {device}; model=tiny, batch "
+            f"{args.batch} x "
+            f"{args.seq_len}; median of {args.rounds} steps, encodings interleaved"
+        )
+        print(
+            f"{'encoding':>14} {'tokens/s':>10} {'x nope':>7} {'MFU':>6} {'spread':>7}"
+            + ("  x fp32" if fp32_rates else "")
+        )
         base = trainees[0].tokens_per_second()
         for trainee in trainees:
             rate = trainee.tokens_per_second()
             mfu = rate * trainee.flops_per_token / (peak * 1e9)
             timed = trainee.seconds[1:]
-            spread = (max(timed) - min(timed)) / statistics.median(timed)  # how noisy this encoding's steps were
+            spread = (max(timed) - min(timed)) / statistics.median(
+                timed
+            )  # how noisy this encoding's steps were
             line = f"{trainee.name:>14} {rate:>10,.0f} {rate / base:>7.2f} {mfu:>6.1%} {spread:>7.0%}"
             if precision == Precision.fp32:
                 fp32_rates[trainee.name] = rate

@@ -45,7 +45,9 @@ def _one_torch_thread():
     torch.set_num_threads(threads)
 
 
-def planned_attention(q, k, v, pos, scores, scale: float, requested: str = "auto", block: int = 1024, layer: int = 0):
+def planned_attention(
+    q, k, v, pos, scores, scale: float, requested: str = "auto", block: int = 1024, layer: int = 0
+):
     """Attention of one window through the backend the planner picks for ``scores`` (an encoding's
     ``Scores``) and the requested path, under the current autograd state."""
     import torch

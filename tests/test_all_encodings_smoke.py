@@ -1,4 +1,5 @@
-"""Protects "one config file away": every encoding and scaling kind trains on debug=smoke and evaluates at 4x its length."""
+"""Protects "one config file away": every encoding and scaling kind trains on debug=smoke and evaluates at
+4x its length."""
 
 from __future__ import annotations
 
@@ -10,16 +11,24 @@ from posbench.encodings import ENCODINGS, SCALING_CONFIGS
 from posbench.jobs.train import train
 
 # two steps of two sequences, one 512-token window scored: enough to run every path, not to learn
-FAST = ["train.max_steps=2", "train.batch_size=2", "train.val_every=0", "train.ckpt_every=0",
-        "eval.max_tokens=512", "eval.lengths=[512]"]
-
-VARIANTS = [[f"encoding={name}"] for name in ENCODINGS] + [
-    ["encoding=rope", f"encoding/scaling={kind}"] for kind in SCALING_CONFIGS if kind != "none"
-] + [
-    ["encoding=rope", "encoding.random_positions_max=1024", "encoding.rotary_dim=0.5"],
-    ["encoding=sinusoidal", "encoding.random_positions_max=1024"],
-    ["encoding=xpos", "encoding/scaling=dynamic_yarn"],
+FAST = [
+    "train.max_steps=2",
+    "train.batch_size=2",
+    "train.val_every=0",
+    "train.ckpt_every=0",
+    "eval.max_tokens=512",
+    "eval.lengths=[512]",
 ]
+
+VARIANTS = (
+    [[f"encoding={name}"] for name in ENCODINGS]
+    + [["encoding=rope", f"encoding/scaling={kind}"] for kind in SCALING_CONFIGS if kind != "none"]
+    + [
+        ["encoding=rope", "encoding.random_positions_max=1024", "encoding.rotary_dim=0.5"],
+        ["encoding=sinusoidal", "encoding.random_positions_max=1024"],
+        ["encoding=xpos", "encoding/scaling=dynamic_yarn"],
+    ]
+)
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""Protects the long-evaluation attention paths: the mask-free linear-bias path and FlexAttention agree with the eager reference, and auto picks them only where they are exact."""
+"""Protects the long-evaluation attention paths: the mask-free linear-bias path and FlexAttention agree with
+the eager reference, and auto picks them only where they are exact."""
 
 from __future__ import annotations
 
@@ -18,8 +19,12 @@ from tests.conftest import planned_attention
 def pair(encoding: str, attention: str, block: int = 16) -> tuple[Transformer, Transformer]:
     torch.manual_seed(0)
     cfg = dict(name="t", n_layers=2, d_model=32, n_heads=4, attention_block=block)
-    reference = Transformer(ModelConfig(**cfg, attention=Attention.eager), ENCODINGS[encoding][0](), 64).eval()
-    other = Transformer(ModelConfig(**cfg, attention=Attention(attention)), ENCODINGS[encoding][0](), 64).eval()
+    reference = Transformer(
+        ModelConfig(**cfg, attention=Attention.eager), ENCODINGS[encoding][0](), 64
+    ).eval()
+    other = Transformer(
+        ModelConfig(**cfg, attention=Attention(attention)), ENCODINGS[encoding][0](), 64
+    ).eval()
     other.load_state_dict(reference.state_dict())
     return reference, other
 
@@ -67,7 +72,8 @@ def test_auto_takes_the_linear_path_only_without_autograd_on_cpu():
 
 
 def xpos_reference(q, k, v, q_pos, k_pos, zeta, scale_base, scale, bias=None):
-    """fp64 softmax of the decayed scores computed pair by pair: sum_d q_nd k_md zeta_d^((n - m)/scale_base)."""
+    """fp64 softmax of the decayed scores computed pair by pair:
+    sum_d q_nd k_md zeta_d^((n - m)/scale_base)."""
     half = zeta.numel()
     per_channel = torch.cat((zeta, zeta, torch.ones(q.shape[-1] - 2 * half, dtype=torch.float64)))
     dist = (q_pos[:, None] - k_pos[None, :]).double()  # (Tq, Tk)
@@ -94,7 +100,9 @@ def test_xpos_decay_recentred_per_block_is_exact_where_the_centred_window_overfl
     with torch.set_grad_enabled(grad):
         out = planned_attention(q, k, v, pos, scores, scale, "blockwise", block)
     assert torch.isfinite(out).all()
-    reference = xpos_reference(q, k, v, pos, pos, xpos.zeta, 4.0, scale, alibi.score_bias(pos, pos) if with_bias else None)
+    reference = xpos_reference(
+        q, k, v, pos, pos, xpos.zeta, 4.0, scale, alibi.score_bias(pos, pos) if with_bias else None
+    )
     torch.testing.assert_close(out.double(), reference, rtol=0, atol=1e-5)
 
 
@@ -104,7 +112,7 @@ def test_xpos_is_exact_at_64k_positions():
     torch.manual_seed(0)
     T, H, D = 65536, 2, 8
     xpos = ENCODINGS["xpos"][1](ENCODINGS["xpos"][0](), H * D, H, D, 0.02)
-    assert T > xpos.scores().decay.window
+    assert xpos.scores().decay.window < T
     q, k, v = (torch.randn(1, H, T, D) for _ in range(3))
     pos, scale = torch.arange(T), D**-0.5
     with torch.no_grad():
@@ -132,7 +140,8 @@ def test_flex_attention_equals_eager_for_alibi():
 @pytest.mark.slow
 @pytest.mark.parametrize("encoding", ["t5", "kerple_log", "sandwich"])
 def test_flex_attention_equals_eager_for_distance_biases(encoding):
-    """Biases of the distance alone run FlexAttention through a per-window table lookup (CPU, compiled forward)."""
+    """Biases of the distance alone run FlexAttention through a per-window table lookup (CPU, compiled
+    forward)."""
     reference, flex = pair(encoding, "flex")
     tokens, pos = torch.randint(0, 64, (2, 100)), torch.arange(100) + 77
     with torch.no_grad():
@@ -142,13 +151,13 @@ def test_flex_attention_equals_eager_for_distance_biases(encoding):
 
 def test_flex_without_a_score_mod_says_what_to_do():
     model = pair("fire", "flex")[1]
-    with torch.no_grad(), pytest.raises(ValueError, match="model.attention=auto"):
+    with torch.no_grad(), pytest.raises(ValueError, match=r"model.attention=auto"):
         model(torch.zeros(1, 8, dtype=torch.long))
 
 
 def test_flex_refuses_cpu_training_with_the_fix():
     q = k = v = torch.randn(1, 2, 8, 4)
-    with pytest.raises(ValueError, match="model.attention=auto"):
+    with pytest.raises(ValueError, match=r"model.attention=auto"):
         planned_attention(q, k, v, torch.arange(8), Scores(), 0.5, "flex")
 
 
@@ -185,7 +194,9 @@ def test_model_training_takes_the_fused_bias_gradient(encoding, monkeypatch):
     from posbench.model import bias_grad
 
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(name="t", n_layers=2, d_model=32, n_heads=4), ENCODINGS[encoding][0](), 64)
+    model = Transformer(
+        ModelConfig(name="t", n_layers=2, d_model=32, n_heads=4), ENCODINGS[encoding][0](), 64
+    )
     tokens = torch.randint(0, 64, (2, 41))
     calls = []
     original = bias_grad.FlashBiasAttention.apply
@@ -193,7 +204,9 @@ def test_model_training_takes_the_fused_bias_gradient(encoding, monkeypatch):
 
     def parameter_grads(fused: bool):
         model.zero_grad()
-        monkeypatch.setattr(bias_grad, "applies", (lambda q, m: m.requires_grad) if fused else (lambda q, m: False))
+        monkeypatch.setattr(
+            bias_grad, "applies", (lambda q, m: m.requires_grad) if fused else (lambda q, m: False)
+        )
         F.cross_entropy(model(tokens[:, :-1]).flatten(0, 1), tokens[:, 1:].flatten()).backward()
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -210,7 +223,9 @@ def test_distance_only_mask_is_the_bias_laid_out_by_distance_with_its_gradients(
     from posbench.model.masks import full_mask
 
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(name="t", n_layers=1, d_model=32, n_heads=4), ENCODINGS[encoding][0](), 64)
+    model = Transformer(
+        ModelConfig(name="t", n_layers=1, d_model=32, n_heads=4), ENCODINGS[encoding][0](), 64
+    )
     enc = model.encoding
     pos, weights = torch.arange(45) + 3, torch.randn(1, 4, 45, 45).tril()
 
@@ -228,12 +243,19 @@ def test_distance_only_mask_is_the_bias_laid_out_by_distance_with_its_gradients(
         torch.testing.assert_close(grads[name], reference_grads[name], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("requested,encoding,expected", [
-    ("blockwise", "nope", "sdpa"), ("linear", "rope", "sdpa"),  # no bias: the causal kernel is memory-linear
-    ("linear", "t5", "blockwise"),  # a bias that is not linear
-    ("flex", "cope", "eager"), ("sdpa", "cope", "eager"),  # explicit scores, whatever is requested
-    ("blockwise", "xpos", "blockwise"), ("eager", "alibi", "eager"), ("sdpa", "t5", "sdpa"),
-])
+@pytest.mark.parametrize(
+    "requested,encoding,expected",
+    [
+        ("blockwise", "nope", "sdpa"),
+        ("linear", "rope", "sdpa"),  # no bias: the causal kernel is memory-linear
+        ("linear", "t5", "blockwise"),  # a bias that is not linear
+        ("flex", "cope", "eager"),
+        ("sdpa", "cope", "eager"),  # explicit scores, whatever is requested
+        ("blockwise", "xpos", "blockwise"),
+        ("eager", "alibi", "eager"),
+        ("sdpa", "t5", "sdpa"),
+    ],
+)
 def test_the_recorded_backend_is_the_path_that_runs(requested, encoding, expected):
     """The planner names the path it returns, not the one requested: a results row never claims a path that
     did not run."""

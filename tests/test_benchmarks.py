@@ -19,8 +19,13 @@ def script(name: str):
 
 
 def run(name: str, *args: str) -> list[list[str]]:
-    out = subprocess.run([sys.executable, str(REPO / "scripts" / f"{name}.py"), *args], capture_output=True, text=True,
-                         cwd=REPO, timeout=300)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / f"{name}.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     return [line.split() for line in out.stdout.splitlines() if line.strip()]
 
@@ -29,14 +34,23 @@ def test_plain_gpt_reference_counts_the_same_flops_as_nope():
     from posbench.config import Precision
 
     bench = script("bench_train")
-    nope, plain = (bench.Trainee(name, Precision.fp32, bench.torch.device("cpu"), 1, 128) for name in ("nope", bench.PLAIN))
+    nope, plain = (
+        bench.Trainee(name, Precision.fp32, bench.torch.device("cpu"), 1, 128)
+        for name in ("nope", bench.PLAIN)
+    )
     assert nope.flops_per_token == plain.flops_per_token
     cfg = nope.model.cfg
-    assert nope.flops_per_token == 6 * (cfg.n_layers * 12 * cfg.d_model**2 + 256 * cfg.d_model) + 6 * cfg.n_layers * 128 * cfg.d_model
+    assert (
+        nope.flops_per_token
+        == 6 * (cfg.n_layers * 12 * cfg.d_model**2 + 256 * cfg.d_model) + 6 * cfg.n_layers * 128 * cfg.d_model
+    )
 
 
 def test_bench_train_prints_ratios_to_nope_and_the_reference_row():
-    rows = {row[0]: row for row in run("bench_train", "--encodings", "t5", "--rounds", "2", "--seq-len", "64", "--batch", "1")}
+    rows = {
+        row[0]: row
+        for row in run("bench_train", "--encodings", "t5", "--rounds", "2", "--seq-len", "64", "--batch", "1")
+    }
     assert set(rows) >= {"nope", "t5", "plain-gpt"}
     assert rows["nope"][2] == "1.00"
     for name in ("nope", "t5", "plain-gpt"):
@@ -44,6 +58,8 @@ def test_bench_train_prints_ratios_to_nope_and_the_reference_row():
 
 
 def test_bench_eval_prints_time_and_memory_ratios_to_nope():
-    rows = {row[0]: row for row in run("bench_eval", "--lengths", "256", "--encodings", "alibi", "--repeats", "1")}
+    rows = {
+        row[0]: row for row in run("bench_eval", "--lengths", "256", "--encodings", "alibi", "--repeats", "1")
+    }
     assert rows["nope"][3] == "1.00" and rows["nope"][5] == "1.00"
     assert rows["alibi"][1] == "256" and float(rows["alibi"][3]) > 0 and rows["alibi"][-1] == "sdpa"

@@ -5,11 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from hydra.errors import ConfigCompositionException
-from omegaconf.errors import ConfigKeyError, ValidationError
 
 from posbench.config import EvalConfig, ModelConfig, TrainConfig
 from tests.conftest import REPO, compose_config, compose_run
@@ -21,17 +19,28 @@ def group_choices(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("group", ["encoding", "model", "data", "train", "eval", "logger", "debug", "experiment"])
+@pytest.mark.parametrize(
+    "group", ["encoding", "model", "data", "train", "eval", "logger", "debug", "experiment"]
+)
 def test_every_config_in_every_group_composes(group):
     for choice in group_choices(group):
-        extra = ["data.train_files=[a.txt]", "data.val_files=[b.txt]"] if (group, choice) == ("data", "text_files") else []
+        extra = (
+            ["data.train_files=[a.txt]", "data.val_files=[b.txt]"]
+            if (group, choice) == ("data", "text_files")
+            else []
+        )
         run = compose_run(f"{group}={choice}", *extra)
         assert run.train.seq_len >= 1
 
 
 def test_defaults_are_the_main_job():
     run = compose_run()
-    assert (run.encoding.name, run.model.name, run.data.name, run.logger.name) == ("alibi", "tiny", "shakespeare", "wandb")
+    assert (run.encoding.name, run.model.name, run.data.name, run.logger.name) == (
+        "alibi",
+        "tiny",
+        "shakespeare",
+        "wandb",
+    )
     assert run.train.seq_len == 2048 and run.eval.lengths == [2048, 4096, 8192, 16384]
     assert run.logger.mode == "offline"
     assert (run.model.n_layers, run.model.d_model, run.model.n_heads) == (4, 256, 4)
@@ -56,11 +65,11 @@ def test_mistyped_key_and_value_fail_at_compose_time():
 
 
 def test_cross_field_checks_name_the_fix():
-    with pytest.raises(ValueError, match="eval.lengths"):
+    with pytest.raises(ValueError, match=r"eval.lengths"):
         EvalConfig(lengths=[0, 2048])
     with pytest.raises(ValueError, match="kv_heads"):
         ModelConfig(name="x", n_heads=4, kv_heads=3)
-    with pytest.raises(ValueError, match="train.max_steps or train.max_tokens"):
+    with pytest.raises(ValueError, match=r"train.max_steps or train.max_tokens"):
         TrainConfig(max_steps=None, max_tokens=None)
     assert TrainConfig(max_tokens=10_000, seq_len=100, batch_size=4).total_steps() == 25
 
@@ -68,7 +77,14 @@ def test_cross_field_checks_name_the_fix():
 def cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "disabled"}
     env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, "-m", "posbench", *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "posbench", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=120,
+    )
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,7 @@ def stream_of(docs: list[str], sep: int = 0) -> list[int]:
     """The expected byte stream: a separator before every document."""
     out = []
     for doc in docs:
-        out += [sep] + list(doc.encode("utf-8"))
+        out += [sep, *doc.encode("utf-8")]
     return out
 
 
@@ -81,7 +81,9 @@ def test_cache_hit_is_identical_and_content_changes_the_key(tmp_path, monkeypatc
 def test_bpe_learns_from_train_split_only_and_is_cached(tmp_path, monkeypatch):
     train = write(tmp_path / "train.txt", "the cat sat on the mat. " * 300 + "<|sep|> is just text")
     val = write(tmp_path / "val.txt", "zyzzyva " * 300)
-    cfg = text_files(tmp_path, train_files=[train], val_files=[val], tokenizer=Tokenizer.bpe, bpe_vocab_size=300)
+    cfg = text_files(
+        tmp_path, train_files=[train], val_files=[val], tokenizer=Tokenizer.bpe, bpe_vocab_size=300
+    )
     corpus = load_corpus(cfg)
     tok = corpus_tokenizer(corpus)
     assert corpus.separator_id == 0 and corpus.vocab_size <= 300
@@ -121,8 +123,11 @@ def test_hf_loads_a_local_dataset_directory(tmp_path):
     assert corpus.train.tolist() == stream_of(["alpha", "beta", "gamma"])
     assert corpus.val.tolist() == stream_of(["delta"])
 
-    capped = load_corpus(HFConfig(path=str(data), text_column="content", max_train_documents=2,
-                                  cache_dir=str(tmp_path / "cache")))
+    capped = load_corpus(
+        HFConfig(
+            path=str(data), text_column="content", max_train_documents=2, cache_dir=str(tmp_path / "cache")
+        )
+    )
     assert capped.fingerprint != corpus.fingerprint
     assert capped.train.tolist() == stream_of(["alpha", "beta"])
 
@@ -138,7 +143,9 @@ def test_errors_are_one_clear_line(tmp_path):
     texts.mkdir(parents=True)
     for play in ("hamlet", "sonnets"):
         write(texts / f"{play}_gut.txt", play)
-    cases.append((ShakespeareConfig(val_plays=["hamlett"], cache_dir=str(cache)), "valid names: hamlet, sonnets"))
+    cases.append(
+        (ShakespeareConfig(val_plays=["hamlett"], cache_dir=str(cache)), "valid names: hamlet, sonnets")
+    )
     for cfg, expected in cases:
         with pytest.raises(DataError, match=expected) as err:
             load_corpus(cfg)

@@ -1,4 +1,5 @@
-"""Protects multi-process training: torchrun (gloo, CPU) matches one process at the same global batch; only rank 0 writes."""
+"""Protects multi-process training: torchrun (gloo, CPU) matches one process at the same global batch; only
+rank 0 writes."""
 
 from __future__ import annotations
 
@@ -10,9 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
-
-SMOKE = ["train", "debug=smoke", "logger=jsonl", "train.log_every=1", "train.batch_size=4", "train.max_steps=5"]
+SMOKE = [
+    "train",
+    "debug=smoke",
+    "logger=jsonl",
+    "train.log_every=1",
+    "train.batch_size=4",
+    "train.max_steps=5",
+]
 
 
 def losses(run_root: Path) -> dict[int, float]:
@@ -32,7 +38,15 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path):
     """Same global batch of 4: two ranks of 2 rows each. Tolerance 1e-4 absolute on the loss
     (gradients are averaged by an all-reduce instead of inside one mean)."""
     run([sys.executable, "-m", "posbench", *SMOKE, f"run_root={tmp_path / 'one'}"], tmp_path)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "posbench"]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "posbench",
+    ]
     run([*torchrun, *SMOKE, f"run_root={tmp_path / 'two'}"], tmp_path)
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert sorted(one) == sorted(two) == [1, 2, 3, 4, 5]

@@ -1,4 +1,5 @@
-"""Protects each encoding's formula against its paper: T5 buckets, KERPLE, FIRE, Sandwich, xPos, CoPE, randomized positions."""
+"""Protects each encoding's formula against its paper: T5 buckets, KERPLE, FIRE, Sandwich, xPos, CoPE,
+randomized positions."""
 
 from __future__ import annotations
 
@@ -8,11 +9,6 @@ import pytest
 import torch
 
 from posbench.encodings import ENCODINGS, build_encoding, t5_relative_bucket
-from posbench.encodings.cope import Cope, CopeConfig
-from posbench.encodings.fire import Fire, FireConfig
-from posbench.encodings.kerple import KerpleLog, KerpleLogConfig, KerplePower, KerplePowerConfig
-from posbench.encodings.sandwich import Sandwich, SandwichConfig
-from posbench.encodings.xpos import Xpos, XposConfig
 
 H, DH = 4, 8
 
@@ -48,7 +44,9 @@ def paper_bucket(relative: int, num_buckets: int, max_distance: int, bidirection
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_t5_buckets_follow_the_paper_for_distances_up_to_10000(num_buckets, max_distance, bidirectional):
     relative = torch.arange(-10_000, 10_001)
-    expected = torch.tensor([paper_bucket(r, num_buckets, max_distance, bidirectional) for r in relative.tolist()])
+    expected = torch.tensor(
+        [paper_bucket(r, num_buckets, max_distance, bidirectional) for r in relative.tolist()]
+    )
     assert torch.equal(t5_relative_bucket(relative, num_buckets, max_distance, bidirectional), expected)
 
 
@@ -75,7 +73,10 @@ def test_kerple_biases_are_the_papers_kernels():
     q_pos, k_pos = torch.tensor([7, 30]), torch.arange(31)
     log_enc, power_enc = make("kerple_log"), make("kerple_power")
     d = (q_pos[:, None] - k_pos[None, :]).abs().double()
-    for enc, kernel in ((log_enc, lambda r1, r2: -r1 * torch.log(1 + r2 * d)), (power_enc, lambda r1, r2: -r1 * d**r2)):
+    for enc, kernel in (
+        (log_enc, lambda r1, r2: -r1 * torch.log(1 + r2 * d)),
+        (power_enc, lambda r1, r2: -r1 * d**r2),
+    ):
         r1, r2 = enc.r1.detach().double(), enc.r2.detach().double()
         expected = torch.stack([kernel(r1[h], r2[h]) for h in range(H)])
         torch.testing.assert_close(enc.score_bias(q_pos, k_pos).double(), expected, rtol=1e-5, atol=1e-5)
@@ -83,7 +84,12 @@ def test_kerple_biases_are_the_papers_kernels():
 
 def test_kerple_init_follows_the_released_code():
     log_enc, power_enc = make("kerple_log"), make("kerple_power")
-    assert (log_enc.r1 <= 2).all() and (log_enc.r2 <= 1).all() and (power_enc.r1 <= 1).all() and (power_enc.r2 < 2).all()
+    assert (
+        (log_enc.r1 <= 2).all()
+        and (log_enc.r2 <= 1).all()
+        and (power_enc.r1 <= 1).all()
+        and (power_enc.r2 < 2).all()
+    )
 
 
 def push(enc, loss_fn, steps: int = 50) -> None:
@@ -119,7 +125,9 @@ def test_fire_is_an_mlp_of_the_progressively_interpolated_log_distance():
     q_pos, k_pos = torch.tensor([3, 25, 60]), torch.arange(61)
     c, L = 0.1, 20.0
     psi = lambda x: math.log(c * x + 1)  # noqa: E731
-    x = torch.tensor([[psi(abs(i - j)) / (psi(max(L, i)) + 1e-6) for j in k_pos.tolist()] for i in q_pos.tolist()])
+    x = torch.tensor(
+        [[psi(abs(i - j)) / (psi(max(L, i)) + 1e-6) for j in k_pos.tolist()] for i in q_pos.tolist()]
+    )
     expected = enc.mlp(x[..., None]).permute(2, 0, 1)
     torch.testing.assert_close(enc.score_bias(q_pos, k_pos), expected, rtol=1e-5, atol=1e-6)
     past = x[k_pos[None, :] <= q_pos[:, None]]  # keys j <= i map into [0, 1]
@@ -197,7 +205,9 @@ def test_xpos_decay_is_symmetric_and_depends_on_distance_only():
     for pos, centre in ((torch.arange(64), 31), (torch.arange(64) + 1000, 0), (torch.arange(7, 300, 3), 150)):
         scale = enc.qk_decay(pos, centre)  # q factors; the key at the same position gets their reciprocal
         assert scale.shape == (pos.numel(), DH)
-        torch.testing.assert_close(scale[:, : DH // 2], scale[:, DH // 2 :])  # a rotated pair shares its factor
+        torch.testing.assert_close(
+            scale[:, : DH // 2], scale[:, DH // 2 :]
+        )  # a rotated pair shares its factor
         n, m = 40, 9
         expected = zeta ** ((pos[n] - pos[m]).item() / 512.0)
         torch.testing.assert_close(scale[n, : DH // 2] / scale[m, : DH // 2], expected)
@@ -217,7 +227,9 @@ def test_xpos_scores_are_rope_scores_times_the_decay():
             xs = torch.einsum("bhid,bhjd->bhij", *scale_qk(*rotated, xpos.qk_decay(pos, int(pos[25]))))
             rs = torch.einsum("bhid,bhjd->bhij", *rope.rotate_qk(q * mask, k * mask, pos))
             dist = (pos[:, None] - pos[None, :]).double()
-            torch.testing.assert_close(xs.double(), rs.double() * xpos.zeta[i] ** (dist / 512), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(
+                xs.double(), rs.double() * xpos.zeta[i] ** (dist / 512), rtol=1e-4, atol=1e-5
+            )
 
 
 def test_xpos_decay_window_is_where_centred_factors_reach_the_fp32_limit():
@@ -267,7 +279,9 @@ def test_cope_is_causal():
         enc.embeddings.normal_()
     scores, q = causal_scores(12), torch.randn(1, H, 12, DH)
     changed = scores.clone()
-    changed[..., 8:, :] = torch.randn(1, H, 4, 12).masked_fill(torch.ones(4, 12).triu(9).bool(), float("-inf"))
+    changed[..., 8:, :] = torch.randn(1, H, 4, 12).masked_fill(
+        torch.ones(4, 12).triu(9).bool(), float("-inf")
+    )
     a, b = enc.score_mod(scores, q, 0), enc.score_mod(changed, q, 0)
     torch.testing.assert_close(a[..., :8, :], b[..., :8, :])  # later queries' keys never reach earlier rows
     assert (enc.positions_from_gates(scores)[..., :, :].triu(1) == 0).all()  # future keys count nothing
@@ -318,7 +332,9 @@ def test_randomized_positions_are_sorted_distinct_samples_of_the_larger_range(na
         assert pos.shape == (64,) and (pos.diff() > 0).all() and pos.min() >= 0 and pos.max() < 256
     assert not torch.equal(draws[0], draws[1])  # a fresh draw every training forward
     enc.eval()
-    assert torch.equal(enc.positions(64, torch.device("cpu")), enc.positions(64, torch.device("cpu")))  # reproducible eval
+    assert torch.equal(
+        enc.positions(64, torch.device("cpu")), enc.positions(64, torch.device("cpu"))
+    )  # reproducible eval
     assert enc.label.endswith("+randpos")
     assert "random_positions_max" in enc.length_limit_reason(300)
     with pytest.raises(ValueError, match="random_positions_max"):

@@ -1,4 +1,5 @@
-"""Protects the extrapolation evaluator: which tokens each protocol scores, token-weighted perplexity, the per-position curve, and `posbench eval` reproducing a run's own numbers."""
+"""Protects the extrapolation evaluator: which tokens each protocol scores, token-weighted perplexity, the
+per-position curve, and `posbench eval` reproducing a run's own numbers."""
 
 from __future__ import annotations
 
@@ -39,7 +40,9 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def scored_targets(stream_len: int, length: int, protocol: str, stride=None, max_tokens=None) -> list[tuple[int, int]]:
+def scored_targets(
+    stream_len: int, length: int, protocol: str, stride=None, max_tokens=None
+) -> list[tuple[int, int]]:
     """(stream index of the target, tokens of context it was predicted from) for every scored target."""
     out = []
     for w in windows(stream_len, length, protocol, stride, max_tokens):
@@ -81,7 +84,7 @@ def test_token_budget_stops_after_the_window_that_reaches_it():
 def test_bad_strides_are_refused_before_any_work():
     with pytest.raises(ValueError, match="exceeds the window length"):
         list(windows(100, 8, "sliding", stride=9))
-    with pytest.raises(ValueError, match="eval.protocol=sliding"):
+    with pytest.raises(ValueError, match=r"eval.protocol=sliding"):
         list(windows(100, 8, "nonoverlapping", stride=4))
     model = tiny_model("rope")
     cfg = EvalConfig(lengths=[64, 8], protocol=Protocol.sliding, stride=16, max_tokens=64)
@@ -122,7 +125,9 @@ def synthetic_stream(n: int = 400) -> np.ndarray:
 
 
 @torch.no_grad()
-def brute_force_nll(model: Transformer, stream: np.ndarray, length: int, protocol: str, stride: int, max_tokens) -> tuple[float, int]:
+def brute_force_nll(
+    model: Transformer, stream: np.ndarray, length: int, protocol: str, stride: int, max_tokens
+) -> tuple[float, int]:
     """Token-weighted mean NLL written from the protocol's definition, one window and one target at a time."""
     step = length if protocol == "nonoverlapping" else stride
     total, count, start = 0.0, 0, 0
@@ -137,16 +142,25 @@ def brute_force_nll(model: Transformer, stream: np.ndarray, length: int, protoco
     return total / count, count
 
 
-@pytest.mark.parametrize("encoding,protocol,stride,max_tokens", [
-    ("alibi", "nonoverlapping", None, None),
-    ("rope", "nonoverlapping", None, 100),
-    ("rope", "sliding", 12, None),
-    ("learned", "sliding", 5, 90),
-])
+@pytest.mark.parametrize(
+    "encoding,protocol,stride,max_tokens",
+    [
+        ("alibi", "nonoverlapping", None, None),
+        ("rope", "nonoverlapping", None, 100),
+        ("rope", "sliding", 12, None),
+        ("learned", "sliding", 5, 90),
+    ],
+)
 def test_token_weighted_ppl_equals_brute_force(encoding, protocol, stride, max_tokens):
     model, stream = tiny_model(encoding), synthetic_stream()
-    cfg = EvalConfig(lengths=[32], protocol=Protocol(protocol), stride=stride, max_tokens=max_tokens, batch_size=3,
-                     position_buckets=6)
+    cfg = EvalConfig(
+        lengths=[32],
+        protocol=Protocol(protocol),
+        stride=stride,
+        max_tokens=max_tokens,
+        batch_size=3,
+        position_buckets=6,
+    )
     result = evaluate_length(model, stream, 32, cfg, CPU, progress=False)
     nll, count = brute_force_nll(model, stream, 32, protocol, stride, max_tokens)
     assert result.status == "ok" and result.tokens_scored == count
@@ -187,8 +201,14 @@ EVAL_ARGS = ("eval.lengths=[64,128,256]", "eval.max_tokens=512")
 def trained(tmp_path_factory):
     """A debug=smoke run that evaluated itself at the end of training."""
     root = tmp_path_factory.mktemp("trained")
-    run = compose_run("debug=smoke", "logger=jsonl", f"run_root={root}", "train.max_steps=2", "train.val_every=0",
-                      *EVAL_ARGS)
+    run = compose_run(
+        "debug=smoke",
+        "logger=jsonl",
+        f"run_root={root}",
+        "train.max_steps=2",
+        "train.val_every=0",
+        *EVAL_ARGS,
+    )
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # see one_thread
     try:
@@ -205,12 +225,22 @@ def nlls(document: dict) -> dict[int, float]:
 @pytest.mark.slow
 def test_posbench_eval_reproduces_the_end_of_training_numbers(trained, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
-    cmd = [sys.executable, "-m", "posbench", "eval", f"checkpoint={trained}", f"run_root={tmp_path}", *EVAL_ARGS]
+    cmd = [
+        sys.executable,
+        "-m",
+        "posbench",
+        "eval",
+        f"checkpoint={trained}",
+        f"run_root={tmp_path}",
+        *EVAL_ARGS,
+    ]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     [out_dir] = (tmp_path / "eval").iterdir()
     folder = RunIdentity.from_config(load_checkpoint(trained)["config"]).folder
-    assert folder.startswith("alibi_L128_s0_") and out_dir.name.endswith(f"_{folder}")  # the folder says what was evaluated
+    assert folder.startswith("alibi_L128_s0_") and out_dir.name.endswith(
+        f"_{folder}"
+    )  # the folder says what was evaluated
     evaluated = json.loads((out_dir / "results.json").read_text())
     at_training = json.loads((trained / "results.json").read_text())
     assert nlls(evaluated) == pytest.approx(nlls(at_training), rel=1e-9)
@@ -220,18 +250,26 @@ def test_posbench_eval_reproduces_the_end_of_training_numbers(trained, tmp_path)
 
 
 def eval_config(checkpoint, *overrides: str):
-    return compose_config(f"checkpoint={checkpoint}", "logger=jsonl", *EVAL_ARGS, *overrides, config_name="eval")
+    return compose_config(
+        f"checkpoint={checkpoint}", "logger=jsonl", *EVAL_ARGS, *overrides, config_name="eval"
+    )
 
 
 @pytest.mark.slow
 def test_inference_time_overrides_apply_and_others_are_refused(trained, tmp_path):
-    document = evaluate_checkpoint(eval_config(trained, "+model.attention=eager", "eval.lengths=[64]"), tmp_path / "a")
+    document = evaluate_checkpoint(
+        eval_config(trained, "+model.attention=eager", "eval.lengths=[64]"), tmp_path / "a"
+    )
     assert document["results"][0]["backend"] == "eager"
     assert document["overrides"]["model"] == {"attention": "eager"}
     reference = json.loads((trained / "results.json").read_text())
     assert document["results"][0]["nll"] == pytest.approx(nlls(reference)[64], rel=1e-5)
-    for refused, message in [("+encoding.name=rope", "encoding.name"), ("+model.n_layers=3", "model.n_layers"),
-                             ("+data.name=hf", "cannot override 'data'"), ("+encoding.base=2", "Key 'base' not in")]:
+    for refused, message in [
+        ("+encoding.name=rope", "encoding.name"),
+        ("+model.n_layers=3", "model.n_layers"),
+        ("+data.name=hf", "cannot override 'data'"),
+        ("+encoding.base=2", "Key 'base' not in"),
+    ]:
         with pytest.raises(ValueError, match=message):
             evaluate_checkpoint(eval_config(trained, refused), tmp_path / "b")
 

@@ -1,4 +1,5 @@
-"""Protects encoding=hybrid: one member equals that member, hooks combine as written by hand, typed member options, strictest limits, refused combinations."""
+"""Protects encoding=hybrid: one member equals that member, hooks combine as written by hand, typed member
+options, strictest limits, refused combinations."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from posbench.encodings.hybrid import HybridConfig, member_choices
 from posbench.encodings.rope import RopeConfig
 from posbench.encodings.rope_scaling import YarnScalingConfig
 from posbench.encodings.scores import PairBias, Scores
-from posbench.model.transformer import Transformer
 from posbench.jobs.train import train
+from posbench.model.transformer import Transformer
 from posbench.training.optim import build_optimizer
 from tests.conftest import REPO, compose_run
 
@@ -34,7 +35,9 @@ MEMBER_CONFIGS = {
 
 def model_with(encoding_cfg, attention: str = "auto") -> Transformer:
     torch.manual_seed(0)
-    cfg = ModelConfig(name="test", n_layers=2, d_model=32, n_heads=4, attention=Attention(attention), attention_block=8)
+    cfg = ModelConfig(
+        name="test", n_layers=2, d_model=32, n_heads=4, attention=Attention(attention), attention_block=8
+    )
     return Transformer(cfg, encoding_cfg, VOCAB).eval()
 
 
@@ -56,7 +59,9 @@ def test_a_hybrid_of_one_member_is_that_member_exactly(name):
     tokens, pos = torch.randint(0, VOCAB, (2, 48)), torch.arange(48) + 5
     with torch.no_grad():
         assert torch.equal(hybrid(tokens, pos), alone(tokens, pos))
-        assert torch.equal(hybrid(tokens), alone(tokens))  # positions the encoding chooses (randomized for sinusoidal)
+        assert torch.equal(
+            hybrid(tokens), alone(tokens)
+        )  # positions the encoding chooses (randomized for sinusoidal)
     assert hybrid.encoding.length_limit_reason(300) == alone.encoding.length_limit_reason(300)
     assert hybrid.attention_plan(48, needs_grad=True).name == alone.attention_plan(48, needs_grad=True).name
 
@@ -88,11 +93,16 @@ def test_sinusoidal_plus_alibi_equals_both_applied_by_hand(attention):
 @pytest.mark.skipif("linear" not in Attention.__members__, reason="no mask-free linear-bias backend")
 @pytest.mark.parametrize("members,linear", [("sinusoidal+alibi", True), ("alibi+t5", False)])
 def test_the_linear_bias_path_is_taken_only_when_alibi_is_the_only_bias(members, linear):
-    reference, other = model_with(HybridConfig(members=members), "eager"), model_with(HybridConfig(members=members), "linear")
+    reference, other = (
+        model_with(HybridConfig(members=members), "eager"),
+        model_with(HybridConfig(members=members), "linear"),
+    )
     tokens, pos = torch.randint(0, VOCAB, (2, 37)), torch.arange(37) + 9
     with torch.no_grad():
         torch.testing.assert_close(other(tokens, pos), reference(tokens, pos), rtol=1e-5, atol=1e-5)
-    assert other.attention_plan(37, pos, needs_grad=False).name == ("linear" if linear else "blockwise")  # a sum of biases needs the mask
+    assert other.attention_plan(37, pos, needs_grad=False).name == (
+        "linear" if linear else "blockwise"
+    )  # a sum of biases needs the mask
 
 
 def test_biases_add_and_every_members_parameters_train():
@@ -101,8 +111,12 @@ def test_biases_add_and_every_members_parameters_train():
     q_pos, k_pos = torch.arange(3, 9), torch.arange(9)
     expected = members["alibi"].score_bias(q_pos, k_pos) + members["t5"].score_bias(q_pos, k_pos)
     torch.testing.assert_close(model.encoding.score_bias(q_pos, k_pos), expected, rtol=0, atol=0)
-    assert {"encoding.members.learned.table.weight", "encoding.members.t5.table.weight"} <= set(model.state_dict())
-    optimised = {id(p) for group in build_optimizer(model, TrainConfig()).param_groups for p in group["params"]}
+    assert {"encoding.members.learned.table.weight", "encoding.members.t5.table.weight"} <= set(
+        model.state_dict()
+    )
+    optimised = {
+        id(p) for group in build_optimizer(model, TrainConfig()).param_groups for p in group["params"]
+    }
     assert all(id(p) in optimised for p in model.encoding.parameters())
     model(torch.randint(0, VOCAB, (2, 20))).sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoding.parameters())
@@ -118,12 +132,21 @@ def test_the_strictest_member_sets_the_limit_and_scales_multiply():
 
 
 def test_options_are_typed_per_member_from_the_command_line():
-    run = compose_run("encoding=hybrid", "encoding.members=learned+rope", "encoding.options.rope.base=500",
-                      "encoding/scaling@encoding.options.rope.scaling=yarn", "train.seq_len=300")
+    run = compose_run(
+        "encoding=hybrid",
+        "encoding.members=learned+rope",
+        "encoding.options.rope.base=500",
+        "encoding/scaling@encoding.options.rope.scaling=yarn",
+        "train.seq_len=300",
+    )
     learned, rope = run.encoding.options["learned"], run.encoding.options["rope"]
     assert list(run.encoding.options) == ["learned", "rope"]  # options of non-members are dropped
     assert learned.max_positions == 300 and rope.base == 500.0
-    assert rope.scaling.kind == "yarn" and rope.scaling.factor == "auto" and rope.scaling.original_max_position == 300
+    assert (
+        rope.scaling.kind == "yarn"
+        and rope.scaling.factor == "auto"
+        and rope.scaling.original_max_position == 300
+    )
     assert to_run_config(to_plain_dict(run)) == run  # what a checkpoint stores builds the same config
 
 
@@ -134,16 +157,31 @@ def test_default_hybrid_is_sinusoidal_plus_alibi_and_yaml_offers_every_member():
     assert all(f"/encoding/{name}@options.{name}" in yaml for name in member_choices())
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["encoding.members=rope+xpos"], "encoding.members holds rope and xpos: both rotate q and k"),
-    (["encoding.members=alibi+sinusoidal+alibi"], "names alibi twice"),
-    (["encoding.members=sinusoidal+hybrid"], "encoding.members cannot hold a hybrid"),
-    (["encoding.members="], "encoding.members is empty"),
-    (["encoding.members=sinus+alibi"], "'sinus' is no encoding (join names with a single '+'); valid members: alibi, cope,"),
-    (["encoding.members=rope+alibi", "encoding.options.rope.rotary_dim=2"], "encoding.options.rope.rotary_dim=2.0 is the rotated"),
-    (["encoding.members=rope+sinusoidal", "encoding.options.rope.random_positions_max=99",
-      "encoding.options.sinusoidal.random_positions_max=99"], "rope and sinusoidal both set random_positions_max"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["encoding.members=rope+xpos"], "encoding.members holds rope and xpos: both rotate q and k"),
+        (["encoding.members=alibi+sinusoidal+alibi"], "names alibi twice"),
+        (["encoding.members=sinusoidal+hybrid"], "encoding.members cannot hold a hybrid"),
+        (["encoding.members="], "encoding.members is empty"),
+        (
+            ["encoding.members=sinus+alibi"],
+            "'sinus' is no encoding (join names with a single '+'); valid members: alibi, cope,",
+        ),
+        (
+            ["encoding.members=rope+alibi", "encoding.options.rope.rotary_dim=2"],
+            "encoding.options.rope.rotary_dim=2.0 is the rotated",
+        ),
+        (
+            [
+                "encoding.members=rope+sinusoidal",
+                "encoding.options.rope.random_positions_max=99",
+                "encoding.options.sinusoidal.random_positions_max=99",
+            ],
+            "rope and sinusoidal both set random_positions_max",
+        ),
+    ],
+)
 def test_invalid_combinations_fail_before_training_with_one_line(overrides, message):
     with pytest.raises(ValueError) as info:
         compose_run("encoding=hybrid", *overrides)
@@ -151,26 +189,43 @@ def test_invalid_combinations_fail_before_training_with_one_line(overrides, mess
 
 
 def test_options_from_a_checkpoint_are_checked_against_the_member_schema():
-    with pytest.raises(ValueError, match=r"encoding.options.rope: Key 'bse' not in 'RopeConfig'; its keys are"):
+    with pytest.raises(
+        ValueError, match=r"encoding.options.rope: Key 'bse' not in 'RopeConfig'; its keys are"
+    ):
         HybridConfig(members="rope", options={"rope": {"bse": 3}})
-    with pytest.raises(ValueError, match="encoding.options.sinusiodal names no encoding"):
+    with pytest.raises(ValueError, match=r"encoding.options.sinusiodal names no encoding"):
         HybridConfig(members="sinusoidal", options={"sinusiodal": {"base": 3}})
 
 
 def test_cli_prints_a_refused_combination_as_one_line(tmp_path):
     args = ["train", "encoding=hybrid", "encoding.members=xpos+rope", f"run_root={tmp_path}"]
-    result = subprocess.run([sys.executable, "-m", "posbench", *args],
-                            capture_output=True, text=True, cwd=REPO, timeout=120,
-                            env={**os.environ, "WANDB_MODE": "disabled"})
+    result = subprocess.run(
+        [sys.executable, "-m", "posbench", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        env={**os.environ, "WANDB_MODE": "disabled"},
+    )
     assert result.returncode == 2
-    assert result.stderr.strip() == ("error: encoding.members holds xpos and rope: both rotate q and k, and a rotation "
-                                     "of a rotation is neither scheme; keep one rotary member")
+    assert result.stderr.strip() == (
+        "error: encoding.members holds xpos and rope: both rotate q and k, and a rotation "
+        "of a rotation is neither scheme; keep one rotary member"
+    )
 
 
 @pytest.mark.parametrize("members", ["sinusoidal+alibi", "learned+alibi"])
 def test_trains_on_smoke_and_evaluates_at_four_times_its_length(smoke_run, tmp_path, members):
-    run = smoke_run("encoding=hybrid", f"encoding.members={members}", "train.max_steps=2", "train.batch_size=2",
-                    "train.val_every=0", "train.ckpt_every=0", "eval.max_tokens=512", "eval.lengths=[128,512]")
+    run = smoke_run(
+        "encoding=hybrid",
+        f"encoding.members={members}",
+        "train.max_steps=2",
+        "train.batch_size=2",
+        "train.val_every=0",
+        "train.ckpt_every=0",
+        "eval.max_tokens=512",
+        "eval.lengths=[128,512]",
+    )
     metrics = train(run, tmp_path / "run")
     assert all(math.isfinite(loss) for loss in metrics["losses"].values())
     assert metrics["results"]["encoding"] == members
@@ -183,9 +238,10 @@ def test_trains_on_smoke_and_evaluates_at_four_times_its_length(smoke_run, tmp_p
 
 
 def test_a_hybrids_scores_are_its_members_combined():
-    """scores.combine: a linear bias alone stays linear (the mask-free path); with a bias of the distance it
-    becomes one of the distance (the shared table); with a per-pair bias, a per-pair one; the sum of the parts'
-    biases and of their elementwise forms where both have one; one decay; position-local only if every part is."""
+    """scores.combine: a linear bias alone stays linear (the mask-free path); with a bias of the distance
+    it becomes one of the distance (the shared table); with a per-pair bias, a per-pair one; the sum of
+    the parts' biases and of their elementwise forms where both have one; one decay; position-local only
+    if every part is."""
     from posbench.encodings.scores import DistanceBias, LinearBias, combine
 
     def kind(members: str):
@@ -201,6 +257,11 @@ def test_a_hybrids_scores_are_its_members_combined():
     torch.testing.assert_close(scores.bias.fn(q_pos, k_pos), expected)
     assert scores.decay is not None and not scores.position_local
     slopes = torch.tensor([0.5, 0.25])
-    doubled = combine([Scores(bias=LinearBias(slopes)), Scores(bias=DistanceBias(LinearBias(slopes).fn, LinearBias(slopes).elementwise))])
+    doubled = combine(
+        [
+            Scores(bias=LinearBias(slopes)),
+            Scores(bias=DistanceBias(LinearBias(slopes).fn, LinearBias(slopes).elementwise)),
+        ]
+    )
     head, qi, kj = torch.tensor(1), torch.tensor(9), torch.tensor(4)
     assert doubled.bias.elementwise(torch.tensor(0.0), head, qi, kj) == -2 * 0.25 * 5

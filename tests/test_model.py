@@ -1,4 +1,5 @@
-"""Protects the model/encoding contract: hook shapes, explicit positions, causality, relative shift invariance, backend parity."""
+"""Protects the model/encoding contract: hook shapes, explicit positions, causality, relative shift
+invariance, backend parity."""
 
 from __future__ import annotations
 
@@ -12,27 +13,40 @@ from posbench.model.transformer import Transformer
 from tests.conftest import planned_attention
 
 ALL = sorted(ENCODINGS)
-# FIRE divides by the query position, so only distances below its threshold are shift-invariant (tested in test_encoding_formulas.py)
-RELATIVE = [name for name in ALL if name not in {"sinusoidal", "learned", "fire", "hybrid"}]  # hybrid: sinusoidal+alibi
+# FIRE divides by the query position, so only distances below its threshold are shift-invariant
+# (tested in test_encoding_formulas.py)
+RELATIVE = [
+    name for name in ALL if name not in {"sinusoidal", "learned", "fire", "hybrid"}
+]  # hybrid: sinusoidal+alibi
 VOCAB = 64
 
 
 def tiny_model(encoding: str, attention: str = "auto", block: int = 16, **model_kw) -> Transformer:
     torch.manual_seed(0)
-    cfg = ModelConfig(name="test", n_layers=2, d_model=32, n_heads=4, attention=Attention(attention), attention_block=block, **model_kw)
+    cfg = ModelConfig(
+        name="test",
+        n_layers=2,
+        d_model=32,
+        n_heads=4,
+        attention=Attention(attention),
+        attention_block=block,
+        **model_kw,
+    )
     enc_cfg = ENCODINGS[encoding][0]()
     if encoding == "learned":
         enc_cfg.max_positions = 512
     model = Transformer(cfg, enc_cfg, VOCAB).eval()
     with torch.no_grad():  # make learned encoding parameters non-trivial so tests can see them
-        for name, p in model.encoding.named_parameters():
+        for p in model.encoding.parameters():
             p.add_(0.1 * torch.randn_like(p))
     return model
 
 
 @pytest.mark.parametrize("encoding", ALL)
 def test_hooks_keep_shapes(encoding):
-    enc = build_encoding(ENCODINGS[encoding][0](**({"max_positions": 64} if encoding == "learned" else {})), 32, 4, 8, 0.02)
+    enc = build_encoding(
+        ENCODINGS[encoding][0](**({"max_positions": 64} if encoding == "learned" else {})), 32, 4, 8, 0.02
+    )
     pos = torch.arange(5, 17)
     x = torch.randn(2, 12, 32)
     assert enc.embed_input(x, pos).shape == x.shape
@@ -112,12 +126,18 @@ def test_blockwise_shrinks_its_blocks_to_a_bias_budget_and_stays_exact(encoding,
     pos = 2 * torch.arange(37) + 41
     reference = tiny_model(encoding, "eager")
     other = tiny_model(encoding, "blockwise", 16)
-    assert not isinstance(other.attention_plan(37, pos, needs_grad=True), ByBlocks)  # with autograd: layer by layer
+    assert not isinstance(
+        other.attention_plan(37, pos, needs_grad=True), ByBlocks
+    )  # with autograd: layer by layer
     # one query block at a time through all layers, its bias built once (not CoPE: scores)
     assert isinstance(other.attention_plan(37, pos, needs_grad=False), ByBlocks) == (encoding != "cope")
     with torch.no_grad():
-        torch.testing.assert_close(other(tokens, pos + 1000), reference(tokens, pos + 1000), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(other(tokens[:, :30], pos[:30]), reference(tokens[:, :30], pos[:30]), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            other(tokens, pos + 1000), reference(tokens, pos + 1000), rtol=1e-5, atol=1e-5
+        )
+        torch.testing.assert_close(
+            other(tokens[:, :30], pos[:30]), reference(tokens[:, :30], pos[:30]), rtol=1e-5, atol=1e-5
+        )
 
 
 def test_attend_blockwise_matches_full_mask_for_a_bias():
@@ -131,11 +151,18 @@ def test_attend_blockwise_matches_full_mask_for_a_bias():
 
     scores = Scores(bias=PairBias(bias))
     full = planned_attention(q, k, v, pos, scores, 0.35, "sdpa")
-    torch.testing.assert_close(planned_attention(q, k, v, pos, scores, 0.35, "blockwise", block=4), full, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(planned_attention(q, k, v, pos, scores, 0.35, "eager"), full, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        planned_attention(q, k, v, pos, scores, 0.35, "blockwise", block=4), full, rtol=1e-5, atol=1e-6
+    )
+    torch.testing.assert_close(
+        planned_attention(q, k, v, pos, scores, 0.35, "eager"), full, rtol=1e-5, atol=1e-6
+    )
 
 
-@pytest.mark.parametrize("variant", [dict(kv_heads=2), dict(kv_heads=1), dict(norm="rmsnorm", mlp="swiglu"), dict(tie_embeddings=False)])
+@pytest.mark.parametrize(
+    "variant",
+    [dict(kv_heads=2), dict(kv_heads=1), dict(norm="rmsnorm", mlp="swiglu"), dict(tie_embeddings=False)],
+)
 def test_model_variants_run_and_stay_causal(variant):
     from posbench.config import Mlp, Norm
 
@@ -163,7 +190,6 @@ def test_only_position_local_encodings_run_by_blocks():
     layer-by-layer path; an unscaled rotation with a per-block bias may go by blocks."""
     from posbench.encodings.hybrid import HybridConfig
     from posbench.encodings.rope_scaling import YarnScalingConfig
-
     from posbench.model.backends import ByBlocks
 
     def position_local(model: Transformer) -> bool:
@@ -173,10 +199,17 @@ def test_only_position_local_encodings_run_by_blocks():
     assert not position_local(tiny_model("xpos")) and not position_local(tiny_model("cope"))
     scaled = ENCODINGS["rope"][0]()
     scaled.scaling = YarnScalingConfig(factor=4.0, original_max_position=64)
-    assert not position_local(Transformer(ModelConfig(name="t", n_layers=1, d_model=32, n_heads=4), scaled, VOCAB))
+    assert not position_local(
+        Transformer(ModelConfig(name="t", n_layers=1, d_model=32, n_heads=4), scaled, VOCAB)
+    )
     hybrid = HybridConfig(members="rope+fire")
-    model = Transformer(ModelConfig(name="t", n_layers=1, d_model=32, n_heads=4, attention=Attention.blockwise, attention_block=8),
-                        hybrid, VOCAB).eval()
+    model = Transformer(
+        ModelConfig(
+            name="t", n_layers=1, d_model=32, n_heads=4, attention=Attention.blockwise, attention_block=8
+        ),
+        hybrid,
+        VOCAB,
+    ).eval()
     assert isinstance(model.attention_plan(30, needs_grad=False), ByBlocks)
 
 
@@ -206,7 +239,9 @@ def test_xpos_with_a_bias_decays_per_block_as_over_the_whole_window():
 
     def model(attention: str, rotary: str = "xpos") -> Transformer:
         torch.manual_seed(0)
-        cfg = ModelConfig(name="test", n_layers=2, d_model=32, n_heads=4, attention_block=50, attention=Attention(attention))
+        cfg = ModelConfig(
+            name="test", n_layers=2, d_model=32, n_heads=4, attention_block=50, attention=Attention(attention)
+        )
         options = {"xpos": {"scale_base": 4.0}} if rotary == "xpos" else {}
         built = Transformer(cfg, HybridConfig(members=f"{rotary}+alibi", options=options), VOCAB).eval()
         with torch.no_grad():  # logits large enough for the decay to show
@@ -218,7 +253,9 @@ def test_xpos_with_a_bias_decays_per_block_as_over_the_whole_window():
     blockwise, eager, auto = model("blockwise"), model("eager"), model("auto")
     with torch.no_grad():
         reference = eager(tokens[:, :200])
-        assert not torch.allclose(reference, model("eager", "rope")(tokens[:, :200]), atol=1e-3)  # the decay acts
+        assert not torch.allclose(
+            reference, model("eager", "rope")(tokens[:, :200]), atol=1e-3
+        )  # the decay acts
         torch.testing.assert_close(blockwise(tokens[:, :200]), reference, rtol=1e-4, atol=1e-4)
         long = auto(tokens)
         assert auto.attention_plan(700, needs_grad=False).name == "blockwise" and torch.isfinite(long).all()
@@ -228,7 +265,7 @@ def test_xpos_with_a_bias_decays_per_block_as_over_the_whole_window():
 def test_xpos_past_its_centred_window_on_a_whole_window_path_says_what_to_do():
     cfg = ModelConfig(name="test", n_layers=1, d_model=32, n_heads=4, attention=Attention.sdpa)
     model = Transformer(cfg, ENCODINGS["xpos"][0](scale_base=4.0), VOCAB).eval()
-    with pytest.raises(ValueError, match="model.attention=auto or blockwise"):
+    with pytest.raises(ValueError, match=r"model.attention=auto or blockwise"):
         model(torch.zeros(1, 300, dtype=torch.long))
 
 
@@ -257,7 +294,9 @@ def test_xpos_with_explicit_scores_past_its_centred_window_is_refused_with_the_r
     from posbench.encodings.hybrid import HybridConfig
 
     cfg = ModelConfig(name="test", n_layers=1, d_model=32, n_heads=4)
-    model = Transformer(cfg, HybridConfig(members="xpos+cope", options={"xpos": {"scale_base": 4.0}}), VOCAB).eval()
+    model = Transformer(
+        cfg, HybridConfig(members="xpos+cope", options={"xpos": {"scale_base": 4.0}}), VOCAB
+    ).eval()
     assert model.length_limit_reason(256) is None
     assert "explicit scores" in model.length_limit_reason(300)
     with pytest.raises(ValueError, match="evaluate shorter windows"):
@@ -272,7 +311,10 @@ def test_checkpoints_with_separate_q_and_kv_projections_load_into_the_fused_one(
     for name, tensor in model.state_dict().items():
         if name.endswith("qkv_proj.weight"):
             prefix, q_rows = name[: -len("qkv_proj.weight")], 4 * 8  # n_heads x head_dim
-            legacy[prefix + "q_proj.weight"], legacy[prefix + "kv_proj.weight"] = tensor[:q_rows], tensor[q_rows:]
+            legacy[prefix + "q_proj.weight"], legacy[prefix + "kv_proj.weight"] = (
+                tensor[:q_rows],
+                tensor[q_rows:],
+            )
         else:
             legacy[name] = tensor
     loaded = tiny_model("rope", kv_heads=2)

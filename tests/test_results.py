@@ -1,4 +1,5 @@
-"""Protects the results of an evaluation: results.json against its schema, the CSVs, the printed table, the plots, and what reaches the tracker (n/a and diverged lengths included)."""
+"""Protects the results of an evaluation: results.json against its schema, the CSVs, the printed table, the
+plots, and what reaches the tracker (n/a and diverged lengths included)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ import torch
 from posbench.evaluation.run import evaluate_and_report, run_metadata
 from posbench.model.transformer import Transformer
 from posbench.plots import plot_extrapolation, plot_position_loss
-from posbench.results import CSV_FIELDS, POSITION_CSV_FIELDS, RESULTS_SCHEMA_VERSION, format_table, load_results, validate_results
+from posbench.results import (
+    CSV_FIELDS,
+    POSITION_CSV_FIELDS,
+    RESULTS_SCHEMA_VERSION,
+    format_table,
+    load_results,
+    validate_results,
+)
 from tests.conftest import compose_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -51,8 +59,16 @@ def one_thread():
 
 def evaluate(tmp_path, diverged: bool = False, *overrides: str):
     """evaluate_and_report of a smoke-sized learned-position model on a synthetic stream."""
-    run = compose_run("debug=smoke", "logger=jsonl", "encoding=learned", "train.seq_len=16",
-                      f"eval.lengths=[{','.join(map(str, LENGTHS))}]", "eval.max_tokens=64", "eval.position_buckets=4", *overrides)
+    run = compose_run(
+        "debug=smoke",
+        "logger=jsonl",
+        "encoding=learned",
+        "train.seq_len=16",
+        f"eval.lengths=[{','.join(map(str, LENGTHS))}]",
+        "eval.max_tokens=64",
+        "eval.position_buckets=4",
+        *overrides,
+    )
     torch.manual_seed(0)
     model = Transformer(run.model, run.encoding, 32).eval()
     if diverged:
@@ -60,8 +76,12 @@ def evaluate(tmp_path, diverged: bool = False, *overrides: str):
             model.lm_head.weight.fill_(float("nan"))
     stream = np.random.default_rng(0).integers(0, 32, size=500).astype(np.uint16)
     tracker = RecordingTracker()
-    meta = run_metadata(run, model, {"corpus": "synthetic"}, {"run_name": "learned-L16-s0", "step": 0, "tokens_seen": 0})
-    document = evaluate_and_report(model, stream, 0, run.eval, run.train.precision, tmp_path, tracker, torch.device("cpu"), meta)
+    meta = run_metadata(
+        run, model, {"corpus": "synthetic"}, {"run_name": "learned-L16-s0", "step": 0, "tokens_seen": 0}
+    )
+    document = evaluate_and_report(
+        model, stream, 0, run.eval, run.train.precision, tmp_path, tracker, torch.device("cpu"), meta
+    )
     return document, tracker
 
 
@@ -103,7 +123,9 @@ def test_csvs_hold_every_length_and_every_bucket(evaluated):
     assert [int(r["length"]) for r in rows] == LENGTHS
     for row, result in zip(rows, document["results"]):
         assert row["encoding"] == "learned" and int(row["train_seq_len"]) == 16
-        assert (float(row["ppl"]) if row["ppl"] else None) == (pytest.approx(result["ppl"]) if result["ppl"] else None)
+        assert (float(row["ppl"]) if row["ppl"] else None) == (
+            pytest.approx(result["ppl"]) if result["ppl"] else None
+        )
     assert rows[2]["status"] == "n/a" and rows[2]["ppl"] == "" and "learned positions" in rows[2]["reason"]
     fields, buckets = read_csv(out / "position_loss.csv")
     assert tuple(fields) == POSITION_CSV_FIELDS
@@ -135,7 +157,7 @@ def test_printed_table_shows_ppl_tokens_and_na(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Perplexity of learned trained at 16 (nonoverlapping windows)" in out
     assert format_table(document["results"], 16) in out
-    na_line = [line for line in out.splitlines() if line.lstrip().startswith("32 ")][0]
+    na_line = next(line for line in out.splitlines() if line.lstrip().startswith("32 "))
     assert "n/a" in na_line and "learned positions end at 16" in na_line
 
 
@@ -156,15 +178,18 @@ def test_sliding_results_carry_their_stride(tmp_path):
     load_results(tmp_path)
 
 
-@pytest.mark.parametrize("breakage,where", [
-    (lambda d: d.pop("encoding"), "encoding"),
-    (lambda d: d.update(schema_version=1), "schema_version"),
-    (lambda d: d["results"][2].update(ppl=3.0), "results/2"),
-    (lambda d: d["results"][0].update(position_curve=None), "results/0"),
-    (lambda d: d["results"][0].update(stride=4), "results/0"),
-    (lambda d: d["results"][0]["position_curve"].update(tokens=[0]), "results/0"),
-    (lambda d: d["results"][1].update(extra=1), "results/1"),
-])
+@pytest.mark.parametrize(
+    "breakage,where",
+    [
+        (lambda d: d.pop("encoding"), "encoding"),
+        (lambda d: d.update(schema_version=1), "schema_version"),
+        (lambda d: d["results"][2].update(ppl=3.0), "results/2"),
+        (lambda d: d["results"][0].update(position_curve=None), "results/0"),
+        (lambda d: d["results"][0].update(stride=4), "results/0"),
+        (lambda d: d["results"][0]["position_curve"].update(tokens=[0]), "results/0"),
+        (lambda d: d["results"][1].update(extra=1), "results/1"),
+    ],
+)
 def test_schema_rejects_broken_documents(evaluated, breakage, where):
     _, document, _ = evaluated
     broken = copy.deepcopy(document)

@@ -1,4 +1,5 @@
-"""Protects inference-time RoPE scaling: every kind against its formula, identity at factor 1, dynamic kinds per call."""
+"""Protects inference-time RoPE scaling: every kind against its formula, identity at factor 1, dynamic kinds
+per call."""
 
 from __future__ import annotations
 
@@ -15,7 +16,11 @@ from tests.conftest import compose_config, compose_run
 
 KINDS = ["none", "linear", "ntk", "dynamic_ntk", "yarn", "dynamic_yarn", "llama3"]
 STATIC = ["linear", "ntk", "yarn", "llama3"]
-CASES = [(64, 10000.0, 4.0, 2048), (128, 500000.0, 8.0, 8192), (32, 10000.0, 2.5, 128)]  # head_dim, base, s, L0
+CASES = [
+    (64, 10000.0, 4.0, 2048),
+    (128, 500000.0, 8.0, 8192),
+    (32, 10000.0, 2.5, 128),
+]  # head_dim, base, s, L0
 
 
 # ---- the formulas, written out independently (plain Python floats, one pair index at a time) ----
@@ -36,6 +41,7 @@ def paper_ntk(d, base, s, L0):
 def paper_yarn(d, base, s, L0, beta_fast=32.0, beta_slow=1.0):
     """Released YaRN code: pairs below the dim where r = beta_fast keep theta, above the dim where
     r = beta_slow take theta/s, linear ramp (in the pair index) between floor/ceil of the two."""
+
     def dim_where_rotations(rot):  # solve L0 / (2π base^(2i/d)) = rot for i
         return d / 2 * math.log(L0 / (2 * math.pi * rot)) / math.log(base)
 
@@ -79,9 +85,14 @@ def test_static_kinds_match_their_formula(kind, d, base, s, L0):
 
 
 def test_yarn_and_llama3_params_reach_the_formula():
-    check(rope_frequencies(64, 1e4, "yarn", 4.0, 1024, beta_fast=16.0, beta_slow=2.0), paper_yarn(64, 1e4, 4.0, 1024, 16.0, 2.0))
-    check(rope_frequencies(64, 1e4, "llama3", 8.0, 1024, low_freq_factor=2.0, high_freq_factor=8.0),
-          paper_llama3(64, 1e4, 8.0, 1024, 2.0, 8.0))
+    check(
+        rope_frequencies(64, 1e4, "yarn", 4.0, 1024, beta_fast=16.0, beta_slow=2.0),
+        paper_yarn(64, 1e4, 4.0, 1024, 16.0, 2.0),
+    )
+    check(
+        rope_frequencies(64, 1e4, "llama3", 8.0, 1024, low_freq_factor=2.0, high_freq_factor=8.0),
+        paper_llama3(64, 1e4, 8.0, 1024, 2.0, 8.0),
+    )
     assert rope_frequencies(64, 1e4, "yarn", 4.0, 1024, attention_factor=1.3)[1] == 1.3
 
 
@@ -89,7 +100,9 @@ def test_yarn_and_llama3_params_reach_the_formula():
 def test_factor_one_is_the_identity(kind):
     plain = theta(64, 10000.0), 1.0
     check(rope_frequencies(64, 10000.0, kind, 1.0, original_max_position=512, seq_len=512), plain)
-    check(rope_frequencies(64, 10000.0, kind, "auto", original_max_position=512, seq_len=300), plain)  # shorter: s = 1
+    check(
+        rope_frequencies(64, 10000.0, kind, "auto", original_max_position=512, seq_len=300), plain
+    )  # shorter: s = 1
 
 
 @pytest.mark.parametrize("dynamic,static", [("dynamic_ntk", "ntk"), ("dynamic_yarn", "yarn")])
@@ -143,7 +156,9 @@ def test_model_outputs_do_not_depend_on_an_earlier_longer_call():
 
     torch.manual_seed(0)
     scaling = {"kind": "dynamic_yarn", "factor": 2.0, "original_max_position": 16}
-    model = Transformer(ModelConfig(name="t", n_layers=1, d_model=32, n_heads=2), RopeConfig(scaling=scaling), 50).eval()
+    model = Transformer(
+        ModelConfig(name="t", n_layers=1, d_model=32, n_heads=2), RopeConfig(scaling=scaling), 50
+    ).eval()
     tokens = torch.randint(0, 50, (1, 24))
     with torch.no_grad():
         before = model(tokens)
@@ -155,7 +170,9 @@ def test_dynamic_rotation_follows_the_current_length():
     enc = rope("dynamic_ntk")
     cos_long, _ = enc.cos_sin(torch.arange(256))
     inv_freq, _ = rope_frequencies(16, 10000.0, "ntk", 4.0, 64)  # 256 / 64
-    torch.testing.assert_close(cos_long, torch.cos(torch.arange(256, dtype=torch.float64)[:, None] * inv_freq).float())
+    torch.testing.assert_close(
+        cos_long, torch.cos(torch.arange(256, dtype=torch.float64)[:, None] * inv_freq).float()
+    )
 
 
 def test_yarn_attention_factor_scales_logits_by_its_square():
@@ -173,7 +190,7 @@ def test_partial_rotation_leaves_the_other_dims_alone():
     enc = Rope(RopeConfig(rotary_dim=0.25), d_model=128, n_heads=4, head_dim=32, init_std=0.02)
     assert enc.rotary == 8
     q, k = torch.randn(2, 4, 10, 32), torch.randn(2, 4, 10, 32)
-    q2, k2 = enc.rotate_qk(q, k, torch.arange(10))
+    q2, _ = enc.rotate_qk(q, k, torch.arange(10))
     assert torch.equal(q2[..., 8:], q[..., 8:]) and not torch.allclose(q2[..., :8], q[..., :8])
     with pytest.raises(ValueError, match="rotary_dim"):
         RopeConfig(rotary_dim=1.5)
@@ -195,7 +212,9 @@ def test_every_scaling_config_composes(kind):
 
 def test_scaling_is_chosen_per_kind_and_typos_fail():
     register_scaling_schemas()
-    run = compose_run("encoding=xpos", "encoding/scaling=yarn", "encoding.scaling.factor=8", "encoding.scaling.beta_fast=16")
+    run = compose_run(
+        "encoding=xpos", "encoding/scaling=yarn", "encoding.scaling.factor=8", "encoding.scaling.beta_fast=16"
+    )
     assert (run.encoding.scaling.factor, run.encoding.scaling.beta_fast) == (8.0, 16.0)
     with pytest.raises(ConfigCompositionException):
         compose_config("encoding=rope", "encoding/scaling=yarn", "encoding.scaling.beta_fastt=1")

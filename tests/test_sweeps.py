@@ -1,4 +1,5 @@
-"""Protects the sweep workflow: multirun lands in one sweep folder, compare aggregates it, launcher configs compose."""
+"""Protects the sweep workflow: multirun lands in one sweep folder, compare aggregates it, launcher configs
+compose."""
 
 from __future__ import annotations
 
@@ -19,15 +20,31 @@ def identity_folder(*overrides: str) -> str:
     return RunIdentity.of(compose_run(*overrides)).folder
 
 
-def fake_results(path: Path, encoding: str, train_len: int, seed: int, ppls: dict[int, float | None],
-                 train: dict | None = None) -> None:
+def fake_results(
+    path: Path,
+    encoding: str,
+    train_len: int,
+    seed: int,
+    ppls: dict[int, float | None],
+    train: dict | None = None,
+) -> None:
     path.mkdir(parents=True)
     rows = [
-        {"length": n, "protocol": "nonoverlapping", "status": "ok" if p else "n/a", "ppl": p, "reason": None if p else "table ends"}
+        {
+            "length": n,
+            "protocol": "nonoverlapping",
+            "status": "ok" if p else "n/a",
+            "ppl": p,
+            "reason": None if p else "table ends",
+        }
         for n, p in ppls.items()
     ]
-    doc = {"encoding": encoding, "train_seq_len": train_len, "config": {"train": {"seed": seed, **(train or {})}},
-           "results": rows}
+    doc = {
+        "encoding": encoding,
+        "train_seq_len": train_len,
+        "config": {"train": {"seed": seed, **(train or {})}},
+        "results": rows,
+    }
     (path / "results.json").write_text(json.dumps(doc))
 
 
@@ -53,25 +70,55 @@ def test_compare_aggregates_seeds_per_encoding_and_train_length(tmp_path, monkey
 
 
 def test_compare_without_results_says_so(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "posbench", "compare", str(tmp_path)], capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, "-m", "posbench", "compare", str(tmp_path)], capture_output=True, text=True, cwd=REPO
+    )
     assert result.returncode == 2 and "no results.json" in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.slow
 def test_multirun_two_encodings_by_two_lengths_then_compare(tmp_path):
     env = {**os.environ, "WANDB_MODE": "disabled"}
-    cmd = [sys.executable, "-m", "posbench", "train", "-m", "debug=smoke", "logger=jsonl", "encoding=alibi,nope",
-           "train.seq_len=32,64", "train.max_steps=2", "train.val_every=0", "eval.lengths=[64,128]", "eval.max_tokens=256",
-           f"run_root={tmp_path}", "experiment_name=sweep"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "posbench",
+        "train",
+        "-m",
+        "debug=smoke",
+        "logger=jsonl",
+        "encoding=alibi,nope",
+        "train.seq_len=32,64",
+        "train.max_steps=2",
+        "train.val_every=0",
+        "eval.lengths=[64,128]",
+        "eval.max_tokens=256",
+        f"run_root={tmp_path}",
+        "experiment_name=sweep",
+    ]
     result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = (tmp_path / "sweep").iterdir()
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
-    assert [job.rsplit("_", 1)[0] for job in jobs] == ["alibi_L32_s0", "alibi_L64_s0", "nope_L32_s0", "nope_L64_s0"]
-    assert jobs == sorted(identity_folder("debug=smoke", f"encoding={e}", f"train.seq_len={n}", "train.max_steps=2")
-                          for e in ("alibi", "nope") for n in (32, 64))
-    out = subprocess.run([sys.executable, "-m", "posbench", "compare", str(sweep)], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=300)
+    assert [job.rsplit("_", 1)[0] for job in jobs] == [
+        "alibi_L32_s0",
+        "alibi_L64_s0",
+        "nope_L32_s0",
+        "nope_L64_s0",
+    ]
+    assert jobs == sorted(
+        identity_folder("debug=smoke", f"encoding={e}", f"train.seq_len={n}", "train.max_steps=2")
+        for e in ("alibi", "nope")
+        for n in (32, 64)
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "posbench", "compare", str(sweep)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     assert "Trained at L = 32" in out.stdout and "| nope |" in out.stdout
     assert (sweep / "comparison.png").exists() and (sweep / "comparison.md").exists()
@@ -91,7 +138,11 @@ def test_slurm_launcher_fields():
 
     register_schemas()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)
+        cfg = compose(
+            "train",
+            overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
+            return_hydra_config=True,
+        )
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.partition, launcher.gpus_per_node, launcher.timeout_min) == ("gpu", 1, 240)
@@ -122,7 +173,9 @@ def test_wandb_run_is_named_and_grouped_for_comparison(smoke_run, tmp_path, monk
         return NullTracker()
 
     monkeypatch.setattr(loop, "build_tracker", fake_tracker)
-    run = smoke_run("encoding=rope", "train.seed=3", "train.max_steps=1", "eval.enabled=false", "experiment_name=study")
+    run = smoke_run(
+        "encoding=rope", "train.seed=3", "train.max_steps=1", "eval.enabled=false", "experiment_name=study"
+    )
     loop.train(run, tmp_path / "run", choices={"encoding": "rope", "model": "tiny"})
     assert seen["name"] == "rope-L128-s3" and seen["group"] == "study"
     assert seen["config"]["choices"]["encoding"] == "rope" and seen["config"]["train"]["seq_len"] == 128
@@ -149,14 +202,29 @@ def resolved_sweep_subdir(*overrides: str) -> str:
 
 
 def test_variants_and_seeds_of_one_experiment_get_distinct_folders():
-    folders = [resolved_sweep_subdir("debug=smoke", "encoding=rope", f"encoding/scaling={kind}", f"train.seed={seed}")
-               for kind, seed in VARIANTS]
+    folders = [
+        resolved_sweep_subdir(
+            "debug=smoke", "encoding=rope", f"encoding/scaling={kind}", f"train.seed={seed}"
+        )
+        for kind, seed in VARIANTS
+    ]
     assert len(set(folders)) == 4
-    assert [f.rsplit("_", 1)[0] for f in folders] == ["rope_L128_s0", "rope_L128_s1", "rope+yarn_L128_s0", "rope+yarn_L128_s1"]
-    assert folders[0] == identity_folder("debug=smoke", "encoding=rope", "encoding/scaling=none", "train.seed=0")
+    assert [f.rsplit("_", 1)[0] for f in folders] == [
+        "rope_L128_s0",
+        "rope_L128_s1",
+        "rope+yarn_L128_s0",
+        "rope+yarn_L128_s1",
+    ]
+    assert folders[0] == identity_folder(
+        "debug=smoke", "encoding=rope", "encoding/scaling=none", "train.seed=0"
+    )
     lr = resolved_sweep_subdir("debug=smoke", "encoding=rope", "train.lr=0.01")
-    assert lr.startswith("rope_L128_s0_") and lr != folders[0]  # same label, length and seed: another experiment
-    logging_only = resolved_sweep_subdir("debug=smoke", "encoding=rope", "train.log_every=1", "train.device=cpu")
+    assert (
+        lr.startswith("rope_L128_s0_") and lr != folders[0]
+    )  # same label, length and seed: another experiment
+    logging_only = resolved_sweep_subdir(
+        "debug=smoke", "encoding=rope", "train.log_every=1", "train.device=cpu"
+    )
     assert logging_only == folders[0]  # how a run is logged or where it runs is not its identity
 
 
@@ -167,12 +235,31 @@ def test_identity_splits_experiment_keys_from_execution_keys():
     assert (base.name, yarn.name, seed.name) == ("rope-L128-s0", "rope+yarn-L128-s0", "rope-L128-s1")
     assert seed.seedless_digest == base.seedless_digest and seed.digest != base.digest
     assert yarn.seedless_digest != base.seedless_digest
-    for same in ("train.resume=true", "train.stop_after_steps=2", "train.ckpt_every=1", "train.val_every=0",
-                 "train.val_tokens=64", "train.compile=true", "eval.lengths=[64]", "logger=none", "experiment_name=x",
-                 "model.attention=blockwise", "model.attention_block=64"):
+    for same in (
+        "train.resume=true",
+        "train.stop_after_steps=2",
+        "train.ckpt_every=1",
+        "train.val_every=0",
+        "train.val_tokens=64",
+        "train.compile=true",
+        "eval.lengths=[64]",
+        "logger=none",
+        "experiment_name=x",
+        "model.attention=blockwise",
+        "model.attention_block=64",
+    ):
         assert RunIdentity.of(compose_run("debug=smoke", "encoding=rope", same)) == base, same
-    for other in ("train.lr=0.01", "train.max_steps=7", "model.n_layers=3", "encoding.base=500", "train.batch_size=8"):
-        assert RunIdentity.of(compose_run("debug=smoke", "encoding=rope", other)).seedless_digest != base.seedless_digest, other
+    for other in (
+        "train.lr=0.01",
+        "train.max_steps=7",
+        "model.n_layers=3",
+        "encoding.base=500",
+        "train.batch_size=8",
+    ):
+        assert (
+            RunIdentity.of(compose_run("debug=smoke", "encoding=rope", other)).seedless_digest
+            != base.seedless_digest
+        ), other
 
 
 def test_compare_keeps_experiments_that_share_a_label_apart(tmp_path, monkeypatch):
@@ -184,7 +271,11 @@ def test_compare_keeps_experiments_that_share_a_label_apart(tmp_path, monkeypatc
     fake_results(tmp_path / "c", "rope", 128, 0, {128: 20.0}, {"lr": 0.002})
     fake_results(tmp_path / "d", "rope+yarn", 128, 0, {128: 30.0}, {"lr": 0.001})
     table = collect(find_results([tmp_path]))
-    assert sorted(table) == [(128, "rope (train.lr=0.001)"), (128, "rope (train.lr=0.002)"), (128, "rope+yarn")]
+    assert sorted(table) == [
+        (128, "rope (train.lr=0.001)"),
+        (128, "rope (train.lr=0.002)"),
+        (128, "rope+yarn"),
+    ]
     assert table[(128, "rope (train.lr=0.001)")][128].mean == pytest.approx(11.0)  # its two seeds
     assert table[(128, "rope (train.lr=0.002)")][128].ppls == [20.0]
     text = compare([tmp_path])
@@ -194,15 +285,39 @@ def test_compare_keeps_experiments_that_share_a_label_apart(tmp_path, monkeypatc
 @pytest.mark.slow
 def test_a_joblib_sweep_of_rope_and_yarn_by_two_seeds_writes_four_folders_and_compares_apart(tmp_path):
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "posbench", "train", "-m", "debug=smoke", "logger=jsonl", "encoding=rope",
-           "encoding/scaling=none,yarn", "train.seed=0,1", "train.max_steps=2", "train.val_every=0",
-           "eval.lengths=[128]", "eval.max_tokens=256", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-           f"run_root={tmp_path}", "experiment_name=variants"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "posbench",
+        "train",
+        "-m",
+        "debug=smoke",
+        "logger=jsonl",
+        "encoding=rope",
+        "encoding/scaling=none,yarn",
+        "train.seed=0,1",
+        "train.max_steps=2",
+        "train.val_every=0",
+        "eval.lengths=[128]",
+        "eval.max_tokens=256",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        f"run_root={tmp_path}",
+        "experiment_name=variants",
+    ]
     result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = (tmp_path / "variants").iterdir()
     jobs = sorted(p.name for p in sweep.iterdir() if (p / "results.json").is_file())
-    assert jobs == sorted(identity_folder("debug=smoke", "encoding=rope", f"encoding/scaling={kind}", f"train.seed={seed}",
-                                          "train.max_steps=2") for kind, seed in VARIANTS)
+    assert jobs == sorted(
+        identity_folder(
+            "debug=smoke",
+            "encoding=rope",
+            f"encoding/scaling={kind}",
+            f"train.seed={seed}",
+            "train.max_steps=2",
+        )
+        for kind, seed in VARIANTS
+    )
     text = compare([sweep])
     assert "| rope | " in text and "| rope+yarn | " in text and "over 2 seeds" in text

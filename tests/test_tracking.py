@@ -1,4 +1,5 @@
-"""Protects experiment tracking: the local JSONL log is always written and readable, rank gating, and W&B offline/online behaviour without network or prompts."""
+"""Protects experiment tracking: the local JSONL log is always written and readable, rank gating, and W&B
+offline/online behaviour without network or prompts."""
 
 from __future__ import annotations
 
@@ -119,8 +120,13 @@ def test_fanout_calls_every_tracker_and_closes_all_despite_errors():
     fan.summary({"a": 1})
     with pytest.raises(RuntimeError, match="remote close failed"):
         fan.close()
-    expected = [("log", {"loss": 1.0}, 3), ("log_eval", EVAL_ROWS), ("log_image", "k", "p.png"),
-                ("summary", {"a": 1}), ("close",)]
+    expected = [
+        ("log", {"loss": 1.0}, 3),
+        ("log_eval", EVAL_ROWS),
+        ("log_image", "k", "p.png"),
+        ("summary", {"a": 1}),
+        ("close",),
+    ]
     assert first.calls == expected and second.calls == expected
 
 
@@ -144,7 +150,7 @@ def test_jsonl_and_none_keep_the_local_log_only(tmp_path, name):
 
 
 def test_unknown_logger_name_fails(tmp_path):
-    with pytest.raises(ValueError, match="logger.name"):
+    with pytest.raises(ValueError, match=r"logger.name"):
         build_tracker(LoggerConfig(name="tensorboard"), str(tmp_path), {}, "r")
 
 
@@ -155,7 +161,10 @@ def test_wandb_offline_run_writes_local_files(wandb_home, tmp_path):
     run_dir = tmp_path / "run"
     started = time.monotonic()
     tracker = build_tracker(
-        LoggerConfig(name="wandb", tags=["test"]), str(run_dir), {"model": {"d_model": 64}}, "offline-test",
+        LoggerConfig(name="wandb", tags=["test"]),
+        str(run_dir),
+        {"model": {"d_model": 64}},
+        "offline-test",
         group="tests",
     )
     for step in range(3):

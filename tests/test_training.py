@@ -1,7 +1,9 @@
-"""Protects training behaviour: loss falls, a killed run resumes exactly, checkpoints are safe, W&B works offline."""
+"""Protects training behaviour: loss falls, a killed run resumes exactly, checkpoints are safe, W&B works
+offline."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -41,7 +43,9 @@ def test_resume_true_finds_the_latest_run_of_its_kind(smoke_run, tmp_path):
 def test_resume_refuses_a_checkpoint_of_another_model(smoke_run, tmp_path):
     train(smoke_run("train.max_steps=2", "eval.enabled=false", "train.val_every=0"), tmp_path / "a")
     with pytest.raises(ValueError, match="encoding config differs"):
-        train(smoke_run("encoding=rope", "train.max_steps=2", f"train.resume={tmp_path / 'a'}"), tmp_path / "b")
+        train(
+            smoke_run("encoding=rope", "train.max_steps=2", f"train.resume={tmp_path / 'a'}"), tmp_path / "b"
+        )
 
 
 def test_checkpoint_holds_loop_state_and_config(smoke_run, tmp_path):
@@ -85,7 +89,7 @@ def test_schedule_warms_up_then_decays_to_the_floor(smoke_run):
     cfg = smoke_run("train.warmup_steps=10", "train.lr=1.0", "train.min_lr_ratio=0.1").train
     lrs = [lr_at(s, cfg, 100) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
     assert lr_at(100, cfg, 100) == pytest.approx(0.1)
 
 
@@ -105,7 +109,7 @@ def test_bf16_on_a_cpu_without_native_bf16_is_refused_with_the_fix(smoke_run, tm
     import posbench.runtime as runtime
 
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
-    with pytest.raises(ValueError, match="use train.precision=fp32"):
+    with pytest.raises(ValueError, match=r"use train.precision=fp32"):
         train(smoke_run("train.precision=bf16", "train.device=cpu"), tmp_path / "run")
 
 
@@ -114,7 +118,13 @@ def test_bf16_autocast_trains(smoke_run, tmp_path, monkeypatch):
     import posbench.runtime as runtime
 
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
-    run = smoke_run("train.precision=bf16", "train.max_steps=2", "model.d_model=32", "train.seq_len=32", "eval.lengths=[32]")
+    run = smoke_run(
+        "train.precision=bf16",
+        "train.max_steps=2",
+        "model.d_model=32",
+        "train.seq_len=32",
+        "eval.lengths=[32]",
+    )
     out = train(run, tmp_path / "run")
     assert all(torch.isfinite(torch.tensor(list(out["losses"].values()))))
 
@@ -124,8 +134,18 @@ def test_resume_true_finds_only_checkpoints_of_its_own_run(smoke_run, tmp_path):
     each resumes its own checkpoint, whatever is newer."""
     from posbench.training.resume import find_resume_checkpoint
 
-    steps = ["train.max_steps=6", "eval.enabled=false", "train.val_every=0", "train.stop_after_steps=2", "encoding=rope"]
-    variants = {"rope s0": ["train.seed=0"], "rope+yarn s0": ["encoding/scaling=yarn"], "rope s1": ["train.seed=1"]}
+    steps = [
+        "train.max_steps=6",
+        "eval.enabled=false",
+        "train.val_every=0",
+        "train.stop_after_steps=2",
+        "encoding=rope",
+    ]
+    variants = {
+        "rope s0": ["train.seed=0"],
+        "rope+yarn s0": ["encoding/scaling=yarn"],
+        "rope s1": ["train.seed=1"],
+    }
     root = tmp_path / "runs" / "smoke"
     folders = {}
     for minute, (name, extra) in enumerate(variants.items()):
@@ -144,7 +164,7 @@ def test_resume_true_finds_only_checkpoints_of_its_own_run(smoke_run, tmp_path):
 def as_schema1(ckpt: dict, q_rows: int) -> dict:
     """A schema-2 checkpoint written out as schema 1 did: each layer's q and kv projections apart, in the
     model, and in the optimiser's state and parameter order (q, then kv, where the fused one sits)."""
-    model, names = {}, []
+    model = {}
     for name, tensor in ckpt["model"].items():
         if name.endswith("qkv_proj.weight"):
             stem = name[: -len("qkv_proj.weight")]
@@ -162,7 +182,12 @@ def as_schema1(ckpt: dict, q_rows: int) -> dict:
                 ids.append(index)
                 index += 1
         groups.append({**group, "params": ids})
-    return {**ckpt, "schema_version": 1, "model": model, "optimizer": {"state": state, "param_groups": groups}}
+    return {
+        **ckpt,
+        "schema_version": 1,
+        "model": model,
+        "optimizer": {"state": state, "param_groups": groups},
+    }
 
 
 def test_a_schema1_checkpoint_with_separate_q_and_kv_projections_resumes_exactly(smoke_run, tmp_path):

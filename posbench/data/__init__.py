@@ -27,7 +27,7 @@ from posbench.data.tokenizer import (
 if TYPE_CHECKING:
     from posbench.data.config import DataConfig
 
-__all__ = ["DataError", "TokenizedCorpus", "TrainBatches", "load_corpus", "cache_root", "corpus_tokenizer"]
+__all__ = ["DataError", "TokenizedCorpus", "TrainBatches", "cache_root", "corpus_tokenizer", "load_corpus"]
 
 log = logging.getLogger(__name__)
 

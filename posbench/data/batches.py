@@ -29,8 +29,10 @@ class TrainBatches:
     ) -> None:
         """``batch_size`` is the global batch; ``name`` only labels the too-short error."""
         if batch_size % world_size:
-            raise ValueError(f"batch_size={batch_size} is not divisible by world_size={world_size}; "
-                             "pick a global batch that is a multiple of the number of ranks")
+            raise ValueError(
+                f"batch_size={batch_size} is not divisible by world_size={world_size}; "
+                "pick a global batch that is a multiple of the number of ranks"
+            )
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} is outside 0..{world_size - 1}")
         if len(tokens) < seq_len + 1:
@@ -51,7 +53,8 @@ class TrainBatches:
         return rng.integers(0, valid_starts, size=self.batch_size)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's ``(x, y)``, each ``(batch_size // world_size, seq_len)`` int64; y = x shifted by one."""
+        """This rank's ``(x, y)``, each ``(batch_size // world_size, seq_len)`` int64; y = x shifted by
+        one."""
         starts = self._starts(self.batch_index)[self.rows]
         self.batch_index += 1
         windows = np.stack([self.tokens[s : s + self.seq_len + 1] for s in starts]).astype(np.int64)
@@ -59,14 +62,19 @@ class TrainBatches:
         return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
 
     def state_dict(self) -> dict:
-        return {"batch_index": self.batch_index, "seed": self.seed, "seq_len": self.seq_len,
-                "batch_size": self.batch_size}
+        return {
+            "batch_index": self.batch_index,
+            "seed": self.seed,
+            "seq_len": self.seq_len,
+            "batch_size": self.batch_size,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         for key in ("seed", "seq_len", "batch_size"):
             if state[key] != getattr(self, key):
                 raise ValueError(
-                    f"cannot resume batches: checkpoint has {key}={state[key]}, this run {getattr(self, key)}; "
+                    f"cannot resume batches: checkpoint has {key}={state[key]}, this run "
+                    f"{getattr(self, key)}; "
                     "resume with the checkpoint's train settings"
                 )
         self.batch_index = int(state["batch_index"])

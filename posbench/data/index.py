@@ -43,7 +43,10 @@ def _pip_config() -> dict[str, str]:
     try:
         out = subprocess.run(
             [sys.executable, "-m", "pip", "config", "list"],
-            capture_output=True, text=True, timeout=60, check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return {}  # no pip in this environment: fall back to PIP_* variables and the default

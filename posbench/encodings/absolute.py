@@ -45,7 +45,15 @@ def sinusoidal_table(pos: torch.Tensor, d_model: int, base: float = 10000.0) -> 
 class Sinusoidal(PositionalEncoding):
     cfg: SinusoidalConfig
 
-    def __init__(self, cfg: SinusoidalConfig, d_model: int, n_heads: int, head_dim: int, init_std: float, n_layers: int = 1):
+    def __init__(
+        self,
+        cfg: SinusoidalConfig,
+        d_model: int,
+        n_heads: int,
+        head_dim: int,
+        init_std: float,
+        n_layers: int = 1,
+    ):
         super().__init__(cfg, d_model, n_heads, head_dim, init_std, n_layers)
         self.sampler = position_sampler(cfg)
 
@@ -61,8 +69,11 @@ class LearnedConfig(EncodingConfig, RandomPositionsOption):
 
     def __post_init__(self) -> None:
         self.check_random_positions()
-        if self.random_positions_max is not None and isinstance(self.max_positions, int) \
-                and self.max_positions < self.random_positions_max:
+        if (
+            self.random_positions_max is not None
+            and isinstance(self.max_positions, int)
+            and self.max_positions < self.random_positions_max
+        ):
             raise ValueError(
                 f"encoding.max_positions={self.max_positions} is smaller than encoding.random_positions_max="
                 f"{self.random_positions_max}: set max_positions to at least random_positions_max so every "
@@ -75,7 +86,15 @@ class Learned(PositionalEncoding):
 
     cfg: LearnedConfig
 
-    def __init__(self, cfg: LearnedConfig, d_model: int, n_heads: int, head_dim: int, init_std: float, n_layers: int = 1):
+    def __init__(
+        self,
+        cfg: LearnedConfig,
+        d_model: int,
+        n_heads: int,
+        head_dim: int,
+        init_std: float,
+        n_layers: int = 1,
+    ):
         super().__init__(cfg, d_model, n_heads, head_dim, init_std, n_layers)
         self.sampler = position_sampler(cfg)
         self.table = nn.Embedding(cfg.max_positions, d_model)
@@ -86,7 +105,8 @@ class Learned(PositionalEncoding):
     def length_limit_reason(self, seq_len: int) -> Optional[str]:
         needed = self.sampler.span(seq_len)
         if needed > self.cfg.max_positions:
-            return f"learned positions end at {self.cfg.max_positions}; there is no vector for position {needed - 1}"
+            end = self.cfg.max_positions
+            return f"learned positions end at {end}; there is no vector for position {needed - 1}"
         return self.sampler.length_limit_reason(seq_len)
 
     def embed_input(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,7 @@ def alibi_slopes(num_heads: int) -> torch.Tensor:
     def geometric(n: int) -> list[float]:
         return [2.0 ** (-8.0 * (i + 1) / n) for i in range(n)]
 
-    lower = 2 ** int(math.floor(math.log2(num_heads)))
+    lower = 2 ** math.floor(math.log2(num_heads))
     slopes = geometric(lower)
     if lower < num_heads:
         slopes += geometric(2 * lower)[0::2][: num_heads - lower]
@@ -39,7 +39,10 @@ def alibi_slopes(num_heads: int) -> torch.Tensor:
 
 class Alibi(PositionalEncoding):
     cfg: AlibiConfig
-    def __init__(self, cfg: AlibiConfig, d_model: int, n_heads: int, head_dim: int, init_std: float, n_layers: int = 1):
+
+    def __init__(
+        self, cfg: AlibiConfig, d_model: int, n_heads: int, head_dim: int, init_std: float, n_layers: int = 1
+    ):
         super().__init__(cfg, d_model, n_heads, head_dim, init_std, n_layers)
         self.register_buffer("slopes", alibi_slopes(n_heads), persistent=False)
 

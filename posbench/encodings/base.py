@@ -45,7 +45,15 @@ class EncodingConfig:
 class PositionalEncoding(nn.Module):
     """Base class: an encoding overrides only the hooks it needs."""
 
-    def __init__(self, cfg: EncodingConfig, d_model: int, n_heads: int, head_dim: int, init_std: float, n_layers: int = 1):
+    def __init__(
+        self,
+        cfg: EncodingConfig,
+        d_model: int,
+        n_heads: int,
+        head_dim: int,
+        init_std: float,
+        n_layers: int = 1,
+    ):
         super().__init__()
         self.cfg = cfg
         self.d_model, self.n_heads, self.head_dim, self.init_std = d_model, n_heads, head_dim, init_std
@@ -64,7 +72,9 @@ class PositionalEncoding(nn.Module):
     def embed_input(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         return x
 
-    def rotate_qk(self, q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def rotate_qk(
+        self, q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return q, k
 
     def score_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> Optional[torch.Tensor]:

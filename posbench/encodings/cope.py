@@ -20,7 +20,9 @@ class CopeConfig(EncodingConfig):
 
     def __post_init__(self) -> None:
         if self.npos_max < 2:
-            raise ValueError(f"encoding.npos_max={self.npos_max}: CoPE needs at least 2 position embeddings to interpolate")
+            raise ValueError(
+                f"encoding.npos_max={self.npos_max}: CoPE needs at least 2 position embeddings to interpolate"
+            )
 
 
 class Cope(PositionalEncoding):
@@ -32,7 +34,9 @@ class Cope(PositionalEncoding):
 
     cfg: CopeConfig
 
-    def __init__(self, cfg: CopeConfig, d_model: int, n_heads: int, head_dim: int, init_std: float, n_layers: int = 1):
+    def __init__(
+        self, cfg: CopeConfig, d_model: int, n_heads: int, head_dim: int, init_std: float, n_layers: int = 1
+    ):
         super().__init__(cfg, d_model, n_heads, head_dim, init_std, n_layers)
         self.embeddings = nn.Parameter(torch.zeros(n_layers, head_dim, cfg.npos_max))  # e[p] as columns
 
@@ -49,7 +53,8 @@ class Cope(PositionalEncoding):
         return gates.flip(-1).cumsum(-1).flip(-1).clamp(max=self.cfg.npos_max - 1)
 
     def score_mod(self, scores: torch.Tensor, q: torch.Tensor, layer: int) -> torch.Tensor:
-        """scores + q_i·e[p_ij], with q already scaled like the logits. scores (B, H, Tq, Tk), q (B, H, Tq, Dh)"""
+        """scores + q_i·e[p_ij], with q already scaled like the logits.
+        scores (B, H, Tq, Tk), q (B, H, Tq, Dh)"""
         p = self.positions_from_gates(scores)
         at_integers = q @ self.embeddings[layer].to(q.dtype)  # (B, H, Tq, npos_max)
         floor, ceil = p.floor(), p.ceil()

@@ -32,7 +32,9 @@ class Fire(PositionalEncoding):
 
     cfg: FireConfig
 
-    def __init__(self, cfg: FireConfig, d_model: int, n_heads: int, head_dim: int, init_std: float, n_layers: int = 1):
+    def __init__(
+        self, cfg: FireConfig, d_model: int, n_heads: int, head_dim: int, init_std: float, n_layers: int = 1
+    ):
         super().__init__(cfg, d_model, n_heads, head_dim, init_std, n_layers)
         self.mlp = nn.Sequential(nn.Linear(1, cfg.mlp_width), nn.ReLU(), nn.Linear(cfg.mlp_width, n_heads))
         # log-parameterised so c and L stay positive under any optimiser step (the paper's code takes |.|)
@@ -60,9 +62,15 @@ class Fire(PositionalEncoding):
     def normalized_distance(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         """psi(|i - j|) / psi(max(L, i)), in [0, 1] for past keys. -> (Tq, Tk)"""
         distance = (q_pos[:, None] - k_pos[None, :]).abs_()  # (Tq, Tk) int64
-        span = 1 if not distance.numel() else 1 + max(int(q_pos.max() - k_pos.min()), int(k_pos.max() - q_pos.min()))
+        span = (
+            1
+            if not distance.numel()
+            else 1 + max(int(q_pos.max() - k_pos.min()), int(k_pos.max() - q_pos.min()))
+        )
         psi = lambda x: torch.log1p(self.c * x)  # noqa: E731
-        psi_of_distance = psi(torch.arange(span, device=q_pos.device, dtype=torch.float32))  # one value per distance
+        psi_of_distance = psi(
+            torch.arange(span, device=q_pos.device, dtype=torch.float32)
+        )  # one value per distance
         normaliser = torch.maximum(q_pos.float(), self.threshold)[:, None]  # (Tq, 1)
         return psi_of_distance[distance].div_(psi(normaliser) + self.cfg.eps)
 
@@ -117,7 +125,9 @@ class PiecewiseLinear(torch.autograd.Function):
         piece = torch.bucketize(flat_x, knots, out_int32=True)  # r: knots[r - 1] < x <= knots[r]
         out = torch.empty((slopes.shape[0], flat_x.numel()), dtype=x.dtype, device=x.device)
         for h in range(slopes.shape[0]):
-            torch.addcmul(intercepts[h].index_select(0, piece), slopes[h].index_select(0, piece), flat_x, out=out[h])
+            torch.addcmul(
+                intercepts[h].index_select(0, piece), slopes[h].index_select(0, piece), flat_x, out=out[h]
+            )
         ctx.save_for_backward(flat_x, piece, slopes)
         ctx.x_shape = x.shape
         return out.view(-1, *x.shape)

@@ -54,8 +54,10 @@ class HybridConfig(EncodingConfig):
         names = member_names(self.members)
         unknown = sorted(set(self.options) - set(member_choices()))
         if unknown:
-            raise ValueError(f"encoding.options.{unknown[0]} names no encoding; options are keyed by member name: "
-                             f"{', '.join(member_choices())}")
+            raise ValueError(
+                f"encoding.options.{unknown[0]} names no encoding; options are keyed by member name: "
+                f"{', '.join(member_choices())}"
+            )
         self.members = SEPARATOR.join(names)
         self.options = {name: member_config(name, self.options.get(name, {})) for name in names}
         check_combination(self.options)
@@ -73,12 +75,16 @@ def member_names(members: str) -> list[str]:
         if name == "hybrid":
             raise ValueError("encoding.members cannot hold a hybrid: list its members in one hybrid instead")
         if name not in registry():
-            raise ValueError(f"encoding.members={members}: {name!r} is no encoding (join names with a single "
-                             f"'{SEPARATOR}'); valid members: {', '.join(member_choices())}")
+            raise ValueError(
+                f"encoding.members={members}: {name!r} is no encoding (join names with a single "
+                f"'{SEPARATOR}'); valid members: {', '.join(member_choices())}"
+            )
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
-        raise ValueError(f"encoding.members={members} names {', '.join(twice)} twice: its hooks would apply twice; "
-                         "list each encoding once")
+        raise ValueError(
+            f"encoding.members={members} names {', '.join(twice)} twice: its hooks would apply twice; "
+            "list each encoding once"
+        )
     return names
 
 
@@ -91,7 +97,9 @@ def member_config(name: str, given: Any) -> EncodingConfig:
         typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(config_cls), given))
     except OmegaConfBaseException as exc:
         keys = ", ".join(f.name for f in fields(config_cls) if f.name != "name")
-        raise ValueError(f"encoding.options.{name}: {str(exc).splitlines()[0]}; its keys are {keys}") from None
+        raise ValueError(
+            f"encoding.options.{name}: {str(exc).splitlines()[0]}; its keys are {keys}"
+        ) from None
     except ValueError as exc:
         # the member's own check names "encoding.KEY"; here that key lives under the member's options
         raise ValueError(str(exc).replace("encoding.", f"encoding.options.{name}.")) from None
@@ -104,12 +112,18 @@ def check_combination(options: dict[str, EncodingConfig]) -> None:
     """Refuse members whose hooks would fight: two rotations of q and k, or two sources of positions."""
     rotary = [name for name in options if overrides(registry()[name][1], "rotate_qk")]
     if len(rotary) > 1:
-        raise ValueError(f"encoding.members holds {' and '.join(rotary)}: both rotate q and k, and a rotation of a "
-                         "rotation is neither scheme; keep one rotary member")
-    sampled = [name for name, cfg in options.items() if getattr(cfg, "random_positions_max", None) is not None]
+        raise ValueError(
+            f"encoding.members holds {' and '.join(rotary)}: both rotate q and k, and a rotation of a "
+            "rotation is neither scheme; keep one rotary member"
+        )
+    sampled = [
+        name for name, cfg in options.items() if getattr(cfg, "random_positions_max", None) is not None
+    ]
     if len(sampled) > 1:
-        raise ValueError(f"encoding.options of {' and '.join(sampled)} both set random_positions_max: members share "
-                         "one set of positions; set it on one member only")
+        raise ValueError(
+            f"encoding.options of {' and '.join(sampled)} both set random_positions_max: members share "
+            "one set of positions; set it on one member only"
+        )
 
 
 class Hybrid(PositionalEncoding):
@@ -117,22 +131,31 @@ class Hybrid(PositionalEncoding):
 
     cfg: HybridConfig
 
-    def __init__(self, cfg: HybridConfig, d_model: int, n_heads: int, head_dim: int, init_std: float, n_layers: int = 1):
+    def __init__(
+        self, cfg: HybridConfig, d_model: int, n_heads: int, head_dim: int, init_std: float, n_layers: int = 1
+    ):
         super().__init__(cfg, d_model, n_heads, head_dim, init_std, n_layers)
         build = registry()
-        # a ModuleDict, so the optimiser, .to(device) and checkpoints see every member's parameters and buffers
-        self.members = nn.ModuleDict({
-            name: build[name][1](member_cfg, d_model, n_heads, head_dim, init_std, n_layers)
-            for name, member_cfg in cfg.options.items()
-        })
+        # a ModuleDict: the optimiser, .to(device) and checkpoints see every member's parameters and buffers
+        self.members = nn.ModuleDict(
+            {
+                name: build[name][1](member_cfg, d_model, n_heads, head_dim, init_std, n_layers)
+                for name, member_cfg in cfg.options.items()
+            }
+        )
         self.position_source = self.find_position_source()
 
     def find_position_source(self) -> Optional[str]:
         """The one member whose positions are not 0..T-1 (randomized), or None."""
-        own = [name for name, member in self.members.items()
-               if member.sampler is not ARANGE or overrides(type(member), "positions")]
+        own = [
+            name
+            for name, member in self.members.items()
+            if member.sampler is not ARANGE or overrides(type(member), "positions")
+        ]
         if len(own) > 1:
-            raise ValueError(f"encoding members {' and '.join(own)} each choose positions; only one member may")
+            raise ValueError(
+                f"encoding members {' and '.join(own)} each choose positions; only one member may"
+            )
         return own[0] if own else None
 
     def positions(self, seq_len: int, device: torch.device) -> torch.Tensor:
@@ -145,7 +168,9 @@ class Hybrid(PositionalEncoding):
             x = member.embed_input(x, pos)  # (B, T, D)
         return x
 
-    def rotate_qk(self, q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def rotate_qk(
+        self, q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         for member in self.members.values():
             q, k = member.rotate_qk(q, k, pos)  # (B, H, T, Dh), (B, Hkv, T, Dh)
         return q, k

@@ -75,7 +75,9 @@ class Kerple(PositionalEncoding):
         margin = 2 * self.cfg.min_value
         with torch.no_grad():
             r1 = (torch.rand(self.n_heads) * self.cfg.r1_init_max).clamp(min=margin)
-            r2 = (torch.rand(self.n_heads) * self.cfg.r2_init_max).clamp(min=margin, max=self.cfg.r2_init_max - margin)
+            r2 = (torch.rand(self.n_heads) * self.cfg.r2_init_max).clamp(
+                min=margin, max=self.cfg.r2_init_max - margin
+            )
             self.r1_raw.copy_(above_inverse(r1, self.cfg.min_value))
             self.r2_raw.copy_(self.r2_inverse(r2))
 

@@ -71,8 +71,10 @@ class RandomPositions:
 
     def length_limit_reason(self, seq_len: int) -> Optional[str]:
         if seq_len > self.max_position:
-            return (f"randomized positions are drawn from [0, {self.max_position}): a window of {seq_len} "
-                    "needs encoding.random_positions_max >= its length")
+            return (
+                f"randomized positions are drawn from [0, {self.max_position}): a window of {seq_len} "
+                "needs encoding.random_positions_max >= its length"
+            )
         return None
 
 

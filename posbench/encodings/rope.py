@@ -8,9 +8,9 @@ from typing import Any
 import torch
 
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
-from posbench.encodings.scores import Scores
 from posbench.encodings.positions import RandomPositionsOption, position_sampler
 from posbench.encodings.rope_scaling import Frequencies, rope_inv_freq, scaling_config
+from posbench.encodings.scores import Scores
 
 __all__ = ["Rope", "RopeConfig", "apply_rotary", "rope_inv_freq", "rotary_dims"]
 
@@ -28,7 +28,10 @@ class RopeConfig(EncodingConfig, RandomPositionsOption):
     def __post_init__(self) -> None:
         self.check_random_positions()
         if not 0 < self.rotary_dim <= 1:
-            raise ValueError(f"encoding.rotary_dim={self.rotary_dim} is the rotated fraction of each head: pick 0 < rotary_dim <= 1")
+            raise ValueError(
+                f"encoding.rotary_dim={self.rotary_dim} is the rotated fraction of each head: pick 0 < "
+                "rotary_dim <= 1"
+            )
         self.scaling = scaling_config(self.scaling)
 
     def label(self) -> str:
@@ -59,7 +62,9 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 class Rope(PositionalEncoding):
     cfg: RopeConfig
 
-    def __init__(self, cfg: RopeConfig, d_model: int, n_heads: int, head_dim: int, init_std: float, n_layers: int = 1):
+    def __init__(
+        self, cfg: RopeConfig, d_model: int, n_heads: int, head_dim: int, init_std: float, n_layers: int = 1
+    ):
         super().__init__(cfg, d_model, n_heads, head_dim, init_std, n_layers)
         self.sampler = position_sampler(cfg)
         self.rotary = rotary_dims(head_dim, cfg.rotary_dim)
@@ -82,7 +87,9 @@ class Rope(PositionalEncoding):
         self._cached = (pos, cos, sin)
         return cos, sin
 
-    def rotate_qk(self, q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def rotate_qk(
+        self, q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         cos, sin = self.cos_sin(pos)
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
 

@@ -21,7 +21,8 @@ Frequencies = tuple[torch.Tensor, float]
 
 
 def rope_inv_freq(head_dim: int, base: float = 10000.0) -> torch.Tensor:
-    """RoFormer (Su et al. 2021) eq. 15: theta_i = base^(-2i/d), i = 0 .. d/2-1. -> (head_dim // 2,) float64"""
+    """RoFormer (Su et al. 2021) eq. 15: theta_i = base^(-2i/d), i = 0 .. d/2-1.
+    -> (head_dim // 2,) float64"""
     return base ** (-torch.arange(0, head_dim // 2 * 2, 2, dtype=torch.float64) / head_dim)
 
 
@@ -48,8 +49,17 @@ def yarn_correction_dim(rotations: float, head_dim: int, base: float, original: 
     return head_dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(base))
 
 
-def yarn(head_dim: int, base: float, s: float, original: int, *, beta_fast: float = 32.0, beta_slow: float = 1.0,
-         attention_factor: Optional[float] = None, truncate: bool = True) -> Frequencies:
+def yarn(
+    head_dim: int,
+    base: float,
+    s: float,
+    original: int,
+    *,
+    beta_fast: float = 32.0,
+    beta_slow: float = 1.0,
+    attention_factor: Optional[float] = None,
+    truncate: bool = True,
+) -> Frequencies:
     """YaRN (Peng et al. 2023, ICLR 2024). §3.2 "NTK-by-parts": pairs that turn more than beta_fast
     times in the original length keep theta, pairs that turn fewer than beta_slow times take
     theta/s, and a linear ramp blends between. As in the authors' released code (and HF), the ramp is
@@ -62,7 +72,9 @@ def yarn(head_dim: int, base: float, s: float, original: int, *, beta_fast: floa
     low, high = max(low, 0), min(high, head_dim - 1)
     if low == high:
         high += 0.001  # a one-dim ramp would divide by zero
-    ramp = ((torch.arange(head_dim // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)  # 1 = interpolate
+    ramp = ((torch.arange(head_dim // 2, dtype=torch.float64) - low) / (high - low)).clamp(
+        0, 1
+    )  # 1 = interpolate
     theta = rope_inv_freq(head_dim, base)
     inv_freq = theta * (1 - ramp) + (theta / s) * ramp
     if attention_factor is None:
@@ -70,13 +82,23 @@ def yarn(head_dim: int, base: float, s: float, original: int, *, beta_fast: floa
     return inv_freq, attention_factor
 
 
-def llama3(head_dim: int, base: float, s: float, original: int, *, low_freq_factor: float = 1.0,
-           high_freq_factor: float = 4.0) -> Frequencies:
+def llama3(
+    head_dim: int,
+    base: float,
+    s: float,
+    original: int,
+    *,
+    low_freq_factor: float = 1.0,
+    high_freq_factor: float = 4.0,
+) -> Frequencies:
     """Llama 3.1 scaling (Meta's reference ``apply_scaling``; HF ``_compute_llama3_parameters``):
     wavelengths shorter than original/high_freq_factor keep theta, longer than original/low_freq_factor
     take theta/s, and in between blend with weight (original/λ - low) / (high - low)."""
     if high_freq_factor <= low_freq_factor:
-        raise ValueError(f"llama3 scaling needs high_freq_factor > low_freq_factor, got {high_freq_factor} <= {low_freq_factor}")
+        raise ValueError(
+            f"llama3 scaling needs high_freq_factor > low_freq_factor, got {high_freq_factor} <= "
+            f"{low_freq_factor}"
+        )
     theta = rope_inv_freq(head_dim, base)
     wavelength = 2 * math.pi / theta
     keep = ((original / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor)).clamp(0, 1)
@@ -113,7 +135,9 @@ def scale_for(scaling: str, factor: float | str, original: Optional[int], seq_le
     kind = SCALING_KINDS[scaling]
     needs_length = factor == "auto" or kind.dynamic
     if (kind.needs_original or needs_length) and original is None:
-        raise ValueError(f"RoPE scaling {scaling!r} (factor {factor!r}) needs original_max_position, the training length")
+        raise ValueError(
+            f"RoPE scaling {scaling!r} (factor {factor!r}) needs original_max_position, the training length"
+        )
     if needs_length and seq_len is None and not kind.dynamic:
         raise ValueError("factor='auto' needs seq_len, the current length")
     numeric = 1.0 if factor == "auto" else float(factor)
@@ -122,9 +146,15 @@ def scale_for(scaling: str, factor: float | str, original: Optional[int], seq_le
     return max(1.0, seq_len / original) if factor == "auto" else numeric  # type: ignore[operator]
 
 
-def rope_frequencies(head_dim: int, base: float = 10000.0, scaling: str = "none", factor: float | str = 1.0,
-                     original_max_position: Optional[int] = None, seq_len: Optional[int] = None,
-                     **params: Any) -> Frequencies:
+def rope_frequencies(
+    head_dim: int,
+    base: float = 10000.0,
+    scaling: str = "none",
+    factor: float | str = 1.0,
+    original_max_position: Optional[int] = None,
+    seq_len: Optional[int] = None,
+    **params: Any,
+) -> Frequencies:
     """(inv_freq (head_dim // 2,) float64, attention_factor) of one scaling kind at the current length.
 
     ``factor``: a number >= 1 or "auto" (= seq_len / original_max_position, at least 1);
@@ -152,19 +182,27 @@ class ScalingConfig:
 
     def __post_init__(self) -> None:
         if self.kind not in SCALING_KINDS:
-            raise ValueError(f"unknown encoding.scaling.kind {self.kind!r}; valid: {', '.join(SCALING_KINDS)}")
+            raise ValueError(
+                f"unknown encoding.scaling.kind {self.kind!r}; valid: {', '.join(SCALING_KINDS)}"
+            )
         if self.factor != "auto":
             try:
                 self.factor = float(self.factor)
             except (TypeError, ValueError):
                 self.factor = -1.0
             if self.factor < 1:
-                raise ValueError("encoding.scaling.factor must be a number >= 1 (1 = unscaled) or auto "
-                                 "(= evaluation length / original_max_position)")
+                raise ValueError(
+                    "encoding.scaling.factor must be a number >= 1 (1 = unscaled) or auto "
+                    "(= evaluation length / original_max_position)"
+                )
         kind = SCALING_KINDS[self.kind]
-        if (kind.needs_original or kind.dynamic or self.factor == "auto") and self.original_max_position is None:
-            raise ValueError(f"encoding.scaling.original_max_position is unset for kind {self.kind!r}: "
-                             "set it to the length the model was trained at (the YAML default is ${train.seq_len})")
+        if (
+            kind.needs_original or kind.dynamic or self.factor == "auto"
+        ) and self.original_max_position is None:
+            raise ValueError(
+                f"encoding.scaling.original_max_position is unset for kind {self.kind!r}: "
+                "set it to the length the model was trained at (the YAML default is ${train.seq_len})"
+            )
 
     def params(self) -> dict[str, Any]:
         """The kind's own knobs (fields beyond the shared three)."""
@@ -172,7 +210,9 @@ class ScalingConfig:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in shared}
 
     def frequencies(self, head_dim: int, base: float, seq_len: int) -> Frequencies:
-        return rope_frequencies(head_dim, base, self.kind, self.factor, self.original_max_position, seq_len, **self.params())
+        return rope_frequencies(
+            head_dim, base, self.kind, self.factor, self.original_max_position, seq_len, **self.params()
+        )
 
 
 @dataclass
@@ -243,7 +283,9 @@ def scaling_config(value: Any) -> ScalingConfig:
         typed = OmegaConf.merge(OmegaConf.structured(SCALING_CONFIGS[kind]), plain)
     except OmegaConfBaseException as exc:
         valid = ", ".join(f.name for f in fields(SCALING_CONFIGS[kind]))
-        raise ValueError(f"encoding.scaling ({kind}): {str(exc).splitlines()[0]}; its keys are {valid}") from None
+        raise ValueError(
+            f"encoding.scaling ({kind}): {str(exc).splitlines()[0]}; its keys are {valid}"
+        ) from None
     return OmegaConf.to_object(typed)  # type: ignore[return-value]
 
 

@@ -28,16 +28,32 @@ class Sandwich(PositionalEncoding):
 
     cfg: SandwichConfig
 
-    def __init__(self, cfg: SandwichConfig, d_model: int, n_heads: int, head_dim: int, init_std: float, n_layers: int = 1):
+    def __init__(
+        self,
+        cfg: SandwichConfig,
+        d_model: int,
+        n_heads: int,
+        head_dim: int,
+        init_std: float,
+        n_layers: int = 1,
+    ):
         super().__init__(cfg, d_model, n_heads, head_dim, init_std, n_layers)
         dim = cfg.sinusoid_dim
-        self.register_buffer("inv_freq", 10000.0 ** (-torch.arange(0, dim // 2 * 2, 2, dtype=torch.float64) / dim), persistent=False)
+        self.register_buffer(
+            "inv_freq",
+            10000.0 ** (-torch.arange(0, dim // 2 * 2, 2, dtype=torch.float64) / dim),
+            persistent=False,
+        )
         ratios = torch.arange(1, n_heads + 1, dtype=torch.float32) * cfg.ratio_max / n_heads
         self.register_buffer("ratios", ratios, persistent=False)
 
     def by_distance(self, distances: torch.Tensor) -> torch.Tensor:
         """sum_k cos(d·w_k) for each distance d, in float64. -> same shape, float32"""
-        return torch.cos(distances.to(torch.float64)[..., None] * self.inv_freq.to(distances.device)).sum(-1).float()
+        return (
+            torch.cos(distances.to(torch.float64)[..., None] * self.inv_freq.to(distances.device))
+            .sum(-1)
+            .float()
+        )
 
     def scores(self) -> Scores:
         return Scores(bias=DistanceBias(self.score_bias))

@@ -106,8 +106,10 @@ def add_biases(first: Optional[Bias], second: Optional[Bias]) -> Optional[Bias]:
 
     elementwise = None
     if first.elementwise is not None and second.elementwise is not None:
+
         def elementwise(score, head, q_pos, k_pos):
             return second.elementwise(first.elementwise(score, head, q_pos, k_pos), head, q_pos, k_pos)
+
     return kind(fn, elementwise)
 
 

@@ -27,9 +27,14 @@ class T5Config(EncodingConfig):
             )
 
 
-def t5_relative_bucket(relative_position: torch.Tensor, num_buckets: int = 32, max_distance: int = 128,
-                       bidirectional: bool = False) -> torch.Tensor:
-    """Bucket of each ``relative_position = key_pos - query_pos`` (T5's memory - context). -> int64, same shape
+def t5_relative_bucket(
+    relative_position: torch.Tensor,
+    num_buckets: int = 32,
+    max_distance: int = 128,
+    bidirectional: bool = False,
+) -> torch.Tensor:
+    """Bucket of each ``relative_position = key_pos - query_pos`` (T5's memory - context).
+    -> int64, same shape
 
     §2.1: "32 embeddings ... with ranges that increase in size logarithmically up to an offset of
     128, beyond which we assign all relative positions to the same embedding". As in the released
@@ -46,7 +51,9 @@ def t5_relative_bucket(relative_position: torch.Tensor, num_buckets: int = 32, m
     else:
         distance = distance.clamp(min=0)
     exact = num_buckets // 2
-    log_ratio = torch.log(distance.clamp(min=exact).to(torch.float64) / exact) / math.log(max_distance / exact)
+    log_ratio = torch.log(distance.clamp(min=exact).to(torch.float64) / exact) / math.log(
+        max_distance / exact
+    )
     far = (exact + (log_ratio * (num_buckets - exact)).long()).clamp(max=num_buckets - 1)
     return offset + torch.where(distance < exact, distance, far)
 
@@ -54,7 +61,9 @@ def t5_relative_bucket(relative_position: torch.Tensor, num_buckets: int = 32, m
 class T5Bias(PositionalEncoding):
     cfg: T5Config
 
-    def __init__(self, cfg: T5Config, d_model: int, n_heads: int, head_dim: int, init_std: float, n_layers: int = 1):
+    def __init__(
+        self, cfg: T5Config, d_model: int, n_heads: int, head_dim: int, init_std: float, n_layers: int = 1
+    ):
         super().__init__(cfg, d_model, n_heads, head_dim, init_std, n_layers)
         self.table = nn.Embedding(cfg.num_buckets, n_heads)  # one table for every layer (§2.1)
 

@@ -31,7 +31,9 @@ class Xpos(Rope):
 
     cfg: XposConfig
 
-    def __init__(self, cfg: XposConfig, d_model: int, n_heads: int, head_dim: int, init_std: float, n_layers: int = 1):
+    def __init__(
+        self, cfg: XposConfig, d_model: int, n_heads: int, head_dim: int, init_std: float, n_layers: int = 1
+    ):
         super().__init__(cfg, d_model, n_heads, head_dim, init_std, n_layers)
         pair = torch.arange(0, self.rotary, 2, dtype=torch.float64) / self.rotary  # 2i/d, (r/2,)
         self.register_buffer("zeta", (pair + cfg.gamma) / (1 + cfg.gamma), persistent=False)

@@ -8,6 +8,8 @@ loss falls fastest); ``linear`` buckets are equal widths, for reading off a posi
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 BUCKET_KINDS = ("log", "linear")
@@ -31,7 +33,9 @@ def bucket_edges(length: int, buckets: int, kind: str = "log") -> list[int]:
     return sorted(edges)
 
 
-def position_curve(nll_sum: np.ndarray, counts: np.ndarray, buckets: int, kind: str = "log") -> dict[str, list]:
+def position_curve(
+    nll_sum: np.ndarray, counts: np.ndarray, buckets: int, kind: str = "log"
+) -> dict[str, list]:
     """Bucketed mean NLL from per-position sums and counts, each (L,).
 
     -> {"start", "end", "nll", "tokens"}, one entry per bucket holding scored targets; the
@@ -39,7 +43,7 @@ def position_curve(nll_sum: np.ndarray, counts: np.ndarray, buckets: int, kind: 
     """
     edges = bucket_edges(len(nll_sum), buckets, kind)
     curve: dict[str, list] = {"start": [], "end": [], "nll": [], "tokens": []}
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in itertools.pairwise(edges):
         n = int(counts[lo:hi].sum())
         if n:  # an empty bucket has no mean; with at least one window none is empty
             curve["start"].append(lo)

@@ -52,8 +52,11 @@ def perplexity(nll: float) -> float:
 
 
 @torch.no_grad()
-def score_windows(model: Transformer, stream: np.ndarray, length: int, batch: list[Window], device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """NLL of every target of a batch of windows and which of them are scored. -> (b, L) float64, (b, L) bool"""
+def score_windows(
+    model: Transformer, stream: np.ndarray, length: int, batch: list[Window], device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
+    """NLL of every target of a batch of windows and which of them are scored.
+    -> (b, L) float64, (b, L) bool"""
     rows = np.stack([np.asarray(stream[w.start : w.start + length + 1], dtype=np.int64) for w in batch])
     tokens = torch.from_numpy(rows).to(device)
     logits = model(tokens[:, :-1])  # (b, L, V)
@@ -71,8 +74,15 @@ def unavailable_reason(model: Transformer, stream_len: int, length: int) -> Opti
     return reason
 
 
-def evaluate_length(model: Transformer, stream: np.ndarray, length: int, cfg: EvalConfig, device: torch.device,
-                    precision: Precision = Precision.fp32, progress: bool = True) -> LengthResult:
+def evaluate_length(
+    model: Transformer,
+    stream: np.ndarray,
+    length: int,
+    cfg: EvalConfig,
+    device: torch.device,
+    precision: Precision = Precision.fp32,
+    progress: bool = True,
+) -> LengthResult:
     protocol = cfg.protocol.value
     stride = resolve_stride(length, protocol, cfg.stride)
     reason = unavailable_reason(model, len(stream), length)
@@ -93,15 +103,28 @@ def evaluate_length(model: Transformer, stream: np.ndarray, length: int, cfg: Ev
     total = int(counts.sum())
     mean = float(nll_sum.sum() / total)  # token-weighted: every scored target counts once
     return LengthResult(
-        length, protocol, "ok", stride=stride, nll=mean, ppl=perplexity(mean),
-        tokens_scored=total, windows=len(plan), backend=model.attention_plan(length, needs_grad=False, autocast=precision == Precision.bf16).name,
+        length,
+        protocol,
+        "ok",
+        stride=stride,
+        nll=mean,
+        ppl=perplexity(mean),
+        tokens_scored=total,
+        windows=len(plan),
+        backend=model.attention_plan(length, needs_grad=False, autocast=precision == Precision.bf16).name,
         wall_time_s=time.perf_counter() - started,
         position_curve=position_curve(nll_sum, counts, cfg.position_buckets, bucket_kind(cfg)),
     )
 
 
-def evaluate_lengths(model: Transformer, stream: np.ndarray, cfg: EvalConfig, device: torch.device,
-                     precision: Precision = Precision.fp32, progress: bool = True) -> list[LengthResult]:
+def evaluate_lengths(
+    model: Transformer,
+    stream: np.ndarray,
+    cfg: EvalConfig,
+    device: torch.device,
+    precision: Precision = Precision.fp32,
+    progress: bool = True,
+) -> list[LengthResult]:
     for length in cfg.lengths:  # a bad stride fails before any length is computed
         resolve_stride(length, cfg.protocol.value, cfg.stride)
     bar = tqdm(cfg.lengths, desc="eval lengths", unit="len", disable=not progress)

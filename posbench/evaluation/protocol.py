@@ -42,16 +42,27 @@ def resolve_stride(length: int, protocol: str, stride: Optional[int]) -> Optiona
         if stride is not None:
             # Silently ignoring a stride would report nonoverlapping numbers to someone who
             # asked for sliding ones.
-            raise ValueError("eval.stride is set but eval.protocol=nonoverlapping; add eval.protocol=sliding or drop eval.stride")
+            raise ValueError(
+                "eval.stride is set but eval.protocol=nonoverlapping; "
+                "add eval.protocol=sliding or drop eval.stride"
+            )
         return None
     step = stride if stride is not None else max(1, length // 2)
     if step > length:
-        raise ValueError(f"eval.stride={step} exceeds the window length {length}; it would skip tokens: "
-                         f"use a stride of at most {length}")
+        raise ValueError(
+            f"eval.stride={step} exceeds the window length {length}; it would skip tokens: "
+            f"use a stride of at most {length}"
+        )
     return step
 
 
-def windows(stream_len: int, length: int, protocol: str, stride: Optional[int] = None, max_tokens: Optional[int] = None) -> Iterator[Window]:
+def windows(
+    stream_len: int,
+    length: int,
+    protocol: str,
+    stride: Optional[int] = None,
+    max_tokens: Optional[int] = None,
+) -> Iterator[Window]:
     """Windows of ``length`` inputs (+1 target) over a stream of ``stream_len`` tokens."""
     step = resolve_stride(length, protocol, stride) or length
     last_start = stream_len - length - 1  # a window needs length + 1 tokens
@@ -64,26 +75,52 @@ def windows(stream_len: int, length: int, protocol: str, stride: Optional[int] =
         start += step
 
 
-def count_windows(stream_len: int, length: int, protocol: str, stride: Optional[int] = None, max_tokens: Optional[int] = None) -> int:
+def count_windows(
+    stream_len: int,
+    length: int,
+    protocol: str,
+    stride: Optional[int] = None,
+    max_tokens: Optional[int] = None,
+) -> int:
     return sum(1 for _ in windows(stream_len, length, protocol, stride, max_tokens))
 
 
-def protocol_statement(protocol: str, stride: Optional[int], max_tokens: Optional[int], buckets: int,
-                       bucket_kind: str, separator_id: int) -> dict[str, Any]:
+def protocol_statement(
+    protocol: str,
+    stride: Optional[int],
+    max_tokens: Optional[int],
+    buckets: int,
+    bucket_kind: str,
+    separator_id: int,
+) -> dict[str, Any]:
     """The protocol in words and numbers, written into every results file."""
     return {
         "name": protocol,
-        "stride": stride if protocol == "sliding" and stride is not None else ("length/2" if protocol == "sliding" else None),
+        "stride": stride
+        if protocol == "sliding" and stride is not None
+        else ("length/2" if protocol == "sliding" else None),
         "max_tokens_per_length": max_tokens,
         "position_buckets": buckets,
         "bucket_kind": bucket_kind,
-        "stream": f"validation documents joined by separator id {separator_id}; one separator before the first "
-                  "document, none after the last",
-        "bos": "no BOS is added to windows; a window starting mid-document starts mid-text, as training windows do",
-        "scored": "every target of a scored window position, separators included; the stream's first token is "
-                  "context only; only whole windows; windows from the stream's start until max_tokens targets are scored",
+        "stream": (
+            f"validation documents joined by separator id {separator_id}; one separator before the first "
+            "document, none after the last"
+        ),
+        "bos": (
+            "no BOS is added to windows; a window starting mid-document starts mid-text, "
+            "as training windows do"
+        ),
+        "scored": (
+            "every target of a scored window position, separators included; the stream's first token is "
+            "context only; only whole windows; windows from the stream's start until max_tokens targets are "
+            "scored"
+        ),
         "positions": "each window's positions are 0..L-1, whatever its offset in the stream",
-        "aggregation": "ppl = exp(token-weighted mean NLL over all scored targets), never a mean of window means",
-        "position_curve": "mean NLL of the scored targets whose index in the window falls in each bucket "
-                          "[start, end); its token-weighted mean equals the overall NLL",
+        "aggregation": (
+            "ppl = exp(token-weighted mean NLL over all scored targets), never a mean of window means"
+        ),
+        "position_curve": (
+            "mean NLL of the scored targets whose index in the window falls in each bucket "
+            "[start, end); its token-weighted mean equals the overall NLL"
+        ),
     }

@@ -22,7 +22,9 @@ from posbench.tracking import Tracker
 log = logging.getLogger(__name__)
 
 
-def run_metadata(run: RunConfig, model: Transformer, corpus_info: dict, extra: dict[str, Any]) -> dict[str, Any]:
+def run_metadata(
+    run: RunConfig, model: Transformer, corpus_info: dict, extra: dict[str, Any]
+) -> dict[str, Any]:
     """What results.json says about the model, data and config besides the numbers; ``extra`` wins."""
     identity = RunIdentity.of(run)
     return {
@@ -30,8 +32,11 @@ def run_metadata(run: RunConfig, model: Transformer, corpus_info: dict, extra: d
         "identity": identity.to_dict(),
         "encoding": identity.label,
         "train_seq_len": identity.train_len,
-        "model": {"name": run.model.name, "parameters": model.num_parameters(non_embedding=False),
-                  "non_embedding_parameters": model.num_parameters()},
+        "model": {
+            "name": run.model.name,
+            "parameters": model.num_parameters(non_embedding=False),
+            "non_embedding_parameters": model.num_parameters(),
+        },
         "data": corpus_info,
         "precision": run.train.precision.value,
         "eval_config": to_plain_dict(run.eval),
@@ -44,8 +49,10 @@ def tracker_rows(document: dict) -> list[dict]:
     """One row per length for ``Tracker.log_eval``: the results row without its curve, plus the
     ratio to the training length, so runs trained at different lengths line up in W&B."""
     train_len = document["train_seq_len"]
-    return [{**{k: v for k, v in row.items() if k != "position_curve"}, "x_train": row["length"] / train_len}
-            for row in document["results"]]
+    return [
+        {**{k: v for k, v in row.items() if k != "position_curve"}, "x_train": row["length"] / train_len}
+        for row in document["results"]
+    ]
 
 
 def summary_values(document: dict) -> dict[str, Any]:
@@ -69,17 +76,26 @@ def report_to_tracker(tracker: Tracker, document: dict, plots: dict[str, Path]) 
 
 
 def evaluate_and_report(
-    model: Transformer, val_stream: np.ndarray, separator_id: int, cfg: EvalConfig, precision: Precision,
-    run_dir: Path, tracker: Tracker, device: torch.device, metadata: dict[str, Any],
+    model: Transformer,
+    val_stream: np.ndarray,
+    separator_id: int,
+    cfg: EvalConfig,
+    precision: Precision,
+    run_dir: Path,
+    tracker: Tracker,
+    device: torch.device,
+    metadata: dict[str, Any],
 ) -> dict:
     """Evaluate; write results.json/.csv and the plots into ``run_dir``; print the table; log to the tracker.
 
     ``metadata`` (``run_metadata``) names the run, its training length included."""
     results = evaluate_lengths(model, val_stream, cfg, device, precision)
-    statement = protocol_statement(cfg.protocol.value, cfg.stride, cfg.max_tokens, cfg.position_buckets,
-                                   bucket_kind(cfg), separator_id)
-    document = write_results(run_dir, [r.to_dict() for r in results],
-                             {**metadata, "device": str(device), "protocol": statement})
+    statement = protocol_statement(
+        cfg.protocol.value, cfg.stride, cfg.max_tokens, cfg.position_buckets, bucket_kind(cfg), separator_id
+    )
+    document = write_results(
+        run_dir, [r.to_dict() for r in results], {**metadata, "device": str(device), "protocol": statement}
+    )
     plots = write_plots(document, run_dir)
     train_len = document["train_seq_len"]
     print(f"\nPerplexity of {document['encoding']} trained at {train_len} ({cfg.protocol.value} windows):")

@@ -45,20 +45,28 @@ def eval_overrides(plain: dict[str, Any]) -> dict[str, dict]:
     overrides = {k: v for k, v in plain.items() if k not in EVAL_KEYS}
     for group, values in overrides.items():
         if group not in OVERRIDABLE or not isinstance(values, dict):
-            raise ValueError(f"posbench eval cannot override {group!r}; it may override "
-                             f"{', '.join(OVERRIDABLE)} (e.g. +encoding.base=20000)")
+            raise ValueError(
+                f"posbench eval cannot override {group!r}; it may override "
+                f"{', '.join(OVERRIDABLE)} (e.g. +encoding.base=20000)"
+            )
         bad = refused_keys(group, values)
         if bad:
             allowed = OVERRIDABLE[group]
-            can = ", ".join(f"{group}.{k}" for k in allowed) if allowed else f"any {group} option but its name"
-            raise ValueError(f"posbench eval cannot override {', '.join(f'{group}.{k}' for k in bad)}: it would change "
-                             f"what the trained weights mean; it may override {can}")
+            can = (
+                ", ".join(f"{group}.{k}" for k in allowed) if allowed else f"any {group} option but its name"
+            )
+            raise ValueError(
+                f"posbench eval cannot override {', '.join(f'{group}.{k}' for k in bad)}: it would change "
+                f"what the trained weights mean; it may override {can}"
+            )
     return overrides
 
 
 def checkpoint_run_config(saved: dict, eval_cfg: dict, overrides: dict, device: str) -> RunConfig:
     """The checkpoint's config with the overrides, this command's eval group and its device on top."""
-    merged = OmegaConf.merge(OmegaConf.create(saved), overrides, {"eval": eval_cfg, "train": {"device": device}})
+    merged = OmegaConf.merge(
+        OmegaConf.create(saved), overrides, {"eval": eval_cfg, "train": {"device": device}}
+    )
     try:
         return to_run_config(OmegaConf.to_container(merged, resolve=True))
     except (ConfigKeyError, ValidationError) as exc:  # a key or value the checkpoint's schemas lack
@@ -71,14 +79,18 @@ def checkpoint_run_config(saved: dict, eval_cfg: dict, overrides: dict, device: 
 
 def load_model(run: RunConfig, ckpt: dict, corpus: TokenizedCorpus, device) -> Transformer:
     if ckpt.get("corpus_fingerprint") not in (None, corpus.fingerprint):
-        raise ValueError(f"the checkpoint was trained on corpus {ckpt['corpus_fingerprint']}, but its data config now "
-                         f"gives {corpus.fingerprint}: the tokens would not mean what they meant in training")
+        raise ValueError(
+            f"the checkpoint was trained on corpus {ckpt['corpus_fingerprint']}, but its data config now "
+            f"gives {corpus.fingerprint}: the tokens would not mean what they meant in training"
+        )
     model = Transformer(run.model, run.encoding, ckpt["vocab_size"]).to(device)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
-        raise ValueError(f"the checkpoint's weights do not fit the model these overrides build; only inference-time "
-                         f"options may change ({' '.join(str(exc).split()[:40])})") from None
+        raise ValueError(
+            f"the checkpoint's weights do not fit the model these overrides build; only inference-time "
+            f"options may change ({' '.join(str(exc).split()[:40])})"
+        ) from None
     return model
 
 
@@ -104,12 +116,38 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: str | Path) -> dict:
     save_eval_config(out_dir, checkpoint, overrides, run)
     identity = RunIdentity.of(run)  # of the evaluated config: the checkpoint's, overrides included
     name = f"{identity.name}-eval"
-    config = {"checkpoint": checkpoint, "overrides": overrides, **to_plain_dict(run), "identity": identity.to_dict()}
-    tracker = build_tracker(run.logger, str(out_dir), config, name, run.logger.group or run.experiment_name, job_type="eval")
-    meta = run_metadata(run, model, corpus.info, {"run_name": name, "checkpoint": checkpoint, "overrides": overrides,
-                                                  "step": ckpt["step"], "tokens_seen": ckpt["tokens_seen"]})
+    config = {
+        "checkpoint": checkpoint,
+        "overrides": overrides,
+        **to_plain_dict(run),
+        "identity": identity.to_dict(),
+    }
+    tracker = build_tracker(
+        run.logger, str(out_dir), config, name, run.logger.group or run.experiment_name, job_type="eval"
+    )
+    meta = run_metadata(
+        run,
+        model,
+        corpus.info,
+        {
+            "run_name": name,
+            "checkpoint": checkpoint,
+            "overrides": overrides,
+            "step": ckpt["step"],
+            "tokens_seen": ckpt["tokens_seen"],
+        },
+    )
     try:
-        return evaluate_and_report(model, corpus.val, corpus.separator_id, run.eval, run.train.precision, out_dir,
-                                   tracker, device, meta)
+        return evaluate_and_report(
+            model,
+            corpus.val,
+            corpus.separator_id,
+            run.eval,
+            run.train.precision,
+            out_dir,
+            tracker,
+            device,
+            meta,
+        )
     finally:
         tracker.close()

@@ -36,8 +36,9 @@ def train(run: RunConfig, run_dir: str | Path, choices: Optional[dict] = None) -
     check_precision(device, run.train.precision)
     if run.train.batch_size // run.train.grad_accum % d.world_size:
         raise ValueError(
-            f"train.batch_size/train.grad_accum = {run.train.batch_size // run.train.grad_accum} sequences per "
-            f"micro-step cannot be split over {d.world_size} processes; make it a multiple of the process count"
+            f"train.batch_size/train.grad_accum = {run.train.batch_size // run.train.grad_accum} "
+            f"sequences per micro-step cannot be split over {d.world_size} processes; "
+            "make it a multiple of the process count"
         )
     with process_group(d, device):
         return _train(run, Path(broadcast_from_main(str(run_dir))), choices, d, device)
@@ -54,10 +55,14 @@ def load_corpus_main_first(run: RunConfig, d: Dist) -> TokenizedCorpus:
 
 def validation(run: RunConfig, corpus: TokenizedCorpus, device: torch.device) -> Validate:
     """The trainer's periodic validation: mean NLL at the training length over ``train.val_tokens``."""
-    cfg = EvalConfig(lengths=[run.train.seq_len], protocol=Protocol.nonoverlapping, max_tokens=run.train.val_tokens)
+    cfg = EvalConfig(
+        lengths=[run.train.seq_len], protocol=Protocol.nonoverlapping, max_tokens=run.train.val_tokens
+    )
 
     def validate(model) -> float:
-        result = evaluate_length(model, corpus.val, run.train.seq_len, cfg, device, run.train.precision, progress=False)
+        result = evaluate_length(
+            model, corpus.val, run.train.seq_len, cfg, device, run.train.precision, progress=False
+        )
         if result.nll is None:
             raise ValueError(f"cannot validate at train.seq_len={run.train.seq_len}: {result.reason}")
         return result.nll
@@ -65,21 +70,40 @@ def validation(run: RunConfig, corpus: TokenizedCorpus, device: torch.device) ->
     return validate
 
 
-def _train(run: RunConfig, run_dir: Path, choices: Optional[dict], d: Dist, device: torch.device) -> dict[str, Any]:
+def _train(
+    run: RunConfig, run_dir: Path, choices: Optional[dict], d: Dist, device: torch.device
+) -> dict[str, Any]:
     seed_everything(run.train.seed)
     corpus = load_corpus_main_first(run, d)
     model = Transformer(run.model, run.encoding, corpus.vocab_size).to(device)
     trainer = Trainer(run, model, corpus, run_dir, device, d, validation(run, corpus, device))
     identity = RunIdentity.of(run)
     config = {**to_plain_dict(run), "choices": choices or {}, "identity": identity.to_dict()}
-    tracker = build_tracker(run.logger, str(run_dir), config, identity.name, run.logger.group or run.experiment_name, d.rank)
+    tracker = build_tracker(
+        run.logger, str(run_dir), config, identity.name, run.logger.group or run.experiment_name, d.rank
+    )
     try:
         state = trainer.fit(tracker)
-        metrics: dict[str, Any] = {"step": state.step, "tokens_seen": state.tokens_seen, "losses": state.losses}
+        metrics: dict[str, Any] = {
+            "step": state.step,
+            "tokens_seen": state.tokens_seen,
+            "losses": state.losses,
+        }
         if run.eval.enabled and d.is_main and trainer.finished:
-            meta = run_metadata(run, model, corpus.info, {"step": state.step, "tokens_seen": state.tokens_seen})
-            metrics["results"] = evaluate_and_report(model, corpus.val, corpus.separator_id, run.eval, run.train.precision,
-                                                     run_dir, tracker, device, meta)
+            meta = run_metadata(
+                run, model, corpus.info, {"step": state.step, "tokens_seen": state.tokens_seen}
+            )
+            metrics["results"] = evaluate_and_report(
+                model,
+                corpus.val,
+                corpus.separator_id,
+                run.eval,
+                run.train.precision,
+                run_dir,
+                tracker,
+                device,
+                meta,
+            )
     finally:
         tracker.close()
     barrier()

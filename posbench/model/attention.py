@@ -36,7 +36,9 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         B, T, _ = x.shape
         qkv = self.qkv_proj(x).view(B, T, self.n_heads + 2 * self.kv_heads, self.head_dim).transpose(1, 2)
-        q, k, v = qkv.split((self.n_heads, self.kv_heads, self.kv_heads), dim=1)  # (B, H, T, Dh), (B, Hkv, T, Dh) x2
+        q, k, v = qkv.split(
+            (self.n_heads, self.kv_heads, self.kv_heads), dim=1
+        )  # (B, H, T, Dh), (B, Hkv, T, Dh) x2
         q, k = ctx.encoding.rotate_qk(q, k, ctx.pos)
         if self.kv_heads != self.n_heads:
             repeat = self.n_heads // self.kv_heads

@@ -34,7 +34,9 @@ from posbench.model.masks import block_causal_bias, causal_bias, full_mask
 class Backend(Protocol):
     name: str  # what results record
 
-    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, layer: int) -> torch.Tensor: ...
+    def __call__(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, layer: int
+    ) -> torch.Tensor: ...
 
 
 class Sdpa:
@@ -93,8 +95,12 @@ class Linear:
 class Flex:
     name = "flex"
 
-    def __init__(self, pos: torch.Tensor, elementwise: Optional[Elementwise] = None,
-                 distance_fn: Optional[BiasFn] = None):
+    def __init__(
+        self,
+        pos: torch.Tensor,
+        elementwise: Optional[Elementwise] = None,
+        distance_fn: Optional[BiasFn] = None,
+    ):
         self.pos, self.elementwise, self.distance_fn = pos, elementwise, distance_fn
         self.table: Optional[torch.Tensor] = None  # (H, D), shared by the layers of one forward
 
@@ -107,7 +113,9 @@ class Flex:
 class Explicit:
     """Explicit scores for a score modifier; ``block`` None: the whole square at once (named eager)."""
 
-    def __init__(self, pos: torch.Tensor, bias_fn: Optional[BiasFn], score_mod: ScoreMod, block: Optional[int]):
+    def __init__(
+        self, pos: torch.Tensor, bias_fn: Optional[BiasFn], score_mod: ScoreMod, block: Optional[int]
+    ):
         self.pos, self.bias_fn, self.score_mod, self.block = pos, bias_fn, score_mod, block
         self.name = "eager" if block is None else "blockwise"
 
@@ -119,16 +127,20 @@ class Explicit:
 class DecayedBlockwise:
     name = "blockwise"
 
-    def __init__(self, pos: torch.Tensor, decay: Decay, bias_fn: Optional[BiasFn], block: int, mask_free: bool):
+    def __init__(
+        self, pos: torch.Tensor, decay: Decay, bias_fn: Optional[BiasFn], block: int, mask_free: bool
+    ):
         self.pos, self.decay, self.bias_fn, self.block, self.mask_free = pos, decay, bias_fn, block, mask_free
 
     def __call__(self, q, k, v, scale: float, layer: int) -> torch.Tensor:
-        return blocks.decayed_blockwise(q, k, v, self.pos, self.decay.factors, self.bias_fn, scale, self.block,
-                                        self.mask_free)
+        return blocks.decayed_blockwise(
+            q, k, v, self.pos, self.decay.factors, self.bias_fn, scale, self.block, self.mask_free
+        )
 
 
 class WindowCentred:
-    """The decay's factors centred on the window (finite while it is within ``decay.window``), then ``inner``."""
+    """The decay's factors centred on the window (finite while it is within ``decay.window``), then
+    ``inner``."""
 
     def __init__(self, pos: torch.Tensor, decay: Decay, inner: Backend):
         self.pos, self.decay, self.inner, self.name = pos, decay, inner, inner.name
@@ -152,7 +164,7 @@ class ByBlocks:
     def spans(self) -> Iterator[tuple[int, int]]:
         return blocks.query_blocks(self.pos.numel(), self.block, self.n_heads)
 
-    def for_block(self, cache: list, start: int, end: int, dtype: torch.dtype) -> "CachedPrefix":
+    def for_block(self, cache: list, start: int, end: int, dtype: torch.dtype) -> CachedPrefix:
         return CachedPrefix(cache, start, block_causal_bias(self.bias_fn, self.pos, start, end, dtype))
 
 
@@ -168,5 +180,7 @@ class CachedPrefix:
     def __call__(self, q, k, v, scale: float, layer: int) -> torch.Tensor:
         keys, values = self.cache[layer]
         end = self.start + q.shape[-2]
-        keys[:, :, self.start:end], values[:, :, self.start:end] = k, v
-        return F.scaled_dot_product_attention(q, keys[:, :, :end], values[:, :, :end], attn_mask=self.mask, scale=scale)
+        keys[:, :, self.start : end], values[:, :, self.start : end] = k, v
+        return F.scaled_dot_product_attention(
+            q, keys[:, :, :end], values[:, :, :end], attn_mask=self.mask, scale=scale
+        )

@@ -48,7 +48,9 @@ class FlashBiasAttention(torch.autograd.Function):
         q, k, v, mask, out, lse = ctx.saved_tensors
         grad_out = grad_out.contiguous()
         if not ctx.needs_input_grad[3]:  # a fixed bias (ALiBi): the kernel's own backward
-            dq, dk, dv = _flash_backward(grad_out, q, k, v, out, lse, 0.0, True, attn_mask=mask, scale=ctx.scale)
+            dq, dk, dv = _flash_backward(
+                grad_out, q, k, v, out, lse, 0.0, True, attn_mask=mask, scale=ctx.scale
+            )
             return dq, dk, dv, None, None
         return (*blockwise_backward(q, k, v, mask, out, lse, grad_out, ctx.scale), None)
 
@@ -61,7 +63,10 @@ def blockwise_backward(q, k, v, mask, out, lse, grad_out, scale: float):
     dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
     dmask = torch.empty_like(mask)
     row_term = (grad_out * out).sum(-1, keepdim=True)  # (B, H, T, 1)
-    k_t, v_t = k.transpose(-2, -1).contiguous(), v.transpose(-2, -1).contiguous()  # (B, H, Dh, T), sliced per block
+    k_t, v_t = (
+        k.transpose(-2, -1).contiguous(),
+        v.transpose(-2, -1).contiguous(),
+    )  # (B, H, Dh, T), sliced per block
     for s in range(0, T, GRAD_BLOCK):
         e = min(s + GRAD_BLOCK, T)  # keys after e are in every row's future: no gradient there
         q_b, do_b = q[:, :, s:e], grad_out[:, :, s:e]

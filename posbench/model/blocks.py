@@ -40,7 +40,9 @@ def blockwise(q, k, v, pos, bias_fn: BiasFn, scale: float, block: int) -> torch.
     for start, end in query_blocks(q.shape[-2], block, q.shape[1]):
         mask = block_causal_bias(bias_fn, pos, start, end, q.dtype)
         outputs.append(
-            F.scaled_dot_product_attention(q[:, :, start:end], k[:, :, :end], v[:, :, :end], attn_mask=mask, scale=scale)
+            F.scaled_dot_product_attention(
+                q[:, :, start:end], k[:, :, :end], v[:, :, :end], attn_mask=mask, scale=scale
+            )
         )
     return torch.cat(outputs, dim=2)
 
@@ -56,26 +58,33 @@ def toeplitz_blockwise(q, k, v, pos, bias_fn: BiasFn, scale: float, block: int) 
     outputs = []
     for start in range(0, T, block):
         end = min(start + block, T)
-        bias = table.as_strided((H, end - start, end), (table.stride(0), 1, 1), table.storage_offset() + T - end)
+        bias = table.as_strided(
+            (H, end - start, end), (table.stride(0), 1, 1), table.storage_offset() + T - end
+        )
         q_rev = q[:, :, start:end].flip(2)
-        out = F.scaled_dot_product_attention(q_rev, k[:, :, :end], v[:, :, :end], attn_mask=bias[None], scale=scale)
+        out = F.scaled_dot_product_attention(
+            q_rev, k[:, :, :end], v[:, :, :end], attn_mask=bias[None], scale=scale
+        )
         outputs.append(out.flip(2))
     return torch.cat(outputs, dim=2)
 
 
-def scale_qk(q: torch.Tensor, k: torch.Tensor, factors: torch.Tensor, floor: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def scale_qk(
+    q: torch.Tensor, k: torch.Tensor, factors: torch.Tensor, floor: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """q times ``factors`` (T, Dh), k divided by them; key factors below ``floor`` become 0. q may
     hold only the last rows (a query block ending at T), k all T."""
     inverse = factors.reciprocal()
     inverse = inverse.masked_fill(inverse < floor, 0.0)
-    return q * factors[-q.shape[-2]:].to(q.dtype), k * inverse.to(k.dtype)
+    return q * factors[-q.shape[-2] :].to(q.dtype), k * inverse.to(k.dtype)
 
 
 DECAY_FLOOR = 1e-30  # a key factor below this multiplies a query factor <= 1: the product is negligible
 
 
-def decayed_blockwise(q, k, v, pos, decay: DecayFn, bias_fn: Optional[BiasFn], scale: float, block: int,
-                      mask_free: bool) -> torch.Tensor:
+def decayed_blockwise(
+    q, k, v, pos, decay: DecayFn, bias_fn: Optional[BiasFn], scale: float, block: int, mask_free: bool
+) -> torch.Tensor:
     """Causal attention with decay factors centred on each query block's first position: a query's
     factor is then at most 1 and at least zeta^(block/scale_base), a key's grows only inside the
     block's own square, and keys far behind get factors that underflow; below DECAY_FLOOR they are
@@ -83,22 +92,30 @@ def decayed_blockwise(q, k, v, pos, decay: DecayFn, bias_fn: Optional[BiasFn], s
     a bias follow ``query_blocks``; without one, ``mask_free`` (CPU evaluation) takes the flash
     calls of ``linear_bias.prefix_and_diagonal``, else a boolean causal mask per block."""
     T, H = q.shape[-2], q.shape[1]
-    spans = query_blocks(T, block, H) if bias_fn is not None else ((s, min(s + block, T)) for s in range(0, T, block))
+    spans = (
+        query_blocks(T, block, H)
+        if bias_fn is not None
+        else ((s, min(s + block, T)) for s in range(0, T, block))
+    )
     outputs = []
     for start, end in spans:
         q_b, k_b = scale_qk(q[:, :, start:end], k[:, :, :end], decay(pos[:end], int(pos[start])), DECAY_FLOOR)
         if bias_fn is None and mask_free:
             out = linear_bias.prefix_and_diagonal(q_b, k_b, v[:, :, :end], scale)
         else:
-            mask = (block_causal_bias(bias_fn, pos, start, end, q.dtype) if bias_fn is not None
-                    else torch.ones(end - start, end, dtype=torch.bool, device=q.device).tril(start))
+            mask = (
+                block_causal_bias(bias_fn, pos, start, end, q.dtype)
+                if bias_fn is not None
+                else torch.ones(end - start, end, dtype=torch.bool, device=q.device).tril(start)
+            )
             out = F.scaled_dot_product_attention(q_b, k_b, v[:, :, :end], attn_mask=mask, scale=scale)
         outputs.append(out)
     return torch.cat(outputs, dim=2)
 
 
-def explicit(q, k, v, pos, bias_fn: Optional[BiasFn], scale: float, block: int, score_mod: ScoreMod,
-             layer: int) -> torch.Tensor:
+def explicit(
+    q, k, v, pos, bias_fn: Optional[BiasFn], scale: float, block: int, score_mod: ScoreMod, layer: int
+) -> torch.Tensor:
     """The eager computation, one query block (and its causal key prefix) at a time, with the
     encoding's ``score_mod`` applied to each block's fp32 scores; blocks shrink with the prefix
     like ``blockwise``'s (here the (B, H, rows, prefix) scores are what the budget bounds)."""
@@ -109,6 +126,8 @@ def explicit(q, k, v, pos, bias_fn: Optional[BiasFn], scale: float, block: int, 
         bias = None if bias_fn is None else bias_fn(pos[start:end], pos[:end])
         q_scaled = q[:, :, start:end].float() * scale  # (B, H, b, Dh)
         scores = q_scaled @ k[:, :, :end].float().transpose(-2, -1)  # (B, H, b, end)
-        scores = score_mod(scores + causal_bias(bias, idx[start:end], idx[:end], torch.float32)[None], q_scaled, layer)
+        scores = score_mod(
+            scores + causal_bias(bias, idx[start:end], idx[:end], torch.float32)[None], q_scaled, layer
+        )
         outputs.append((scores.softmax(dim=-1) @ v[:, :, :end].float()).to(q.dtype))
     return torch.cat(outputs, dim=2)

@@ -1,6 +1,7 @@
 """FlexAttention (PyTorch >= 2.5) with the encoding's bias as an elementwise ``score_mod``: its
-own elementwise form where it has one (ALiBi's, ``scores.LinearBias.elementwise``), else, for any bias of the distance alone (T5, KERPLE,
-Sandwich), a lookup in a per-window table of the bias at every distance.
+own elementwise form where it has one (ALiBi's, ``scores.LinearBias.elementwise``), else, for any
+bias of the distance alone (T5, KERPLE, Sandwich), a lookup in a per-window table of the bias at
+every distance.
 
 On CUDA it runs forward and backward; on CPU only a compiled forward exists (the planner refuses
 CPU training with it). Block masks
@@ -15,7 +16,7 @@ from typing import Callable, Optional
 import torch
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled():
     from torch.nn.attention.flex_attention import flex_attention
 
@@ -40,15 +41,24 @@ def distance_bias_table(bias_fn: Callable, pos: torch.Tensor) -> torch.Tensor:
     return bias_fn(low + distances, low[None])[:, :, 0].float().contiguous()
 
 
-def flex_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
-                elementwise: Optional[Callable], scale: float, table: Optional[torch.Tensor] = None) -> torch.Tensor:
+def flex_attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    pos: torch.Tensor,
+    elementwise: Optional[Callable],
+    scale: float,
+    table: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """Causal attention of one window; ``elementwise(score, head, q_pos, k_pos)`` adds the bias, or,
     for a bias of the distance alone, ``table`` (H, D) from ``distance_bias_table`` is looked up."""
     score_mod = None
     if elementwise is not None:
+
         def score_mod(score, b, h, q_idx, kv_idx):
             return elementwise(score, h, pos[q_idx], pos[kv_idx])
     elif table is not None:
+
         def score_mod(score, b, h, q_idx, kv_idx):
             distance = (pos[q_idx] - pos[kv_idx]).clamp(min=0)  # future keys are masked; keep the index valid
             return score + table[h, distance].to(score.dtype)

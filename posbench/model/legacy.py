@@ -31,8 +31,10 @@ def fuse_optimizer_state(saved: dict, groups: list[list[str]]) -> dict:
     group, in the optimiser's order, are ``groups``. Refuses a state of another model's shape."""
     old = [[part for name in group for part in schema1_names(name)] for group in groups]
     if [len(group["params"]) for group in saved["param_groups"]] != [len(group) for group in old]:
-        raise ValueError("the checkpoint's optimiser state does not match this model's parameters; "
-                         "resume with the posbench version that wrote it")
+        raise ValueError(
+            "the checkpoint's optimiser state does not match this model's parameters; "
+            "resume with the posbench version that wrote it"
+        )
     index = {name: i for i, name in enumerate(name for group in old for name in group)}
     state, param_groups, new_index = {}, [], 0
     for saved_group, group in zip(saved["param_groups"], groups):
@@ -40,8 +42,10 @@ def fuse_optimizer_state(saved: dict, groups: list[list[str]]) -> dict:
         for name in group:
             parts = [saved["state"].get(index[part]) for part in schema1_names(name)]
             if all(part is not None for part in parts):
-                state[new_index] = {key: torch.cat([p[key] for p in parts]) if parts[0][key].dim() else parts[0][key]
-                                    for key in parts[0]}
+                state[new_index] = {
+                    key: torch.cat([p[key] for p in parts]) if parts[0][key].dim() else parts[0][key]
+                    for key in parts[0]
+                }
             ids.append(new_index)
             new_index += 1
         param_groups.append({**saved_group, "params": ids})

@@ -6,8 +6,8 @@ and rides in one extra q/k channel (q gets 1, k gets m_h·(j - s)/scale). Each q
 takes two flash-kernel calls with no mask tensor at all: the keys before the block (every one
 visible) and the block's own causal square. The two partial softmaxes are merged with their
 log-sum-exps. Re-centring on s keeps the added logits small where the weights are large (near
-the diagonal), so fp32 rounding does not grow with the window (tested against fp64 at 64K positions); far keys get large negative
-logits, where their weights vanish anyway.
+the diagonal), so fp32 rounding does not grow with the window (tested against fp64 at 64K
+positions); far keys get large negative logits, where their weights vanish anyway.
 
 CPU, forward only (the kernel's log-sum-exp output is what makes the merge possible).
 """
@@ -24,14 +24,21 @@ def _with_channel(x: torch.Tensor, channel: torch.Tensor) -> torch.Tensor:
     return torch.cat((x, channel.expand(*x.shape[:-1], 1)), dim=-1)
 
 
-def linear_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
-                          slopes: torch.Tensor, scale: float, block: int) -> torch.Tensor:
+def linear_bias_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    pos: torch.Tensor,
+    slopes: torch.Tensor,
+    scale: float,
+    block: int,
+) -> torch.Tensor:
     """softmax(scale·q·kᵀ - m_h·(i - j), causal) v. q, k, v (B, H, T, Dh); pos (T,); slopes (H,).
 
     Query blocks are at most ``MAX_BLOCK`` long: inside the diagonal square the added logits
     reach m_h·block, so fp32 rounding there stays below m_h·block·6e-8 (4e-6 at m = 1/2).
     """
-    B, H, T, D = q.shape
+    _, H, T, D = q.shape
     block = min(block, MAX_BLOCK)
     q1 = _with_channel(q, q.new_ones(1, 1, 1, 1))  # (B, H, T, D+1)
     v1 = _with_channel(v, v.new_zeros(1, 1, 1, 1))  # the extra channel carries no value
@@ -45,7 +52,9 @@ def linear_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos
     return torch.cat(outputs, dim=2)
 
 
-def prefix_and_diagonal(q_block: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+def prefix_and_diagonal(
+    q_block: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+) -> torch.Tensor:
     """Causal attention of the last b queries of a prefix over all its keys, with no mask tensor:
     the keys before the block (every one visible) and the block's own causal square, two flash
     calls merged by their log-sum-exps. q_block (B, H, b, D); k, v (B, H, e, D). -> (B, H, b, D)"""

@@ -14,14 +14,18 @@ import torch
 from posbench.encodings.scores import BiasFn
 
 
-def causal_bias(bias: Optional[torch.Tensor], q_pos_idx: torch.Tensor, k_pos_idx: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def causal_bias(
+    bias: Optional[torch.Tensor], q_pos_idx: torch.Tensor, k_pos_idx: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
     """Bias plus -inf above the diagonal, by index in the window. -> (H or 1, Tq, Tk)"""
     future = k_pos_idx[None, :] > q_pos_idx[:, None]  # (Tq, Tk)
     mask = torch.zeros(future.shape, dtype=dtype, device=future.device).masked_fill(future, float("-inf"))
     return mask[None] if bias is None else bias.to(dtype) + mask[None]
 
 
-def full_mask(bias_fn: Optional[BiasFn], pos: torch.Tensor, dtype: torch.dtype, shared_table: bool = False) -> Optional[torch.Tensor]:
+def full_mask(
+    bias_fn: Optional[BiasFn], pos: torch.Tensor, dtype: torch.dtype, shared_table: bool = False
+) -> Optional[torch.Tensor]:
     """The (1, H, T, T) float mask for the sdpa path, or None for the causal flag. ``shared_table``
     (the planner's call: a bias of the distance alone over consecutive positions): the bias is
     evaluated once per distance (``distance_table``) and laid out as a Toeplitz matrix in one copy;
@@ -36,7 +40,9 @@ def full_mask(bias_fn: Optional[BiasFn], pos: torch.Tensor, dtype: torch.dtype, 
     return causal_bias(bias_fn(pos, pos), idx, idx, dtype)[None]
 
 
-def block_causal_bias(bias_fn: BiasFn, pos: torch.Tensor, start: int, end: int, dtype: torch.dtype) -> torch.Tensor:
+def block_causal_bias(
+    bias_fn: BiasFn, pos: torch.Tensor, start: int, end: int, dtype: torch.dtype
+) -> torch.Tensor:
     """The bias of queries start..end-1 over keys 0..end-1, -inf on their future. -> (1, H, b, end)"""
     bias = bias_fn(pos[start:end], pos[:end]).to(dtype)  # (H, b, end), a fresh tensor per block
     bias = bias.clone() if bias._base is not None or not bias.is_contiguous() else bias
@@ -54,7 +60,9 @@ def distance_table(bias_fn: BiasFn, pos: torch.Tensor, block: int, dtype: torch.
     T - 1 down to -(block - 1); -inf where d < 0 (the causal mask). -> (H, T + block - 1)"""
     T = pos.numel()
     distances = torch.arange(T - 1, -block, -1, device=pos.device)  # (T + block - 1,)
-    values = bias_fn(pos[0] + distances.clamp(min=0), pos[:1])[:, :, 0].to(dtype)  # (H, n): query at d, key at 0
+    values = bias_fn(pos[0] + distances.clamp(min=0), pos[:1])[:, :, 0].to(
+        dtype
+    )  # (H, n): query at d, key at 0
     return values.masked_fill(distances[None, :] < 0, float("-inf")).contiguous()
 
 
@@ -77,7 +85,9 @@ class CausalToeplitz(torch.autograd.Function):
         padded = grad.new_empty(heads, T, 2 * T)
         padded[:, :, :T].zero_()
         padded[:, :, T:] = grad
-        sums = padded.as_strided((heads, T, T + 1), (2 * T * T, 2 * T + 1, 1)).sum(1)  # [h, c]: distance T - c
+        sums = padded.as_strided((heads, T, T + 1), (2 * T * T, 2 * T + 1, 1)).sum(
+            1
+        )  # [h, c]: distance T - c
         grad_table = grad.new_zeros(heads, 2 * T - 1)
         grad_table[:, :T] = sums[:, 1:]  # t = c - 1: distances T - 1 down to 0; the future has none
         return grad_table

@@ -53,8 +53,10 @@ class Settings:
 def refusal(scores: Scores, seq_len: int, label: str = "this encoding") -> Optional[str]:
     """Why no path can take ``seq_len`` positions of these scores, or None."""
     if scores.decay is not None and scores.score_mod is not None and seq_len > scores.decay.window:
-        return (f"{label} past {scores.decay.window} positions: the decay must be re-centred per query block, "
-                "which explicit scores do not allow; evaluate shorter windows")
+        return (
+            f"{label} past {scores.decay.window} positions: the decay must be re-centred per query block, "
+            "which explicit scores do not allow; evaluate shorter windows"
+        )
     return None
 
 
@@ -87,29 +89,46 @@ def choose_path(scores: Scores, seq_len: int, n_heads: int, settings: Settings) 
     else:
         path = "blockwise" if requested == "linear" and not linear_ok else requested
     if scores.decay is not None:
-        past_window = seq_len > scores.decay.window
-        return "blockwise" if past_window and requested == "auto" and path not in ("blockwise", "linear") else path
-    return "sdpa" if path in ("blockwise", "linear") and bias is None else path  # the causal flag is memory-linear
+        recentre = (
+            seq_len > scores.decay.window and requested == "auto" and path not in ("blockwise", "linear")
+        )
+        return "blockwise" if recentre else path
+    return (
+        "sdpa" if path in ("blockwise", "linear") and bias is None else path
+    )  # the causal flag is memory-linear
 
 
 def check_path(scores: Scores, seq_len: int, settings: Settings, path: str) -> None:
     """Refuse a requested path that cannot run these scores, with the fix."""
     if settings.requested not in ("auto", *BACKENDS):
-        raise ValueError(f"model.attention={settings.requested!r} is not available; choose auto or one of "
-                         f"{', '.join(BACKENDS)}")
+        raise ValueError(
+            f"model.attention={settings.requested!r} is not available; choose auto or one of "
+            f"{', '.join(BACKENDS)}"
+        )
     decay = scores.decay
-    if decay is not None and seq_len > decay.window and path not in ("blockwise", "linear") and scores.score_mod is None:
-        raise ValueError(f"encoding {settings.label!r} at {seq_len} positions needs its decay re-centred per query "
-                         f"block (past {decay.window} its window-centred factors overflow fp32): use "
-                         "model.attention=auto or blockwise")
+    if (
+        decay is not None
+        and seq_len > decay.window
+        and path not in ("blockwise", "linear")
+        and scores.score_mod is None
+    ):
+        raise ValueError(
+            f"encoding {settings.label!r} at {seq_len} positions needs its decay re-centred per query "
+            f"block (past {decay.window} its window-centred factors overflow fp32): use "
+            "model.attention=auto or blockwise"
+        )
     if path != "flex":
         return
     if isinstance(scores.bias, PairBias) and scores.bias.elementwise is None:
-        raise ValueError(f"encoding {settings.label!r} has no FlexAttention score_mod (its bias depends on more than "
-                         "the distance); use model.attention=auto")
+        raise ValueError(
+            f"encoding {settings.label!r} has no FlexAttention score_mod (its bias depends on more than "
+            "the distance); use model.attention=auto"
+        )
     if settings.device_type == "cpu" and settings.needs_grad:
-        raise ValueError("model.attention=flex on CPU is forward-only (FlexAttention has no CPU backward); "
-                         "use model.attention=auto for training")
+        raise ValueError(
+            "model.attention=flex on CPU is forward-only (FlexAttention has no CPU backward); "
+            "use model.attention=auto for training"
+        )
 
 
 def mask_free_ok(settings: Settings) -> bool:
@@ -119,7 +138,9 @@ def mask_free_ok(settings: Settings) -> bool:
     return settings.device_type == "cpu" and fp32 and not settings.needs_grad
 
 
-def backend_for(scores: Scores, pos: torch.Tensor, n_heads: int, settings: Settings, path: str, block: int) -> Backend:
+def backend_for(
+    scores: Scores, pos: torch.Tensor, n_heads: int, settings: Settings, path: str, block: int
+) -> Backend:
     """The backend of ``path`` for these scores, a decay aside."""
     bias = scores.bias
     bias_fn = None if bias is None else bias.fn

@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from posbench.model.config import Mlp, ModelConfig, Norm
 from posbench.encodings import EncodingConfig, build_encoding
 from posbench.model.attention import AttentionContext, CausalSelfAttention
 from posbench.model.backends import Backend, ByBlocks
+from posbench.model.config import Mlp, ModelConfig, Norm
 from posbench.model.planner import Settings, plan_attention, refusal
 
 
@@ -63,7 +63,9 @@ class Transformer(nn.Module):
         self.cfg = cfg
         self.head_dim = cfg.d_model // cfg.n_heads
         self.embed = nn.Embedding(vocab_size, cfg.d_model)
-        self.encoding = build_encoding(encoding_cfg, cfg.d_model, cfg.n_heads, self.head_dim, cfg.init_std, cfg.n_layers)
+        self.encoding = build_encoding(
+            encoding_cfg, cfg.d_model, cfg.n_heads, self.head_dim, cfg.init_std, cfg.n_layers
+        )
         self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layers))
         self.final_norm = make_norm(cfg.norm, cfg.d_model)
         self.lm_head = nn.Linear(cfg.d_model, vocab_size, bias=False)
@@ -89,31 +91,46 @@ class Transformer(nn.Module):
         total = sum(p.numel() for p in self.parameters())
         return total - self.embed.weight.numel() if non_embedding else total
 
-    def attention_plan(self, seq_len: int, pos: Optional[torch.Tensor] = None, *, needs_grad: bool,
-                       autocast: bool = False) -> Backend:
+    def attention_plan(
+        self, seq_len: int, pos: Optional[torch.Tensor] = None, *, needs_grad: bool, autocast: bool = False
+    ) -> Backend:
         """The attention backend a forward of ``seq_len`` tokens takes (``model/planner.py``) with or
         without autograd and autocast; its ``name`` is what results record. ``pos`` defaults to 0..T-1."""
         param = self.embed.weight
         pos = torch.arange(seq_len, device=param.device) if pos is None else pos
-        settings = Settings(self.cfg.attention.value, self.cfg.attention_block, param.device.type, needs_grad, autocast,
-                            param.dtype, self.encoding.label)
+        settings = Settings(
+            self.cfg.attention.value,
+            self.cfg.attention_block,
+            param.device.type,
+            needs_grad,
+            autocast,
+            param.dtype,
+            self.encoding.label,
+        )
         return plan_attention(self.encoding.scores(), pos, self.cfg.n_heads, settings)
 
     def length_limit_reason(self, seq_len: int) -> Optional[str]:
-        """Why this model cannot take ``seq_len`` tokens (no attention path can, or its encoding cannot), or None."""
-        return refusal(self.encoding.scores(), seq_len, self.encoding.label) or self.encoding.length_limit_reason(seq_len)
+        """Why this model cannot take ``seq_len`` tokens (no attention path can, or its encoding
+        cannot), or None."""
+        return refusal(
+            self.encoding.scores(), seq_len, self.encoding.label
+        ) or self.encoding.length_limit_reason(seq_len)
 
     def forward(self, tokens: torch.Tensor, pos: Optional[torch.Tensor] = None) -> torch.Tensor:
         """tokens (B, T) -> logits (B, T, V); ``pos`` (T,) defaults to the encoding's positions
         (0..T-1, or sampled ones for randomized positions)."""
         T = tokens.shape[1]
         reason = self.length_limit_reason(T)
-        if reason is not None:  # e.g. learned positions past their table, or sampled positions past their range
+        if (
+            reason is not None
+        ):  # e.g. learned positions past their table, or sampled positions past their range
             raise ValueError(reason)
         if pos is None:
             pos = self.encoding.positions(T, tokens.device)
         device = tokens.device.type
-        backend = self.attention_plan(T, pos, needs_grad=torch.is_grad_enabled(), autocast=torch.is_autocast_enabled(device))
+        backend = self.attention_plan(
+            T, pos, needs_grad=torch.is_grad_enabled(), autocast=torch.is_autocast_enabled(device)
+        )
         if isinstance(backend, ByBlocks):
             return self.forward_by_blocks(tokens, backend)
         x = self.encoding.embed_input(self.embed(tokens), pos)  # (B, T, D)

@@ -8,4 +8,4 @@ from posbench.tracking.factory import build_tracker
 from posbench.tracking.jsonl import JsonlTracker
 from posbench.tracking.wandb_tracker import WandbTracker
 
-__all__ = ["Tracker", "NullTracker", "JsonlTracker", "WandbTracker", "FanOut", "build_tracker"]
+__all__ = ["FanOut", "JsonlTracker", "NullTracker", "Tracker", "WandbTracker", "build_tracker"]

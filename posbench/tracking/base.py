@@ -78,7 +78,7 @@ class FanOut:
         for tracker in self.trackers:
             try:
                 tracker.close()
-            except Exception as error:  # noqa: BLE001 - re-raised below
+            except Exception as error:
                 errors.append(error)
         if errors:
             raise errors[0]

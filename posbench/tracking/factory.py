@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from posbench.tracking.config import LoggerConfig
 from posbench.tracking.base import FanOut, NullTracker, Tracker
+from posbench.tracking.config import LoggerConfig
 from posbench.tracking.jsonl import JsonlTracker
 from posbench.tracking.wandb_tracker import WandbTracker, resolve_mode
 
@@ -43,4 +43,3 @@ def build_tracker(
         local.close()  # the caller never gets a tracker to close
         raise
     return FanOut([local, remote])
-

@@ -28,7 +28,7 @@ class JsonlTracker:
         self.path = path
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         # Append, so a resumed run continues the file its killed predecessor wrote.
-        self._file = open(path, "a", encoding="utf-8")
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the tracker's life, closed by close()
         self._last_step: int | None = None
 
     def log(self, metrics: dict[str, float], step: int | None = None) -> None:

@@ -18,8 +18,8 @@ from __future__ import annotations
 import os
 from typing import Any, Iterable
 
-from posbench.tracking.config import LoggerConfig
 from posbench.tracking.base import check_eval_rows, check_metric_names, plain
+from posbench.tracking.config import LoggerConfig
 
 TRAIN_STEP = "trainer/step"
 EVAL_STEP = "eval/length"

@@ -29,7 +29,8 @@ def latest_of_this_run(run: RunConfig, run_dir: Path) -> Path:
     found = [p for p in candidates if same_run(saved_config(p), identity)]
     if not found:
         raise CheckpointError(
-            f"train.resume=true found no checkpoint of this run ({identity.name}, experiment {identity.digest}) "
+            f"train.resume=true found no checkpoint of this run ({identity.name}, experiment "
+            f"{identity.digest}) "
             f"under {root}; pass train.resume=PATH to a run folder or checkpoint"
         )
     return max(found, key=lambda p: p.stat().st_mtime)

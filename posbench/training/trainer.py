@@ -21,9 +21,9 @@ from posbench.config import RunConfig, TrainConfig, to_plain_dict
 from posbench.data import TokenizedCorpus, TrainBatches
 from posbench.distributed import mean_across_ranks, no_sync, wrap_ddp
 from posbench.identity import experiment_config
+from posbench.model.legacy import fuse_optimizer_state
 from posbench.runtime import Dist, autocast, rng_state, set_rng_state
 from posbench.tracking import Tracker
-from posbench.model.legacy import fuse_optimizer_state
 from posbench.training.optim import build_optimizer, lr_at, parameter_groups
 from posbench.training.resume import find_resume_checkpoint
 
@@ -39,7 +39,9 @@ class TrainState:
     losses: dict[int, float] = field(default_factory=dict)  # step -> training loss
 
 
-def train_step(model, optimizer, batches: TrainBatches, cfg: TrainConfig, device: torch.device, lr: float) -> float:
+def train_step(
+    model, optimizer, batches: TrainBatches, cfg: TrainConfig, device: torch.device, lr: float
+) -> float:
     """One optimiser step over ``grad_accum`` micro-batches; returns this rank's mean loss."""
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -63,22 +65,38 @@ def check_resumable(saved: dict, run: RunConfig) -> None:
     theirs, ours = experiment_config(saved), experiment_config(to_plain_dict(run))
     for group in ("encoding", "model", "data"):
         if theirs.get(group) != ours[group]:
-            raise ValueError(f"cannot resume: the checkpoint's {group} config differs from this run's ({saved[group]})")
+            raise ValueError(
+                f"cannot resume: the checkpoint's {group} config differs from this run's ({saved[group]})"
+            )
 
 
 class Trainer:
     """Trains ``model`` for ``run.train``'s budget in ``run_dir``; only rank 0 validates and checkpoints."""
 
-    def __init__(self, run: RunConfig, model: torch.nn.Module, corpus: TokenizedCorpus, run_dir: Path,
-                 device: torch.device, dist: Dist, validate: Optional[Validate] = None) -> None:
+    def __init__(
+        self,
+        run: RunConfig,
+        model: torch.nn.Module,
+        corpus: TokenizedCorpus,
+        run_dir: Path,
+        device: torch.device,
+        dist: Dist,
+        validate: Optional[Validate] = None,
+    ) -> None:
         self.run, self.cfg, self.model, self.corpus = run, run.train, model, corpus
         self.device, self.dist, self.validate = device, dist, validate
         self.total = run.train.total_steps()
         self.tokens_per_step = run.train.batch_size * run.train.seq_len
         self.ckpt_path = run_dir / "checkpoints" / "last.pt"
         self.optimizer = build_optimizer(model, run.train)
-        self.batches = TrainBatches(corpus.train, run.train.seq_len, run.train.batch_size // run.train.grad_accum,
-                                    run.train.seed, dist.rank, dist.world_size)
+        self.batches = TrainBatches(
+            corpus.train,
+            run.train.seq_len,
+            run.train.batch_size // run.train.grad_accum,
+            run.train.seed,
+            dist.rank,
+            dist.world_size,
+        )
         self.state = TrainState()
         self.resume_if_asked(run_dir)
 
@@ -92,7 +110,9 @@ class Trainer:
         self.optimizer.load_state_dict(self.optimizer_state(ckpt))
         self.batches.load_state_dict(ckpt["batches"])
         set_rng_state(ckpt["rng"])
-        self.state = TrainState(ckpt["step"], ckpt["tokens_seen"], {int(k): v for k, v in ckpt["losses"].items()})
+        self.state = TrainState(
+            ckpt["step"], ckpt["tokens_seen"], {int(k): v for k, v in ckpt["losses"].items()}
+        )
         log.info("resumed from %s at step %d", path, self.state.step)
 
     def optimizer_state(self, ckpt: dict) -> dict:
@@ -109,7 +129,13 @@ class Trainer:
     def fit(self, tracker: Tracker) -> TrainState:
         """Step until the budget is spent (or ``train.stop_after_steps``); returns the loop state."""
         step_fn = wrap_ddp(torch.compile(self.model) if self.cfg.compile else self.model, self.device)
-        bar = tqdm(total=self.total, initial=self.state.step, desc="train", unit="step", disable=not self.dist.is_main)
+        bar = tqdm(
+            total=self.total,
+            initial=self.state.step,
+            desc="train",
+            unit="step",
+            disable=not self.dist.is_main,
+        )
         self.model.train()
         while not self.finished:
             loss, lr, tok_s = self.step(step_fn)
@@ -127,7 +153,9 @@ class Trainer:
         """One optimiser step, averaged over ranks -> (loss, learning rate, tokens/s)."""
         started = time.perf_counter()
         lr = lr_at(self.state.step, self.cfg, self.total)
-        loss = mean_across_ranks(train_step(step_fn, self.optimizer, self.batches, self.cfg, self.device, lr), self.device)
+        loss = mean_across_ranks(
+            train_step(step_fn, self.optimizer, self.batches, self.cfg, self.device, lr), self.device
+        )
         self.state.step += 1
         self.state.tokens_seen += self.tokens_per_step
         self.state.losses[self.state.step] = loss
@@ -143,8 +171,15 @@ class Trainer:
 
     def log(self, tracker: Tracker, loss: float, lr: float, tok_s: float) -> None:
         if self.state.step % self.cfg.log_every == 0 or self.finished:
-            tracker.log({"train/loss": loss, "train/lr": lr, "train/tokens_per_s": tok_s,
-                         "train/tokens": self.state.tokens_seen}, self.state.step)
+            tracker.log(
+                {
+                    "train/loss": loss,
+                    "train/lr": lr,
+                    "train/tokens_per_s": tok_s,
+                    "train/tokens": self.state.tokens_seen,
+                },
+                self.state.step,
+            )
 
     def validate_now(self, tracker: Tracker) -> None:
         if self.validate is not None and self.dist.is_main and self.due(self.cfg.val_every):
@@ -158,8 +193,14 @@ class Trainer:
     def checkpoint_state(self) -> dict[str, Any]:
         state = self.state
         return {
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": state.step,
-            "tokens_seen": state.tokens_seen, "losses": {str(k): v for k, v in state.losses.items()},
-            "batches": self.batches.state_dict(), "rng": rng_state(), "config": to_plain_dict(self.run),
-            "vocab_size": self.corpus.vocab_size, "corpus_fingerprint": self.corpus.fingerprint,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": state.step,
+            "tokens_seen": state.tokens_seen,
+            "losses": {str(k): v for k, v in state.losses.items()},
+            "batches": self.batches.state_dict(),
+            "rng": rng_state(),
+            "config": to_plain_dict(self.run),
+            "vocab_size": self.corpus.vocab_size,
+            "corpus_fingerprint": self.corpus.fingerprint,
         }
