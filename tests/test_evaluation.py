@@ -238,9 +238,8 @@ def test_posbench_eval_reproduces_the_end_of_training_numbers(trained, tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     [out_dir] = (tmp_path / "eval").iterdir()
     folder = RunIdentity.from_config(load_checkpoint(trained)["config"]).folder
-    assert folder.startswith("alibi_L128_s0_") and out_dir.name.endswith(
-        f"_{folder}"
-    )  # the folder says what was evaluated
+    # the folder says what was evaluated
+    assert folder.startswith("alibi_L128_s0_") and out_dir.name.endswith(f"_{folder}")
     evaluated = json.loads((out_dir / "results.json").read_text())
     at_training = json.loads((trained / "results.json").read_text())
     assert nlls(evaluated) == pytest.approx(nlls(at_training), rel=1e-9)

@@ -15,6 +15,9 @@ from posbench.compare import collect, compare, find_results
 from posbench.identity import RunIdentity
 from tests.conftest import REPO, compose_config, compose_run
 
+# a smoke-sized multirun through the CLI, as a user types it
+POSBENCH_TRAIN_M = [sys.executable, "-m", "posbench", "train", "-m", "debug=smoke", "logger=jsonl"]
+
 
 def identity_folder(*overrides: str) -> str:
     return RunIdentity.of(compose_run(*overrides)).folder
@@ -79,20 +82,12 @@ def test_compare_without_results_says_so(tmp_path):
 @pytest.mark.slow
 def test_multirun_two_encodings_by_two_lengths_then_compare(tmp_path):
     env = {**os.environ, "WANDB_MODE": "disabled"}
+    grid = "encoding=alibi,nope train.seq_len=32,64 train.max_steps=2 train.val_every=0"
+    evaluation = "eval.lengths=[64,128] eval.max_tokens=256"
     cmd = [
-        sys.executable,
-        "-m",
-        "posbench",
-        "train",
-        "-m",
-        "debug=smoke",
-        "logger=jsonl",
-        "encoding=alibi,nope",
-        "train.seq_len=32,64",
-        "train.max_steps=2",
-        "train.val_every=0",
-        "eval.lengths=[64,128]",
-        "eval.max_tokens=256",
+        *POSBENCH_TRAIN_M,
+        *grid.split(),
+        *evaluation.split(),
         f"run_root={tmp_path}",
         "experiment_name=sweep",
     ]
@@ -285,23 +280,12 @@ def test_compare_keeps_experiments_that_share_a_label_apart(tmp_path, monkeypatc
 @pytest.mark.slow
 def test_a_joblib_sweep_of_rope_and_yarn_by_two_seeds_writes_four_folders_and_compares_apart(tmp_path):
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    grid = "encoding=rope encoding/scaling=none,yarn train.seed=0,1 train.max_steps=2 train.val_every=0"
+    rest = "eval.lengths=[128] eval.max_tokens=256 hydra/launcher=joblib hydra.launcher.n_jobs=2"
     cmd = [
-        sys.executable,
-        "-m",
-        "posbench",
-        "train",
-        "-m",
-        "debug=smoke",
-        "logger=jsonl",
-        "encoding=rope",
-        "encoding/scaling=none,yarn",
-        "train.seed=0,1",
-        "train.max_steps=2",
-        "train.val_every=0",
-        "eval.lengths=[128]",
-        "eval.max_tokens=256",
-        "hydra/launcher=joblib",
-        "hydra.launcher.n_jobs=2",
+        *POSBENCH_TRAIN_M,
+        *grid.split(),
+        *rest.split(),
         f"run_root={tmp_path}",
         "experiment_name=variants",
     ]

@@ -72,9 +72,8 @@ def yarn(
     low, high = max(low, 0), min(high, head_dim - 1)
     if low == high:
         high += 0.001  # a one-dim ramp would divide by zero
-    ramp = ((torch.arange(head_dim // 2, dtype=torch.float64) - low) / (high - low)).clamp(
-        0, 1
-    )  # 1 = interpolate
+    pair = torch.arange(head_dim // 2, dtype=torch.float64)
+    ramp = ((pair - low) / (high - low)).clamp(0, 1)  # 1 = interpolate
     theta = rope_inv_freq(head_dim, base)
     inv_freq = theta * (1 - ramp) + (theta / s) * ramp
     if attention_factor is None:
