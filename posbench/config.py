@@ -20,6 +20,7 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from posbench.checks import above, at_least, within
 from posbench.data.config import (
     DATA_SCHEMAS,
     DataConfig,
@@ -93,18 +94,40 @@ class TrainConfig:
     ckpt_every: int = 200  # steps between checkpoints; 0 = only at the end
     resume: Optional[str] = None  # true = latest checkpoint of this run's kind, or a path
     stop_after_steps: Optional[int] = None  # stop early (as if killed) after this many steps
+    skip_nonfinite_steps: int = 0  # steps with a non-finite loss/grad norm skipped before stopping
 
     def __post_init__(self) -> None:
         if self.seq_len < 1:
             raise ValueError(f"train.seq_len must be at least 1, got {self.seq_len}")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("train.batch_size and train.grad_accum must be at least 1")
+        self.check_ranges()
         if self.batch_size % self.grad_accum:
             raise ValueError(
                 f"train.batch_size={self.batch_size} must be a multiple of train.grad_accum={self.grad_accum}"
             )
         if self.max_steps is None and self.max_tokens is None:
             raise ValueError("set a budget: train.max_steps or train.max_tokens")
+
+    def check_ranges(self) -> None:
+        at_least("train.max_steps", self.max_steps, 1, "optimiser steps", allow_none=True)
+        at_least("train.max_tokens", self.max_tokens, 1, "a token budget", allow_none=True)
+        above("train.lr", self.lr, 0, "the peak learning rate")
+        within("train.min_lr_ratio", self.min_lr_ratio, 0, 1, "the cosine's floor as a fraction of train.lr")
+        at_least("train.warmup_steps", self.warmup_steps, 0, "0 = no warmup")
+        at_least("train.weight_decay", self.weight_decay, 0)
+        within("train.beta1", self.beta1, 0, 1, "AdamW's first-moment decay", open_high=True)
+        within("train.beta2", self.beta2, 0, 1, "AdamW's second-moment decay", open_high=True)
+        at_least("train.grad_clip", self.grad_clip, 0, "a gradient-norm bound; 0 = no clipping")
+        within("train.seed", self.seed, 0, 2**32 - 1, "numpy's seed range")
+        at_least("train.log_every", self.log_every, 1, "steps between logged losses")
+        at_least("train.val_every", self.val_every, 0, "steps between validations; 0 = never")
+        at_least("train.val_tokens", self.val_tokens, 1, "tokens scored by each validation")
+        at_least("train.ckpt_every", self.ckpt_every, 0, "steps between checkpoints; 0 = only at the end")
+        at_least(
+            "train.stop_after_steps", self.stop_after_steps, 1, "stop early after this many", allow_none=True
+        )
+        at_least("train.skip_nonfinite_steps", self.skip_nonfinite_steps, 0, "0 = stop at the first one")
 
     def total_steps(self) -> int:
         if self.max_tokens is not None:
@@ -137,6 +160,7 @@ class EvalConfig:
             raise ValueError("eval.position_buckets must be at least 1")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ValueError("eval.max_tokens must be at least 1 (or null for the whole stream)")
+        at_least("eval.batch_size", self.batch_size, 1, "windows per forward")
 
 
 @dataclass

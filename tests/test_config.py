@@ -112,3 +112,60 @@ def test_corrupt_checkpoint_on_the_cli(tmp_path):
     result = cli("eval", f"checkpoint={bad}", f"run_root={tmp_path}")
     assert result.returncode == 2 and "not a readable posbench checkpoint" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# every value the issue tracker found accepted or failing late, and others of each kind
+BAD_VALUES = [
+    ("train.min_lr_ratio=-1", "train.min_lr_ratio=-1.0 must be in [0, 1]"),
+    ("train.min_lr_ratio=1.5", "train.min_lr_ratio=1.5 must be in [0, 1]"),
+    ("train.max_steps=0", "train.max_steps=0 must be at least 1"),
+    ("train.max_steps=-3", "train.max_steps=-3 must be at least 1"),
+    ("train.max_tokens=-5", "train.max_tokens=-5 must be at least 1"),
+    ("train.val_every=-1", "train.val_every=-1 must be at least 0"),
+    ("train.ckpt_every=-1", "train.ckpt_every=-1 must be at least 0"),
+    ("train.warmup_steps=-1", "train.warmup_steps=-1 must be at least 0"),
+    ("train.log_every=0", "train.log_every=0 must be at least 1"),
+    ("train.lr=0", "train.lr=0.0 must be greater than 0"),
+    ("train.beta2=1", "train.beta2=1.0 must be in [0, 1)"),
+    ("train.grad_clip=-1", "train.grad_clip=-1.0 must be at least 0"),
+    ("train.seed=-1", "train.seed=-1 must be in [0, 4294967295]"),
+    ("train.val_tokens=0", "train.val_tokens=0 must be at least 1"),
+    ("train.stop_after_steps=0", "train.stop_after_steps=0 must be at least 1"),
+    ("model.n_layers=0", "model.n_layers=0 must be at least 1"),
+    ("model.n_heads=0", "model.n_heads=0 must be at least 1"),
+    ("model.kv_heads=-2", "model.kv_heads=-2 must be at least 1 or null"),
+    ("model.d_ff=0", "model.d_ff=0 must be at least 1 or null"),
+    ("model.dropout=1", "model.dropout=1.0 must be in [0, 1)"),
+    ("model.init_std=0", "model.init_std=0.0 must be greater than 0"),
+    ("eval.batch_size=0", "eval.batch_size=0 must be at least 1"),
+    ("data.bpe_vocab_size=100", "data.bpe_vocab_size=100 must be at least 257"),
+    ("logger.mode=onlin", "logger.mode='onlin' is not one of offline, online, disabled"),
+    ("encoding=rope encoding.base=1", "encoding.base=1.0 must be greater than 1"),
+    ("encoding=xpos encoding.gamma=0", "encoding.gamma=0.0 must be greater than 0"),
+    ("encoding=fire encoding.init_c=-1", "encoding.init_c=-1.0 must be greater than 0"),
+    ("encoding=kerple_log encoding.min_value=0", "encoding.min_value=0.0 must be greater than 0"),
+    ("encoding=sandwich encoding.ratio_max=0", "encoding.ratio_max=0.0 must be greater than 0"),
+    ("encoding=sinusoidal encoding.amplitude=-1", "encoding.amplitude=-1.0 must be at least 0"),
+    ("encoding=learned encoding.max_positions=0", "encoding.max_positions=0 must be at least 1"),
+    (
+        "encoding=rope encoding/scaling=yarn encoding.scaling.beta_fast=0.5",
+        "encoding.scaling.beta_fast=0.5 must be greater than 1",
+    ),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD_VALUES)
+def test_every_out_of_range_value_is_refused_when_the_config_is_made(overrides, message):
+    with pytest.raises(ValueError) as info:
+        compose_run("debug=smoke", *overrides.split())
+    assert str(info.value).startswith(message), str(info.value)
+
+
+@pytest.mark.parametrize("override", ["train.log_every=0", "model.n_heads=0", "eval.batch_size=0"])
+def test_bad_values_end_in_one_line_before_training(override, tmp_path):
+    """On the CLI: exit 2, one error line, no traceback, and no run folder of posbench's own."""
+    result = cli("train", "debug=smoke", "logger=jsonl", f"run_root={tmp_path}", override)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and override.split("=")[0] in errors[0], result.stderr
+    assert not list(tmp_path.rglob("metrics.jsonl")) and not list(tmp_path.rglob("last.pt"))

@@ -8,6 +8,8 @@ from typing import List, Optional
 
 from omegaconf import MISSING
 
+from posbench.checks import at_least
+
 
 class Tokenizer(str, Enum):
     bytes = "bytes"
@@ -20,6 +22,9 @@ class DataConfig:
     tokenizer: Tokenizer = Tokenizer.bytes
     bpe_vocab_size: int = 4096
     cache_dir: str = "${oc.env:POSBENCH_CACHE,${oc.env:HOME}/.cache/posbench}"
+
+    def __post_init__(self) -> None:
+        at_least("data.bpe_vocab_size", self.bpe_vocab_size, 257, "every byte plus the separator")
 
 
 @dataclass
@@ -47,6 +52,11 @@ class HFConfig(DataConfig):
     text_column: str = "text"
     max_train_documents: Optional[int] = None  # cap for very large corpora
     max_val_documents: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        at_least("data.max_train_documents", self.max_train_documents, 1, "null = all", allow_none=True)
+        at_least("data.max_val_documents", self.max_val_documents, 1, "null = all", allow_none=True)
 
 
 DATA_SCHEMAS = {cls.name: cls for cls in (ShakespeareConfig, TextFilesConfig, HFConfig)}

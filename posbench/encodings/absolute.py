@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from posbench.checks import above, at_least
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
 from posbench.encodings.positions import RandomPositionsOption, position_sampler
 
@@ -32,6 +33,8 @@ class SinusoidalConfig(EncodingConfig, RandomPositionsOption):
 
     def __post_init__(self) -> None:
         self.check_random_positions()
+        above("encoding.base", self.base, 1, "wavelengths grow as base^(2i/d)")
+        at_least("encoding.amplitude", self.amplitude, 0, "x the embeddings' init std; 0 = no signal")
 
 
 def sinusoidal_table(pos: torch.Tensor, d_model: int, base: float = 10000.0) -> torch.Tensor:
@@ -69,6 +72,8 @@ class LearnedConfig(EncodingConfig, RandomPositionsOption):
 
     def __post_init__(self) -> None:
         self.check_random_positions()
+        if isinstance(self.max_positions, int):
+            at_least("encoding.max_positions", self.max_positions, 1, "the table's size")
         if (
             self.random_positions_max is not None
             and isinstance(self.max_positions, int)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from posbench.checks import above, at_least
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
 from posbench.encodings.scores import PairBias, Scores
 
@@ -21,6 +22,12 @@ class FireConfig(EncodingConfig):
     init_c: float = 0.1  # psi(x) = log(c·x + 1)
     init_threshold: float = 512.0  # L in max(L, i): queries before L share one normaliser
     eps: float = 1e-6  # keeps the normaliser away from zero
+
+    def __post_init__(self) -> None:
+        at_least("encoding.mlp_width", self.mlp_width, 1)
+        above("encoding.init_c", self.init_c, 0, "c in psi(x) = log(c·x + 1)")
+        above("encoding.init_threshold", self.init_threshold, 0, "L in max(L, i)")
+        above("encoding.eps", self.eps, 0, "keeps the normaliser away from zero")
 
 
 class Fire(PositionalEncoding):

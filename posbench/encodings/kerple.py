@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from posbench import checks
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
 from posbench.encodings.scores import DistanceBias, Scores
 
@@ -22,6 +23,9 @@ class KerpleLogConfig(EncodingConfig):
     r2_init_max: float = 1.0
     min_value: float = 0.01
 
+    def __post_init__(self) -> None:
+        check_kerple(self)
+
 
 @dataclass
 class KerplePowerConfig(EncodingConfig):
@@ -30,6 +34,21 @@ class KerplePowerConfig(EncodingConfig):
     r1_init_max: float = 1.0
     r2_init_max: float = 2.0
     min_value: float = 0.01
+
+    def __post_init__(self) -> None:
+        check_kerple(self)
+        if self.r2_init_max > 2:
+            raise ValueError(
+                f"encoding.r2_init_max={self.r2_init_max}: the power kernel needs r2 <= 2; lower it"
+            )
+
+
+def check_kerple(cfg: KerpleLogConfig | KerplePowerConfig) -> None:
+    """Inits are drawn in [2·min_value, max - 2·min_value] (``Kerple.reset_parameters``)."""
+    checks.above("encoding.min_value", cfg.min_value, 0, "the floor of r1 and r2")
+    for key in ("r1_init_max", "r2_init_max"):
+        margin = "4 x min_value: the init keeps a margin"
+        checks.above(f"encoding.{key}", getattr(cfg, key), 4 * cfg.min_value, margin)
 
 
 def above(raw: torch.Tensor, floor: float) -> torch.Tensor:

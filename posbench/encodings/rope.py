@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from posbench.checks import above
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
 from posbench.encodings.positions import RandomPositionsOption, position_sampler
 from posbench.encodings.rope_scaling import Frequencies, rope_inv_freq, scaling_config
@@ -27,6 +28,7 @@ class RopeConfig(EncodingConfig, RandomPositionsOption):
 
     def __post_init__(self) -> None:
         self.check_random_positions()
+        above("encoding.base", self.base, 1, "wavelengths grow as base^(2i/d)")
         if not 0 < self.rotary_dim <= 1:
             raise ValueError(
                 f"encoding.rotary_dim={self.rotary_dim} is the rotated fraction of each head: pick 0 < "

@@ -17,6 +17,8 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from posbench.checks import above, at_least
+
 Frequencies = tuple[torch.Tensor, float]
 
 
@@ -202,6 +204,13 @@ class ScalingConfig:
                 f"encoding.scaling.original_max_position is unset for kind {self.kind!r}: "
                 "set it to the length the model was trained at (the YAML default is ${train.seq_len})"
             )
+        at_least(
+            "encoding.scaling.original_max_position",
+            self.original_max_position,
+            1,
+            "the training length",
+            allow_none=True,
+        )
 
     def params(self) -> dict[str, Any]:
         """The kind's own knobs (fields beyond the shared three)."""
@@ -242,6 +251,18 @@ class YarnScalingConfig(ScalingConfig):
     attention_factor: Optional[float] = None  # null = 0.1·ln(s) + 1 (YaRN §3.4)
     truncate: bool = True  # floor/ceil the correction dims, as the released code does
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        above("encoding.scaling.beta_slow", self.beta_slow, 0, "rotations in the original length")
+        above(
+            "encoding.scaling.beta_fast",
+            self.beta_fast,
+            self.beta_slow,
+            "above beta_slow: the ramp runs between",
+        )
+        if self.attention_factor is not None:
+            above("encoding.scaling.attention_factor", self.attention_factor, 0, "null = 0.1·ln(s) + 1")
+
 
 @dataclass
 class DynamicYarnScalingConfig(YarnScalingConfig):
@@ -253,6 +274,21 @@ class Llama3ScalingConfig(ScalingConfig):
     kind: str = "llama3"
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        above(
+            "encoding.scaling.low_freq_factor",
+            self.low_freq_factor,
+            0,
+            "original / it: the longest kept wavelength",
+        )
+        above(
+            "encoding.scaling.high_freq_factor",
+            self.high_freq_factor,
+            self.low_freq_factor,
+            "above low_freq_factor",
+        )
 
 
 SCALING_CONFIGS: dict[str, type[ScalingConfig]] = {

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from posbench.checks import above, at_least
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
 from posbench.encodings.scores import DistanceBias, Scores
 
@@ -18,6 +19,10 @@ class SandwichConfig(EncodingConfig):
     sinusoid_dim: int = 128  # d-bar: dimension of the sinusoidal embeddings whose product is the bias
     # ALiBi-like compression: head h (1..H) divides its bias by h·ratio_max/H
     ratio_max: float = 8.0
+
+    def __post_init__(self) -> None:
+        at_least("encoding.sinusoid_dim", self.sinusoid_dim, 2, "one sin/cos pair at least")
+        above("encoding.ratio_max", self.ratio_max, 0, "each head divides its bias by h·ratio_max/H")
 
 
 class Sandwich(PositionalEncoding):

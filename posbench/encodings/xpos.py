@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from posbench.checks import above
 from posbench.encodings.rope import Rope, RopeConfig
 from posbench.encodings.scores import Decay, Scores
 
@@ -19,6 +20,11 @@ class XposConfig(RopeConfig):
     name: str = "xpos"
     scale_base: float = 512.0  # positions are divided by this before the decay exponent
     gamma: float = 0.4  # zeta_i = (2i/d + gamma) / (1 + gamma)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        above("encoding.scale_base", self.scale_base, 0, "positions are divided by it in the decay")
+        above("encoding.gamma", self.gamma, 0, "every zeta_i = (2i/d + gamma)/(1 + gamma) must be positive")
 
 
 class Xpos(Rope):

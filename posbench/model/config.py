@@ -8,6 +8,8 @@ from typing import Optional
 
 from omegaconf import MISSING
 
+from posbench.checks import above, at_least, within
+
 
 class Norm(str, Enum):
     layernorm = "layernorm"
@@ -45,6 +47,13 @@ class ModelConfig:
     attention_block: int = 1024  # query block of the blockwise backend
 
     def __post_init__(self) -> None:
+        at_least("model.n_layers", self.n_layers, 1)
+        at_least("model.d_model", self.d_model, 1, "the residual width")
+        at_least("model.n_heads", self.n_heads, 1)
+        at_least("model.kv_heads", self.kv_heads, 1, "null = model.n_heads", allow_none=True)
+        at_least("model.d_ff", self.d_ff, 1, "null = the MLP's default width", allow_none=True)
+        within("model.dropout", self.dropout, 0, 1, "a probability", open_high=True)
+        above("model.init_std", self.init_std, 0, "the std of the weights' normal init")
         kv = self.kv_heads or self.n_heads
         if self.d_model % self.n_heads:
             raise ValueError(

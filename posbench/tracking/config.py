@@ -7,6 +7,8 @@ from typing import List, Optional
 
 from omegaconf import MISSING
 
+from posbench.checks import one_of
+
 
 @dataclass
 class LoggerConfig:
@@ -16,3 +18,7 @@ class LoggerConfig:
     mode: str = "offline"  # offline | online | disabled; online needs `wandb login`
     group: Optional[str] = None
     tags: List[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        one_of("logger.name", self.name, ("wandb", "jsonl", "none"))
+        one_of("logger.mode", self.mode, ("offline", "online", "disabled"))

@@ -1,0 +1,48 @@
+"""Range checks for config values, each failing with one line that names the key and the fix.
+
+The config dataclasses call these from ``__post_init__``, which runs when the composed config is
+made typed (``config.to_run_config``): before any data is read or any step is taken.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+
+def at_least(
+    key: str, value: Optional[float], low: float, meaning: str = "", allow_none: bool = False
+) -> None:
+    """``value >= low`` (or None where ``allow_none``); ``meaning`` says what the key is for."""
+    if value is None and allow_none:
+        return
+    if value is None or value < low:
+        none = " or null" if allow_none else ""
+        raise ValueError(f"{key}={value} must be at least {_number(low)}{none}{_why(meaning)}")
+
+
+def above(key: str, value: float, low: float, meaning: str = "") -> None:
+    """``value > low``."""
+    if not value > low:
+        raise ValueError(f"{key}={value} must be greater than {_number(low)}{_why(meaning)}")
+
+
+def within(
+    key: str, value: float, low: float, high: float, meaning: str = "", open_high: bool = False
+) -> None:
+    """``low <= value <= high`` (``< high`` where ``open_high``)."""
+    if not (low <= value < high if open_high else low <= value <= high):
+        bracket = ")" if open_high else "]"
+        raise ValueError(f"{key}={value} must be in [{_number(low)}, {_number(high)}{bracket}{_why(meaning)}")
+
+
+def one_of(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{key}={value!r} is not one of {', '.join(choices)}")
+
+
+def _number(bound: float) -> str:
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
+
+
+def _why(meaning: str) -> str:
+    return f" ({meaning})" if meaning else ""
