@@ -13,6 +13,8 @@ SCHEMA_VERSION = 2
 # schema 1 kept separate q and kv projections; its weights and optimiser state are fused on load
 # (model/legacy.py), so it still evaluates and resumes
 READABLE_SCHEMAS = (1, 2)
+RUN_ENTRIES = ("config", "step", "tokens_seen")  # what evaluating a run's checkpoint needs
+RESUME_ENTRIES = (*RUN_ENTRIES, "optimizer", "losses", "batches", "rng")  # what resuming it needs
 
 
 class CheckpointError(RuntimeError):
@@ -34,9 +36,13 @@ def checkpoint_file(path: str | Path) -> Path:
 
 
 def load_checkpoint(
-    path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+    mmap: bool = False,
+    require: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Load with ``weights_only=True`` (no pickled code runs) and check the schema.
+    """Load with ``weights_only=True`` (no pickled code runs) and check the schema and the
+    ``require``d entries (``RUN_ENTRIES``, ``RESUME_ENTRIES``).
 
     ``mmap=True`` maps the tensors instead of reading them: cheap when only the config is wanted."""
     path = checkpoint_file(path)
@@ -55,6 +61,12 @@ def load_checkpoint(
         raise CheckpointError(
             f"{path} has checkpoint schema {state['schema_version']}, this posbench reads "
             f"{' and '.join(map(str, READABLE_SCHEMAS))}; use the posbench version that wrote it"
+        )
+    missing = [key for key in require if key not in state]
+    if missing or ("config" in require and not isinstance(state["config"], dict)):
+        raise CheckpointError(
+            f"{path} has no {', '.join(missing) or 'usable config'} entry: it was not written by "
+            "posbench train (or was edited); use a run folder's checkpoints/last.pt or retrain"
         )
     return state
 

@@ -15,22 +15,46 @@ from posbench.config import register_schemas, to_run_config
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 
 
+USER_ERROR, DIVERGED = 2, 3  # exit codes; a stop signal exits 128 + its number (SIGTERM: 143)
+HELP_FLAGS = ("-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "--shell-completion")
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from posbench.atomic import DiskFullError
     from posbench.checkpoint import CheckpointError
     from posbench.data import DataError
 
-    return (ValueError, DataError, CheckpointError)
+    return (ValueError, DataError, CheckpointError, DiskFullError)
+
+
+def _say(message: str, code: int) -> None:
+    if message:  # ranks other than 0 stop with an empty message: rank 0 says it once
+        print(message, file=sys.stderr, flush=True)
+    sys.exit(code)
 
 
 def _guarded(job: Callable[[DictConfig], object]) -> Callable[[DictConfig], object]:
-    """Errors a user can fix (bad config, missing data, corrupt checkpoint) end in one line."""
+    """Errors a user can fix (bad config, missing data, corrupt checkpoint, full disk), a divergence
+    and a stop signal end in one line, with an exit code that tells them apart."""
 
     def wrapper(cfg: DictConfig) -> object:
+        from posbench.atomic import disk_full_cause
+        from posbench.jobs.train import TrainingDiverged
+        from posbench.training.signals import Interrupted
+
         try:
             return job(cfg)
         except _user_errors() as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            sys.exit(2)
+            _say(f"error: {exc}", USER_ERROR)
+        except TrainingDiverged as exc:
+            _say(f"error: {exc}" if str(exc) else "", DIVERGED)
+        except Interrupted as exc:
+            _say(str(exc), exc.exit_code)
+        except OSError as exc:  # a full disk outside an atomic write (metrics.jsonl, W&B files)
+            if disk_full_cause(exc) is None:
+                raise
+            where = f" writing {exc.filename}" if exc.filename else ""
+            _say(f"error: no space left on the device{where}; free space or point run_root=... elsewhere", 2)
 
     wrapper.__name__ = job.__name__
     return wrapper
@@ -62,8 +86,18 @@ def eval_job(cfg: DictConfig) -> object:
 COMMANDS = {"train": ("train", train_job), "eval": ("eval", eval_job)}
 
 
+def missing_checkpoint(command: str, argv: list[str]) -> bool:
+    """``posbench eval`` without ``checkpoint=``: Hydra would fail resolving the output folder, with a
+    traceback, before the job could say so."""
+    if command != "eval" or any(arg in HELP_FLAGS or arg.startswith("--cfg") for arg in argv):
+        return False
+    return not any(arg.lstrip("+").startswith("checkpoint=") for arg in argv)
+
+
 def run_hydra(command: str, argv: list[str]) -> None:
     config_name, job = COMMANDS[command]
+    if missing_checkpoint(command, argv):
+        _say("error: posbench eval needs a checkpoint: pass checkpoint=PATH (a run folder or a .pt file)", 2)
     register_schemas()
     from posbench.distributed import hydra_overrides_for_rank
 

@@ -1,11 +1,15 @@
 """``posbench compare DIR [DIR ...]``: extrapolation curves of many runs side by side.
 
-Reads every ``results.json`` under the given folders (no W&B needed), groups runs by their
-identity without the seed (training length, encoding label, seedless digest; see
-``posbench/identity.py``), aggregates seeds (mean ± sample std of perplexity), and writes
-``comparison.md`` (rows: encodings; columns: eval lengths, as in Press et al. 2022, Table 2)
-and ``comparison.png`` (perplexity vs eval length, one line per encoding, one panel per
-training length).
+Reads every ``results.json`` under the given folders (no W&B needed) and groups them by
+everything that makes two results different experiments: the run identity without the seed
+(training length, encoding label, seedless digest; see ``posbench/identity.py``) and how the
+numbers were obtained (protocol, stride, token budget per length, the checkpoint's step, and
+for ``posbench eval`` results the overrides laid over the checkpoint). Each group counts one
+result per distinct seed (the newest when a seed was evaluated more than once) and aggregates
+them (mean ± sample std of perplexity). It writes ``comparison.md`` (one table per training
+length: rows encodings, columns eval lengths, as in Press et al. 2022, Table 2; under each table
+the diverged runs, non-finite values and repeated evaluations it did not average) and
+``comparison.png``, both atomically and only once every file has been read.
 """
 
 from __future__ import annotations
@@ -18,8 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from posbench.atomic import atomic_write
 from posbench.identity import digest, experiment_config, without_seed
-from posbench.results import load_results
+from posbench.plots import plot_comparison
+from posbench.results import load_results, results_schema, writing
+
+COMPARISON_MD, COMPARISON_PNG = "comparison.md", "comparison.png"
+OVERRIDES = "overrides."  # prefix of the flat settings a ``posbench eval`` laid over its checkpoint
 
 
 @dataclass
@@ -40,7 +49,47 @@ class Cell:
 
 
 Key = tuple[int, str]  # (train length, row label: the encoding label, plus what tells apart runs sharing it)
-RunKey = tuple[int, str, str]  # (train length, label, seedless digest): one experiment, any seed
+RunKey = tuple[int, str, str, str, Optional[int]]
+# (train length, label, seedless digest, digest of how it was evaluated, step): one experiment
+# evaluated one way, any seed; a diverged run's step is None (it stopped early: its step is not the
+# experiment's)
+Table = dict[Key, dict[int, Cell]]
+
+
+@dataclass
+class Comparison:
+    table: Table
+    notes: dict[int, list[str]]  # train length -> lines under its table: what was not averaged
+
+
+@dataclass
+class Run:
+    """One results file, as compare sees it."""
+
+    path: Path
+    doc: dict
+    key: RunKey
+    experiment: dict[str, object]  # flat: the seedless experiment config, then how it was evaluated
+
+    @property
+    def seed(self) -> int:
+        identity = self.doc.get("identity")
+        if identity:
+            return int(identity["seed"])
+        return int(self.doc.get("config", {}).get("train", {}).get("seed", 0))
+
+    @property
+    def diverged(self) -> Optional[dict]:
+        return self.doc.get("diverged")
+
+
+def valid_protocols() -> list[str]:
+    return list(results_schema()["$defs"]["protocol_name"]["enum"])
+
+
+def check_protocol(protocol: Optional[str]) -> None:
+    if protocol is not None and protocol not in valid_protocols():
+        raise ValueError(f"unknown --protocol {protocol!r}; valid protocols: {', '.join(valid_protocols())}")
 
 
 def find_results(dirs: list[Path]) -> list[Path]:
@@ -50,15 +99,30 @@ def find_results(dirs: list[Path]) -> list[Path]:
     return found
 
 
+def first_problem(exc: BaseException, limit: int = 200) -> str:
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def read_all(paths: list[Path]) -> list[tuple[Path, dict]]:
+    """Every file, or ValueError naming each unreadable or schema-invalid one: a table silently
+    missing a seed would be wrong, so one bad file stops the comparison."""
+    docs, bad = [], []
+    for path in paths:
+        try:
+            docs.append((path, load_results(path)))
+        except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            bad.append(f"{path}: {first_problem(exc)}")
+    if bad:
+        raise ValueError(
+            f"{len(bad)} of {len(paths)} results files cannot be read, nothing written "
+            f"(fix or move them): {'; '.join(bad)}"
+        )
+    return docs
+
+
 def seedless_experiment(doc: dict) -> dict:
     return without_seed(experiment_config(doc.get("config", {})))
-
-
-def run_key(doc: dict) -> RunKey:
-    """Files written before results recorded an identity get it from their saved config."""
-    identity = doc.get("identity")
-    seedless = identity["seedless_digest"] if identity else digest(seedless_experiment(doc))
-    return doc["train_seq_len"], doc["encoding"], seedless
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
@@ -71,9 +135,47 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
+def evaluation(doc: dict) -> dict[str, object]:
+    """How the numbers were obtained, as flat settings. Overrides that only say how an evaluation ran
+    or logged (``logger``, ``model.attention``) are left out; the others count even where the
+    evaluated config shows them too, since it does not show what the checkpoint was trained with."""
+    statement = doc.get("protocol") or {}
+    rows = doc.get("results") or [{}]
+    overrides = experiment_config(doc.get("overrides") or {})
+    return {
+        "eval.protocol": statement.get("name", rows[0].get("protocol")),
+        "eval.stride": statement.get("stride"),
+        "eval.max_tokens": statement.get("max_tokens_per_length"),
+        **{f"{OVERRIDES}{k}": v for k, v in flatten(overrides).items()},
+    }
+
+
+def as_run(path: Path, doc: dict) -> Run:
+    """Files written before results recorded an identity get it from their saved config."""
+    identity = doc.get("identity")
+    seedless = identity["seedless_digest"] if identity else digest(seedless_experiment(doc))
+    how = evaluation(doc)
+    step = None if doc.get("diverged") else doc.get("step")
+    key = (doc["train_seq_len"], doc["encoding"], seedless, digest(how), step)
+    experiment = {**flatten(seedless_experiment(doc)), **how, "step": step}
+    return Run(path, doc, key, experiment)
+
+
+def describe(differ: list[str], mine: dict[str, object]) -> str:
+    """``train.lr=0.001, eval.protocol=sliding``; where overrides of a ``posbench eval`` differ, all of
+    this row's together at the end: ``overrides: encoding.base=500`` or ``no overrides``."""
+    settings = [f"{k}={mine.get(k, '-')}" for k in differ if not k.startswith(OVERRIDES)]
+    if any(k.startswith(OVERRIDES) for k in differ):
+        overridden = [
+            f"{k[len(OVERRIDES) :]}={v}" for k, v in sorted(mine.items()) if k.startswith(OVERRIDES)
+        ]
+        settings.append(f"overrides: {', '.join(overridden)}" if overridden else "no overrides")
+    return ", ".join(settings)
+
+
 def row_labels(experiments: dict[RunKey, dict]) -> dict[RunKey, str]:
     """The encoding label; where several experiments share it (and a training length), followed by
-    the config keys in which they differ, e.g. ``rope (train.lr=0.001)``."""
+    the settings in which they differ, e.g. ``rope (train.lr=0.001)``, ``rope (eval.protocol=sliding)``."""
     labels = {}
     for key, experiment in experiments.items():
         rivals = [flatten(e) for k, e in experiments.items() if k[:2] == key[:2]]
@@ -84,36 +186,126 @@ def row_labels(experiments: dict[RunKey, dict]) -> dict[RunKey, str]:
         differ = sorted(
             k for k in set().union(*rivals) if any(r.get(k, "-") != mine.get(k, "-") for r in rivals)
         )
-        settings = ", ".join(f"{k}={mine.get(k, '-')}" for k in differ) or key[2]
-        labels[key] = f"{key[1]} ({settings})"
+        labels[key] = f"{key[1]} ({describe(differ, mine) or key[2]})"
     return labels
 
 
-def add_runs(cells: dict[int, Cell], docs: list[dict], protocol: Optional[str]) -> None:
-    for doc in docs:
-        seed = doc.get("config", {}).get("train", {}).get("seed", 0)
-        for row in doc["results"]:
+def run_name(run: Run, label: str) -> str:
+    """``rope-L128-s1``; ``rope (train.lr=0.01) seed 1`` where the row label tells experiments apart."""
+    train_len, encoding = run.key[:2]
+    return f"{encoding}-L{train_len}-s{run.seed}" if label == encoding else f"{label} seed {run.seed}"
+
+
+def distinct_seeds(runs: list[Run]) -> tuple[list[Run], list[tuple[Run, int]]]:
+    """One run per seed, the newest (``created_utc``, then path) where a seed was evaluated more than
+    once (a training run and a ``posbench eval`` of its checkpoint, or two evaluations of it); and
+    each seed kept from several results, with how many there were."""
+    by_seed: dict[int, list[Run]] = defaultdict(list)
+    for run in runs:
+        by_seed[run.seed].append(run)
+    kept, repeated = [], []
+    for seed in sorted(by_seed):
+        newest = max(by_seed[seed], key=lambda r: (r.doc.get("created_utc", ""), str(r.path)))
+        kept.append(newest)
+        if len(by_seed[seed]) > 1:
+            repeated.append((newest, len(by_seed[seed])))
+    return kept, repeated
+
+
+def add_runs(cells: dict[int, Cell], runs: list[Run], protocol: Optional[str]) -> dict[int, list[Run]]:
+    """Each run's perplexities into its cells; returns eval length -> why some seed's value was not
+    averaged there (n/a, or non-finite: a diverged model's null perplexity)."""
+    left_out: dict[int, list[Run]] = defaultdict(list)
+    for run in runs:
+        for row in run.doc["results"]:
             if protocol is not None and row["protocol"] != protocol:
                 continue
             cell = cells[row["length"]]
-            if row["status"] == "ok" and row["ppl"] is not None:  # None: a diverged model's non-finite ppl
+            if row["status"] == "ok" and row["ppl"] is not None:
                 cell.ppls.append(row["ppl"])
-                cell.seeds.append(seed)
+                cell.seeds.append(run.seed)
             else:
                 cell.missing = row.get("reason") or "non-finite"
+                left_out[row["length"]].append(run)
+    return left_out
 
 
-def collect(paths: list[Path], protocol: Optional[str] = None) -> dict[Key, dict[int, Cell]]:
+def left_out_notes(cells: dict[int, Cell], left_out: dict[int, list[Run]], label: str) -> list[str]:
+    """Non-finite values are always named; an n/a only where other seeds have a value there (an n/a
+    length of every seed shows as n/a in the table)."""
+    where: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for length, runs in sorted(left_out.items()):
+        for run in runs:
+            row = next(r for r in run.doc["results"] if r["length"] == length)
+            if row["status"] == "ok":
+                where[("not finite, not averaged", run_name(run, label))].append(length)
+            elif cells[length].ppls:
+                where[(f"n/a ({row['reason']}), not averaged", run_name(run, label))].append(length)
+    return [f"{what}: {name} at {', '.join(map(str, ns))}" for (what, name), ns in where.items()]
+
+
+def diverged_note(runs: list[Run], names: dict[int, str]) -> str:
+    parts = []
+    for run in runs:
+        info = run.diverged
+        loss = info.get("last_finite_loss")
+        lost = f"last finite loss {loss:.2f}" if loss is not None else "no finite loss"
+        parts.append(f"{names[id(run)]} (step {info['step']}, {lost})")
+    return "diverged, not averaged: " + "; ".join(parts)
+
+
+def diverged_names(diverged: list[Run], labels: dict[RunKey, str]) -> dict[int, str]:
+    """Each diverged run by the row its experiment would have had."""
+    names = {}
+    for run in diverged:
+        same = [labels[k] for k in labels if k[:4] == run.key[:4]]
+        shared = any(k[:2] == run.key[:2] for k in labels)
+        label = same[0] if same else (f"{run.key[1]} ({run.key[2]})" if shared else run.key[1])
+        names[id(run)] = run_name(run, label)
+    return names
+
+
+def of_protocol(runs: list[Run], protocol: Optional[str]) -> list[Run]:
+    if protocol is None:
+        return runs
+    kept = [r for r in runs if any(row["protocol"] == protocol for row in r.doc["results"])]
+    if not kept:
+        found = sorted({row["protocol"] for r in runs for row in r.doc["results"]})
+        raise ValueError(
+            f"none of the {len(runs)} results files has {protocol} results; they hold: {', '.join(found)}"
+        )
+    return kept
+
+
+def gather(paths: list[Path], protocol: Optional[str] = None) -> Comparison:
+    """The tables and what was left out of them, from every results file (any error before output)."""
+    check_protocol(protocol)
+    runs = of_protocol([as_run(path, doc) for path, doc in read_all(paths)], protocol)
+    groups: dict[RunKey, list[Run]] = defaultdict(list)
+    for run in runs:
+        if not run.diverged:
+            groups[run.key].append(run)
+    labels = row_labels({key: group[0].experiment for key, group in groups.items()})
+    table: Table = defaultdict(lambda: defaultdict(Cell))
+    notes: dict[int, list[str]] = defaultdict(list)
+    for key, group in sorted(groups.items(), key=lambda item: labels[item[0]]):
+        kept, repeated = distinct_seeds(group)
+        cells = table[(key[0], labels[key])]
+        notes[key[0]] += left_out_notes(cells, add_runs(cells, kept, protocol), labels[key])
+        notes[key[0]] += [
+            f"evaluated {n} times, newest kept: {run_name(run, labels[key])} ({run.path})"
+            for run, n in repeated
+        ]
+    diverged = [run for run in runs if run.diverged]
+    names = diverged_names(diverged, labels)
+    for train_len in sorted({run.key[0] for run in diverged}):
+        notes[train_len].append(diverged_note([r for r in diverged if r.key[0] == train_len], names))
+    return Comparison(table, dict(notes))
+
+
+def collect(paths: list[Path], protocol: Optional[str] = None) -> Table:
     """(train length, row label) -> eval length -> Cell, over all runs (seeds) found."""
-    runs: dict[RunKey, list[dict]] = defaultdict(list)
-    for path in paths:
-        doc = load_results(path)
-        runs[run_key(doc)].append(doc)
-    labels = row_labels({key: seedless_experiment(docs[0]) for key, docs in runs.items()})
-    table: dict[Key, dict[int, Cell]] = defaultdict(lambda: defaultdict(Cell))
-    for key, docs in runs.items():
-        add_runs(table[(key[0], labels[key])], docs, protocol)
-    return table
+    return gather(paths, protocol).table
 
 
 def format_cell(cell: Cell) -> str:
@@ -122,60 +314,53 @@ def format_cell(cell: Cell) -> str:
     return f"{cell.mean:.2f} ± {cell.std:.2f}" if len(cell.ppls) > 1 else f"{cell.mean:.2f}"
 
 
-def markdown(table: dict[Key, dict[int, Cell]]) -> str:
-    """One table per training length: rows encodings, columns eval lengths, mean ± std over seeds."""
-    parts = []
-    for train_len in sorted({k[0] for k in table}):
-        keys = sorted(k for k in table if k[0] == train_len)
-        lengths = sorted({n for k in keys for n in table[k]})
-        seeds = max(len(c.ppls) for k in keys for c in table[k].values())
-        head = (
-            f"### Trained at L = {train_len} (perplexity, mean ± std over {seeds} seed{'s' * (seeds > 1)})\n"
+def markdown_table(table: Table, train_len: int) -> list[str]:
+    keys = sorted(k for k in table if k[0] == train_len)
+    lengths = sorted({n for k in keys for n in table[k]})
+    rows = [
+        "| encoding | " + " | ".join(f"{n} ({n / train_len:g}L)" for n in lengths) + " |",
+        "|---|" + "---|" * len(lengths),
+    ]
+    for key in keys:
+        rows.append(
+            f"| {key[1]} | " + " | ".join(format_cell(table[key].get(n, Cell())) for n in lengths) + " |"
         )
-        rows = [
-            "| encoding | " + " | ".join(f"{n} ({n / train_len:g}L)" for n in lengths) + " |",
-            "|---|" + "---|" * len(lengths),
-        ]
-        for key in keys:
-            rows.append(
-                f"| {key[1]} | " + " | ".join(format_cell(table[key].get(n, Cell())) for n in lengths) + " |"
-            )
-        parts.append(head + "\n" + "\n".join(rows) + "\n")
+    return rows
+
+
+def markdown(table: Table, notes: Optional[dict[int, list[str]]] = None) -> str:
+    """One table per training length: rows encodings, columns eval lengths, mean ± std over seeds;
+    under it, a line for each thing not averaged into it."""
+    notes = notes or {}
+    parts = []
+    for train_len in sorted({k[0] for k in table} | set(notes)):
+        cells = [c for k in table if k[0] == train_len for c in table[k].values()]
+        seeds = max((len(set(c.seeds)) for c in cells), default=0)
+        head = (
+            f"### Trained at L = {train_len} (perplexity, mean ± std over {seeds} seed{'s' * (seeds != 1)})\n"
+        )
+        rows = markdown_table(table, train_len) if cells else ["(no run to average)"]
+        below = [f"- {line}" for line in notes.get(train_len, [])]
+        parts.append(head + "\n" + "\n".join(rows) + "\n" + ("\n" + "\n".join(below) + "\n" if below else ""))
     return "\n".join(parts)
 
 
-def plot(table: dict[Key, dict[int, Cell]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    train_lens = sorted({k[0] for k in table})
-    fig, axes = plt.subplots(1, len(train_lens), figsize=(5 * len(train_lens), 4), squeeze=False, sharey=True)
-    for ax, train_len in zip(axes[0], train_lens):
-        for key in sorted(k for k in table if k[0] == train_len):
-            cells = sorted((n, c) for n, c in table[key].items() if c.ppls)
-            xs, means, stds = [n for n, _ in cells], [c.mean for _, c in cells], [c.std for _, c in cells]
-            ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=key[1])
-        ax.axvline(train_len, color="grey", linestyle="--", linewidth=1)
-        ax.set(xscale="log", yscale="log", title=f"trained at L={train_len}", xlabel="eval length (tokens)")
-        ax.set_xscale("log", base=2)
-    axes[0][0].set_ylabel("perplexity")
-    axes[0][-1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def write_file(path: Path, data: bytes) -> None:
+    with writing(path, "pass --out DIR on another disk"), atomic_write(path, "wb") as handle:
+        handle.write(data)
 
 
 def compare(dirs: list[Path], out_dir: Optional[Path] = None, protocol: Optional[str] = None) -> str:
     """Write comparison.md and comparison.png into ``out_dir`` (default: the first folder); return the
-    table."""
-    table = collect(find_results(dirs), protocol)
+    text. Every file is read and every argument checked before anything is written."""
+    comparison = gather(find_results(dirs), protocol)
+    text = markdown(comparison.table, comparison.notes)
+    png = plot_comparison(comparison.table)
     out_dir = out_dir or (dirs[0] if dirs[0].is_dir() else dirs[0].parent)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    text = markdown(table)
-    (out_dir / "comparison.md").write_text(text)
-    plot(table, out_dir / "comparison.png")
+    with writing(out_dir, "pass --out DIR on another disk"):
+        out_dir.mkdir(parents=True, exist_ok=True)
+    write_file(out_dir / COMPARISON_MD, text.encode())
+    write_file(out_dir / COMPARISON_PNG, png)
     return text
 
 
@@ -186,7 +371,7 @@ def main(argv: list[str]) -> None:
         "--out", type=Path, default=None, help="where comparison.md/.png go (default: the first folder)"
     )
     parser.add_argument(
-        "--protocol", default=None, help="keep only rows of this protocol (nonoverlapping, sliding)"
+        "--protocol", default=None, help=f"keep only rows of this protocol ({', '.join(valid_protocols())})"
     )
     args = parser.parse_args(argv)
     missing = [d for d in args.dirs if not d.exists()]
@@ -196,4 +381,5 @@ def main(argv: list[str]) -> None:
         print(compare(args.dirs, args.out, args.protocol))
     except ValueError as exc:
         parser.exit(2, f"error: {exc}\n")
-    print(f"wrote {(args.out or args.dirs[0])}/comparison.md and comparison.png")
+    out = args.out or (args.dirs[0] if args.dirs[0].is_dir() else args.dirs[0].parent)
+    print(f"wrote {out}/{COMPARISON_MD} and {COMPARISON_PNG}")

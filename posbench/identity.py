@@ -26,6 +26,7 @@ NOT_EXPERIMENT = {
     "train": (
         "resume",
         "stop_after_steps",
+        "skip_nonfinite_steps",  # a guard: with no non-finite step it trains exactly the same
         "log_every",
         "ckpt_every",
         "val_every",

@@ -8,12 +8,17 @@ cannot take are marked "n/a" on the length axis rather than silently dropped.
 
 from __future__ import annotations
 
+import io
 import math
+import warnings
 from pathlib import Path
 from typing import Iterable, Optional
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullLocator
+
+from posbench.atomic import atomic_write
+from posbench.results import writing
 
 DPI = 120
 NA_Y = 0.03  # height of the n/a markers, in axes coordinates
@@ -65,8 +70,10 @@ def _training_lines(ax, train_lengths: Iterable[int]) -> None:
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
+    """Atomically: a full disk ends in one line naming the file (``WriteError``), never half a PNG."""
     path = Path(path)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    with writing(path), atomic_write(path, "wb") as handle:
+        fig.savefig(handle, format=path.suffix.lstrip(".") or "png", dpi=DPI, bbox_inches="tight")
     return path
 
 
@@ -143,3 +150,30 @@ def write_plots(document: dict, run_dir: str | Path) -> dict[str, Path]:
         "extrapolation": plot_extrapolation([document], run_dir / EXTRAPOLATION_PNG),
         "position_loss": plot_position_loss(document, run_dir / POSITION_LOSS_PNG),
     }
+
+
+def plot_comparison(table: dict) -> bytes:
+    """``posbench compare``'s comparison.png, in memory: one panel per training length, one line (mean
+    ± std over seeds) per row of ``table``: (train length, row label) -> eval length -> cell."""
+    train_lens = sorted({k[0] for k in table}) or [None]
+    fig = Figure(figsize=(5 * len(train_lens), 4))
+    axes = fig.subplots(1, len(train_lens), squeeze=False, sharey=True)
+    for ax, train_len in zip(axes[0], train_lens):
+        if train_len is None:
+            ax.text(0.5, 0.5, "no finite results", ha="center", va="center", transform=ax.transAxes)
+            continue
+        for key in sorted(k for k in table if k[0] == train_len):
+            cells = sorted((n, c) for n, c in table[key].items() if c.ppls)
+            xs, means, stds = [n for n, _ in cells], [c.mean for _, c in cells], [c.std for _, c in cells]
+            ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=key[1])
+        ax.axvline(train_len, color="grey", linestyle="--", linewidth=1)
+        ax.set(yscale="log", title=f"trained at L={train_len}", xlabel="eval length (tokens)")
+        ax.set_xscale("log", base=2)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("perplexity")
+    with warnings.catch_warnings():  # long row labels: a cramped layout is still a plot
+        warnings.simplefilter("ignore", UserWarning)
+        fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    return buffer.getvalue()

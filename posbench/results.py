@@ -11,15 +11,17 @@ Non-finite numbers (a diverged model) are written as null / empty cells: JSON ha
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
 import time
+from contextlib import contextmanager
 from functools import lru_cache
 from importlib import metadata as importlib_metadata
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 from posbench.atomic import atomic_write_text
 from posbench.tracking.base import json_safe
@@ -53,6 +55,30 @@ POSITION_CSV_FIELDS = (
     "nll",
     "tokens",
 )
+
+
+class WriteError(ValueError):
+    """A results, plot or comparison file could not be written (disk full, no permission). A
+    ValueError, so the CLI prints it in one line; every write is atomic, so the files written
+    before it stay whole and the one that failed keeps its old content (or stays absent)."""
+
+
+@contextmanager
+def writing(path: str | Path, elsewhere: str = "point run_root=... at another disk") -> Iterator[None]:
+    """Turn an OSError raised while writing ``path`` into a WriteError naming the file; on a full
+    disk, say what to do (``elsewhere``: how to write to another disk instead)."""
+    path = Path(path)
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            kept = f"the previous {path.name} is kept" if path.is_file() else "nothing was written"
+            message = (
+                f"no space left on the device while writing {path} ({kept}); free space there or {elsewhere}"
+            )
+        else:
+            message = f"could not write {path}: {exc.strerror or exc}"
+        raise WriteError(message) from exc
 
 
 def posbench_version() -> str:
@@ -101,12 +127,18 @@ def load_results(path: str | Path) -> dict:
 def write_results(run_dir: str | Path, rows: list[dict], metadata: dict[str, Any]) -> dict:
     """Write results.json, results.csv and position_loss.csv into ``run_dir``; returns the JSON document."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with writing(run_dir):
+        run_dir.mkdir(parents=True, exist_ok=True)
     document = results_document(rows, metadata)
     validate_results(document)  # before writing: a file on disk always matches its schema
-    atomic_write_text(run_dir / RESULTS_JSON, json.dumps(document, indent=2, allow_nan=False) + "\n")
-    atomic_write_text(run_dir / RESULTS_CSV, to_csv(CSV_FIELDS, csv_rows(document)))
-    atomic_write_text(run_dir / POSITION_CSV, to_csv(POSITION_CSV_FIELDS, position_rows(document)))
+    files = {
+        RESULTS_JSON: json.dumps(document, indent=2, allow_nan=False) + "\n",
+        RESULTS_CSV: to_csv(CSV_FIELDS, csv_rows(document)),
+        POSITION_CSV: to_csv(POSITION_CSV_FIELDS, position_rows(document)),
+    }
+    for name, text in files.items():
+        with writing(run_dir / name):
+            atomic_write_text(run_dir / name, text)
     return document
 
 

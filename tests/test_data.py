@@ -269,3 +269,112 @@ def test_batches_reject_bad_sizes():
         TrainBatches(ramp(64), seq_len=64, batch_size=2, seed=0)
     with pytest.raises(ValueError, match="not divisible"):
         TrainBatches(ramp(), 16, batch_size=5, seed=0, world_size=2)
+
+
+# --- local files: every problem named in one line --------------------------------------------
+
+
+def one_line_error(cfg, match: str) -> str:
+    with pytest.raises(DataError, match=match) as err:
+        load_corpus(cfg)
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+def test_a_jsonl_text_that_is_not_a_string_names_the_file_and_line(tmp_path):
+    val = write(tmp_path / "val.txt", "v")
+    for value, kind in ((5, "the number 5"), (True, "the boolean true"), (["a"], "a list")):
+        docs = tmp_path / "docs.jsonl"
+        docs.write_text(json.dumps({"text": "fine"}) + "\n\n" + json.dumps({"text": value}) + "\n")
+        message = one_line_error(text_files(tmp_path, train_files=[str(docs)], val_files=[val]), "line 3")
+        assert message.startswith(f"{docs} line 3: data.text_field='text' holds {kind}, not a string")
+    bad_json = write(tmp_path / "bad.jsonl", '{"text": "a"}\n{"text": "b"\n')
+    message = one_line_error(text_files(tmp_path, train_files=[bad_json], val_files=[val]), "not valid JSON")
+    assert message.startswith(f"{bad_json} line 2: not valid JSON")
+    scalar = write(tmp_path / "scalar.jsonl", '"just a string"\n')
+    one_line_error(
+        text_files(tmp_path, train_files=[scalar], val_files=[val]), "line 1: a record must be a JSON"
+    )
+
+
+def test_records_without_the_text_field_are_counted_and_a_file_without_any_is_an_error(tmp_path, caplog):
+    val = write(tmp_path / "val.txt", "v")
+    some = tmp_path / "some.jsonl"
+    some.write_text(
+        "\n".join(json.dumps(r) for r in [{"text": "a"}, {"body": "b"}, {"text": None}, {"text": "c"}])
+    )
+    with caplog.at_level("WARNING", logger="posbench.data"):
+        corpus = load_corpus(text_files(tmp_path, train_files=[str(some)], val_files=[val]))
+    assert corpus.train.tolist() == stream_of(["a", "c"])
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"{some}: skipped 2 of 4 records: no 'text' field (or null)"]  # once, not per pass
+    none = tmp_path / "none.jsonl"
+    none.write_text(json.dumps({"body": "x", "id": 1}) + "\n" + json.dumps({"body": "y"}) + "\n")
+    message = one_line_error(
+        text_files(tmp_path, train_files=[str(some), str(none)], val_files=[val]), "is not a field"
+    )
+    assert message.startswith(
+        f"data.text_field='text' is not a field of {none}: none of its 2 records has it"
+    )
+    assert "(fields: body, id)" in message
+
+
+def test_a_file_that_is_not_utf8_names_the_byte(tmp_path):
+    val = write(tmp_path / "val.txt", "v")
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("café au lait".encode("latin-1"))
+    message = one_line_error(text_files(tmp_path, train_files=[str(latin)], val_files=[val]), "not UTF-8")
+    assert message.startswith(f"{latin} is not UTF-8 at byte offset 3 (0xe9: invalid continuation byte)")
+    assert f"iconv -f LATIN1 -t UTF-8 {latin} > {tmp_path / 'latin.utf8.txt'}" in message
+    records = tmp_path / "latin.jsonl"
+    records.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
+    message = one_line_error(text_files(tmp_path, train_files=[str(records)], val_files=[val]), "not UTF-8")
+    assert message.startswith(f"{records} line 2 is not UTF-8 at byte offset 28 (0xe9")
+
+
+def test_text_files_read_as_text_mode_did(tmp_path):
+    crlf = tmp_path / "crlf.txt"
+    crlf.write_bytes(b"one\r\ntwo\rthree\n")
+    array = write(tmp_path / "docs.json", json.dumps([{"text": "x"}, {"text": "y"}]))
+    corpus = load_corpus(text_files(tmp_path, train_files=[str(crlf), array], val_files=[str(crlf)]))
+    assert corpus.train.tolist() == stream_of(["one\ntwo\nthree\n", "x", "y"])
+
+
+@pytest.mark.parametrize("offline", [None, "1"])
+def test_the_offline_hint_fits_the_environment(tmp_path, monkeypatch, offline):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    if offline:
+        monkeypatch.setenv("HF_DATASETS_OFFLINE", offline)
+    else:
+        monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    cfg = HFConfig(path=str(tmp_path / "no_such_dataset"), cache_dir=str(tmp_path / "cache"))
+    message = one_line_error(cfg, "could not load Hugging Face dataset")
+    if offline:
+        assert "set HF_DATASETS_OFFLINE=1" not in message
+        assert (
+            "HF_DATASETS_OFFLINE is set, so only a copy already in the Hugging Face cache can load" in message
+        )
+    else:
+        assert "or set HF_DATASETS_OFFLINE=1 to use a copy already in the Hugging Face cache" in message
+
+
+def test_a_data_problem_ends_the_train_command_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text('{"text": 5}\n')
+    val = write(tmp_path / "val.txt", "v")
+    cmd = [sys.executable, "-m", "posbench", "train", "debug=smoke", "logger=none", "data=text_files"]
+    cmd += [f"data.train_files=[{docs}]", f"data.val_files=[{val}]", f"data.cache_dir={tmp_path / 'cache'}"]
+    result = subprocess.run(
+        [*cmd, f"run_root={tmp_path / 'runs'}"], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: {docs} line 1: data.text_field='text' holds the number 5, not a string; quote it "
+        "in the file or set data.text_field to the field that holds the text"
+    ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import errno
 import json
 
 import numpy as np
@@ -206,3 +207,61 @@ def test_plots_of_only_na_lengths_and_of_several_runs(evaluated, tmp_path):
     assert plot_position_loss(only_na, tmp_path / "b.png").stat().st_size > 0
     other = {**copy.deepcopy(document), "run_name": "other", "train_seq_len": 8}
     assert plot_extrapolation([document, other], tmp_path / "c.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_disk_full_while_plotting_names_the_file_and_keeps_the_results_whole(
+    evaluated, tmp_path, monkeypatch
+):
+    from matplotlib.figure import Figure
+
+    from posbench.plots import write_plots
+    from posbench.results import WriteError, write_results
+
+    _, document, _ = evaluated
+    rows = document["results"]
+    meta = {k: v for k, v in document.items() if k not in ("results", "schema_version", "created_utc")}
+    write_results(tmp_path, rows, meta)
+    (tmp_path / "extrapolation.png").write_bytes(b"earlier plot")
+
+    def full_disk(self, handle, **kw):
+        handle.write(b"\x89PNG half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", full_disk)
+    with pytest.raises(WriteError) as err:
+        write_plots(document, tmp_path)
+    assert str(err.value) == (
+        f"no space left on the device while writing {tmp_path / 'extrapolation.png'} (the previous "
+        "extrapolation.png is kept); free space there or point run_root=... at another disk"
+    )
+    assert isinstance(err.value, ValueError)  # the CLI prints ValueErrors in one line, exit 2
+    assert (tmp_path / "extrapolation.png").read_bytes() == b"earlier plot"
+    assert load_results(tmp_path)["results"] == rows  # results written before stay valid
+    assert not list(tmp_path.glob(".tmp-*"))
+
+    def read_only(self, handle, **kw):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(Figure, "savefig", read_only)
+    with pytest.raises(WriteError, match=r"could not write .*position_loss.png: Permission denied$"):
+        plot_position_loss(document, tmp_path / "position_loss.png")
+
+
+def test_disk_full_while_writing_results_names_the_file(evaluated, tmp_path, monkeypatch):
+    import posbench.results as results
+    from posbench.results import WriteError, write_results
+
+    _, document, _ = evaluated
+    meta = {k: v for k, v in document.items() if k not in ("results", "schema_version", "created_utc")}
+    write_results(tmp_path, document["results"], meta)
+    before = (tmp_path / "results.json").read_bytes()
+
+    def full_disk(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(results, "atomic_write_text", full_disk)
+    with pytest.raises(
+        WriteError, match=r"while writing .*results\.json \(the previous results\.json is kept\)"
+    ):
+        write_results(tmp_path, document["results"], meta)
+    assert (tmp_path / "results.json").read_bytes() == before

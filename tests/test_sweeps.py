@@ -163,7 +163,7 @@ def test_wandb_run_is_named_and_grouped_for_comparison(smoke_run, tmp_path, monk
 
     seen = {}
 
-    def fake_tracker(cfg, run_dir, config, name, group=None, rank=0, job_type="train"):
+    def fake_tracker(cfg, run_dir, config, name, group=None, rank=0, job_type="train", resume_step=None):
         seen.update(name=name, group=group, config=config)
         return NullTracker()
 

@@ -206,3 +206,24 @@ def test_online_without_api_key_fails_fast_with_advice(wandb_home, tmp_path, mon
     assert "wandb login" in message and "logger.mode=offline" in message
     assert ("WANDB_MODE" in message) == (source == "env")
     assert not (tmp_path / "wandb").exists()
+
+
+def test_a_resumed_log_drops_rows_past_the_checkpoint_and_a_cut_short_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    tracker = JsonlTracker(str(path))
+    for step in (1, 2, 3, 4):
+        tracker.log({"train/loss": float(step)}, step=step)
+    tracker.summary({"note": "kept"})
+    tracker.close()
+    with open(path, "a", encoding="utf-8") as f:
+        f.write('{"step": 2, "train/lo')  # a kill in the middle of a line
+    resumed = JsonlTracker(str(path), resume_step=2)
+    resumed.log({"train/loss": 30.0}, step=3)
+    resumed.close()
+    rows = read_records(str(path))
+    assert [(r.get("step"), r.get("train/loss")) for r in rows if "train/loss" in r] == [
+        (1, 1.0),
+        (2, 2.0),
+        (3, 30.0),
+    ]
+    assert [r["summary"] for r in rows if "summary" in r] == [{"note": "kept"}]

@@ -9,13 +9,14 @@ and a large corpus is never held in memory whole.
 
 from __future__ import annotations
 
-import itertools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 from posbench.data.errors import DataError
 from posbench.data.index import file_sha256
+from posbench.data.local import jsonl_documents, text_document
 
 TEXT_SUFFIXES = (".txt",)
 JSONL_SUFFIXES = (".jsonl", ".json")
@@ -88,36 +89,19 @@ def _text_files_identity(cfg: Any) -> dict:
     }
 
 
-def _load_group(files: list[str], is_text: bool) -> Any:
-    import datasets
-
-    try:
-        if is_text:  # a whole .txt file is one document
-            return datasets.load_dataset("text", data_files=files, sample_by="document", split="train")
-        return datasets.load_dataset("json", data_files=files, split="train")
-    except Exception as err:  # malformed JSON, bad UTF-8, ...: name the files, keep one line
-        reason = (str(err).strip().splitlines() or [""])[0].rstrip(".")
-        raise DataError(f"could not read {', '.join(files)}: {type(err).__name__}: {reason}") from None
-
-
-def _load_local(paths: list[Path], text_field: str) -> Iterator[str]:
-    """Documents of consecutive files of one kind, loaded with one ``load_dataset`` call each."""
-    for is_text, group in itertools.groupby(paths, key=lambda p: p.suffix.lower() in TEXT_SUFFIXES):
-        files = [str(p) for p in group]
-        ds = _load_group(files, is_text)
-        column = "text" if is_text else text_field
-        if column not in ds.column_names:
-            raise DataError(
-                f"data.text_field={text_field!r} is not a field of {', '.join(files)}; fields: "
-                f"{', '.join(ds.column_names)}"
-            )
-        yield from (text or "" for text in ds[column])
+def _load_local(paths: list[Path], text_field: str, warned: set[Path]) -> Iterator[str]:
+    """Documents of the files in order: a .txt file is one, a .jsonl file one per record."""
+    for path in paths:
+        if path.suffix.lower() in TEXT_SUFFIXES:
+            yield text_document(path)
+        else:
+            yield from jsonl_documents(path, text_field, warned)
 
 
 def _text_files_documents(cfg: Any) -> tuple[Split, Split]:
     def split(files: list[str], key: str) -> Split:
-        paths = _checked_files(files, key)
-        return Split(lambda: _load_local(paths, cfg.text_field), [p.name for p in paths])
+        paths, warned = _checked_files(files, key), set()  # one warning per file, not per pass
+        return Split(lambda: _load_local(paths, cfg.text_field, warned), [p.name for p in paths])
 
     return split(cfg.train_files, "train_files"), split(cfg.val_files, "val_files")
 
@@ -146,12 +130,30 @@ def _hf_identity(cfg: Any) -> dict:
     }
 
 
+OFFLINE_VARIABLES = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
+
+
+def _offline_variables() -> list[str]:
+    """The offline switches set in the environment (as the Hugging Face libraries read them)."""
+    return [v for v in OFFLINE_VARIABLES if os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")]
+
+
 def _hf_failure(cfg: Any, split: str, err: Exception) -> DataError:
     reason = (str(err).strip().splitlines() or [""])[0].rstrip(".")
+    offline = _offline_variables()
+    if offline:
+        advice = (
+            f"{' and '.join(offline)} {'is' if len(offline) == 1 else 'are'} set, so only a copy already in "
+            "the Hugging Face cache can load: check the name, config and split, or unset it to download"
+        )
+    else:
+        advice = (
+            "check the name, config and split and the network, or set HF_DATASETS_OFFLINE=1 to use a "
+            "copy already in the Hugging Face cache"
+        )
     return DataError(
         f"could not load Hugging Face dataset {cfg.path!r} (config {cfg.config_name!r}, split {split!r}): "
-        f"{type(err).__name__}: {reason}; check the name, config and split and the network, "
-        "or set HF_DATASETS_OFFLINE=1 to use a copy already in the Hugging Face cache"
+        f"{type(err).__name__}: {reason}; {advice}"
     )
 
 

@@ -13,7 +13,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from posbench.checkpoint import load_checkpoint
+from posbench.checkpoint import RUN_ENTRIES, load_checkpoint
 from posbench.config import RunConfig, to_plain_dict, to_run_config
 from posbench.data import TokenizedCorpus, load_corpus
 from posbench.evaluation.run import evaluate_and_report, run_metadata
@@ -105,7 +105,7 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: str | Path) -> dict:
     # must mean the checkpoint's training length, which only the merged config knows.
     plain = OmegaConf.to_container(cfg, resolve=False)
     checkpoint, overrides = str(cfg.checkpoint), eval_overrides(plain)
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = load_checkpoint(checkpoint, require=RUN_ENTRIES)
     run = checkpoint_run_config(ckpt["config"], plain["eval"], overrides, str(cfg.device))
     device = resolve_device(run.train.device)
     check_precision(device, run.train.precision)

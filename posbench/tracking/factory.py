@@ -20,13 +20,15 @@ def build_tracker(
     group: str | None = None,
     rank: int = 0,
     job_type: str = "train",
+    resume_step: int | None = None,
 ) -> Tracker:
     """Trackers for this process.
 
     Rank 0 always writes `<run_dir>/metrics.jsonl`; `cfg.name == "wandb"` adds W&B
     (unless its mode resolves to "disabled"); "jsonl" and "none" both mean JSONL only,
     i.e. "none" disables remote tracking, never the local log. Other ranks get a
-    `NullTracker`, so callers never check the rank themselves. `cfg.group`, when set,
+    `NullTracker`, so callers never check the rank themselves. `resume_step`: a run resumed at that
+    step drops the rows its predecessor logged after it from `metrics.jsonl`. `cfg.group`, when set,
     overrides `group` (the caller's default, e.g. the experiment name).
     """
     if cfg.name not in LOGGER_NAMES:
@@ -34,7 +36,7 @@ def build_tracker(
     if rank != 0:
         return NullTracker()
     os.makedirs(run_dir, exist_ok=True)
-    local = JsonlTracker(os.path.join(run_dir, "metrics.jsonl"))
+    local = JsonlTracker(os.path.join(run_dir, "metrics.jsonl"), resume_step)
     if cfg.name != "wandb" or resolve_mode(cfg.mode) == "disabled":
         return local
     try:

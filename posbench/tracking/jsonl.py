@@ -17,16 +17,38 @@ import os
 import time
 from typing import Any
 
+from posbench.atomic import atomic_write
 from posbench.tracking.base import check_eval_rows, check_metric_names, json_safe
 
 # Record keys a metric name must not shadow: readers tell records apart by them.
 RESERVED_KEYS = ("step", "time", "eval", "image", "summary")
 
 
+def keep_through_step(path: str, step: int) -> None:
+    """Rewrite the log (atomically) without the records of steps after ``step`` and without lines a
+    kill cut short: a run resumed in place from a checkpoint at ``step`` logs those steps again."""
+    if not os.path.exists(path):
+        return
+    kept = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(record, dict) or (record.get("step") or 0) <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    with atomic_write(path) as f:
+        f.write("".join(kept))
+
+
 class JsonlTracker:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, resume_step: int | None = None) -> None:
+        """``resume_step``: a run resumed at that step continues this file without the rows past it."""
         self.path = path
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        if resume_step is not None:
+            keep_through_step(path, resume_step)
         # Append, so a resumed run continues the file its killed predecessor wrote.
         self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the tracker's life, closed by close()
         self._last_step: int | None = None

@@ -1,4 +1,4 @@
-"""Which checkpoint ``train.resume`` means."""
+"""Which checkpoint ``train.resume`` means, and whether a run may write into its folder."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from posbench.config import RunConfig
 from posbench.identity import RunIdentity
 
 TRUE_WORDS = {"true", "yes", "1", "latest"}
+AUTO_WORD = "auto"  # as true, but start fresh when there is no checkpoint of this run (SLURM requeue)
 FALSE_WORDS = {"", "false", "no", "0", "none", "null"}
+RUN_FILES = ("checkpoints", "metrics.jsonl", "results.json")  # posbench's own; .hydra/ is Hydra's
 
 
 def same_run(config: Optional[dict], identity: RunIdentity) -> bool:
@@ -41,13 +43,38 @@ def find_resume_checkpoint(run: RunConfig, run_dir: Path) -> Optional[Path]:
     ``latest_of_this_run``). A path: that checkpoint file, or a run folder holding
     ``checkpoints/last.pt``."""
     value = run.train.resume
-    if value is None or str(value).strip().lower() in FALSE_WORDS:
+    word = "" if value is None else str(value).strip().lower()
+    if word in FALSE_WORDS:
         return None
-    if str(value).strip().lower() in TRUE_WORDS:
+    if word in TRUE_WORDS:
         return latest_of_this_run(run, run_dir)
+    if word == AUTO_WORD:
+        try:
+            return latest_of_this_run(run, run_dir)
+        except CheckpointError:
+            return None
     path = Path(value)
     if path.is_dir() and (path / "checkpoints" / "last.pt").is_file():
         return path / "checkpoints" / "last.pt"
     if path.is_file():
         return path
     raise CheckpointError(f"train.resume={value}: no checkpoint there; pass a run folder or a .pt file")
+
+
+def check_run_folder(run_dir: Path, resume_from: Optional[Path]) -> None:
+    """Refuse a folder that already holds a run (its checkpoints, metrics or results), unless this
+    command resumes from that very folder: a second run never mixes its files with the first's."""
+    found = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if not found:
+        return
+    if resume_from is not None and run_dir.resolve() in Path(resume_from).resolve().parents:
+        return
+    elsewhere = "run in another folder (leave hydra.run.dir unset for a fresh one)"
+    if not (run_dir / "checkpoints" / "last.pt").is_file():
+        raise ValueError(
+            f"{run_dir} already holds a run ({', '.join(found)}) with no checkpoint; {elsewhere}"
+        )
+    raise ValueError(
+        f"{run_dir} already holds a run ({', '.join(found)}); continue it with train.resume={run_dir} "
+        f"hydra.run.dir={run_dir}, or {elsewhere}"
+    )

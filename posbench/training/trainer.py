@@ -7,6 +7,8 @@ callable, and evaluates the model itself once ``fit()`` returns.
 from __future__ import annotations
 
 import logging
+import math
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,16 +18,16 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from posbench.checkpoint import load_checkpoint, save_checkpoint
+from posbench.checkpoint import RESUME_ENTRIES, load_checkpoint, save_checkpoint
 from posbench.config import RunConfig, TrainConfig, to_plain_dict
 from posbench.data import TokenizedCorpus, TrainBatches
-from posbench.distributed import mean_across_ranks, no_sync, wrap_ddp
+from posbench.distributed import any_rank, mean_across_ranks, no_sync, wrap_ddp
 from posbench.identity import experiment_config
 from posbench.model.legacy import fuse_optimizer_state
 from posbench.runtime import Dist, autocast, rng_state, set_rng_state
 from posbench.tracking import Tracker
 from posbench.training.optim import build_optimizer, lr_at, parameter_groups
-from posbench.training.resume import find_resume_checkpoint
+from posbench.training.signals import StopRequests
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +35,45 @@ Validate = Callable[[torch.nn.Module], float]  # the model -> validation loss at
 
 
 @dataclass
+class Divergence:
+    """Training stopped on a non-finite loss or gradient norm (results.json's ``diverged`` record)."""
+
+    step: int  # the step whose loss or gradient norm was not finite
+    last_finite_loss: Optional[float]
+    checkpoint: Optional[str]  # the last good checkpoint, kept as it was
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "last_finite_loss": self.last_finite_loss, "checkpoint": self.checkpoint}
+
+    def message(self) -> str:
+        loss = "none" if self.last_finite_loss is None else f"{self.last_finite_loss:.4f}"
+        kept = f"kept {self.checkpoint}" if self.checkpoint else "no checkpoint was written"
+        return (
+            f"training diverged at step {self.step} (non-finite loss or gradient norm); last finite loss "
+            f"{loss}; {kept}; lower train.lr or raise train.warmup_steps"
+        )
+
+
+@dataclass
 class TrainState:
     step: int = 0
     tokens_seen: int = 0
     losses: dict[int, float] = field(default_factory=dict)  # step -> training loss
+    skipped: int = 0  # steps whose non-finite update was not applied (train.skip_nonfinite_steps)
+    diverged: Optional[Divergence] = None
+    stopped_by: Optional[int] = None  # the signal that stopped the run after its checkpoint
+    last_good_loss: Optional[float] = None  # the loss of the last step whose update was applied
+
+
+def all_finite(tensors) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 def train_step(
     model, optimizer, batches: TrainBatches, cfg: TrainConfig, device: torch.device, lr: float
-) -> float:
-    """One optimiser step over ``grad_accum`` micro-batches; returns this rank's mean loss."""
+) -> tuple[float, float]:
+    """Gradients over ``grad_accum`` micro-batches, clipped -> (this rank's mean loss, gradient norm).
+    The update is not applied: the caller steps the optimiser once the loss proves finite."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     total, accum = 0.0, cfg.grad_accum
@@ -53,11 +84,9 @@ def train_step(
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / accum
             loss.backward()
         total += loss.item()
-    if cfg.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return total
+    clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf  # inf: only measured (grads times 1.0)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    return total, float(grad_norm)
 
 
 def check_resumable(saved: dict, run: RunConfig) -> None:
@@ -82,9 +111,12 @@ class Trainer:
         device: torch.device,
         dist: Dist,
         validate: Optional[Validate] = None,
+        resume_from: Optional[Path] = None,
+        stops: Optional[StopRequests] = None,
     ) -> None:
         self.run, self.cfg, self.model, self.corpus = run, run.train, model, corpus
         self.device, self.dist, self.validate = device, dist, validate
+        self.stops = stops or StopRequests()
         self.total = run.train.total_steps()
         self.tokens_per_step = run.train.batch_size * run.train.seq_len
         self.ckpt_path = run_dir / "checkpoints" / "last.pt"
@@ -98,21 +130,20 @@ class Trainer:
             dist.world_size,
         )
         self.state = TrainState()
-        self.resume_if_asked(run_dir)
+        self.kept_checkpoint: Optional[Path] = resume_from  # the last good checkpoint, if any
+        if resume_from is not None:
+            self.resume(resume_from)
 
-    def resume_if_asked(self, run_dir: Path) -> None:
-        path = find_resume_checkpoint(self.run, run_dir)
-        if path is None:
-            return
-        ckpt = load_checkpoint(path, self.device)
+    def resume(self, path: Path) -> None:
+        ckpt = load_checkpoint(path, self.device, require=RESUME_ENTRIES)
         check_resumable(ckpt["config"], self.run)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(self.optimizer_state(ckpt))
         self.batches.load_state_dict(ckpt["batches"])
         set_rng_state(ckpt["rng"])
-        self.state = TrainState(
-            ckpt["step"], ckpt["tokens_seen"], {int(k): v for k, v in ckpt["losses"].items()}
-        )
+        losses = {int(k): v for k, v in ckpt["losses"].items()}
+        self.state = TrainState(ckpt["step"], ckpt["tokens_seen"], losses)
+        self.state.last_good_loss = losses.get(ckpt["step"])
         log.info("resumed from %s at step %d", path, self.state.step)
 
     def optimizer_state(self, ckpt: dict) -> dict:
@@ -138,28 +169,63 @@ class Trainer:
         )
         self.model.train()
         while not self.finished:
-            loss, lr, tok_s = self.step(step_fn)
+            loss, grad_norm, lr, tok_s = self.step(step_fn)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}")
-            self.log(tracker, loss, lr, tok_s)
-            self.validate_now(tracker)
-            self.checkpoint()
-            if self.stopping:
+            self.log(tracker, loss, lr, tok_s, grad_norm)
+            if self.state.diverged is None:
+                signalled = self.signalled()
+                if not signalled:
+                    self.validate_now(tracker)
+                self.checkpoint(force=signalled)
+            if self.stopping or self.state.stopped_by or self.state.diverged:
                 break
         bar.close()
+        if self.state.diverged:
+            self.log_divergence(tracker)
         return self.state
 
-    def step(self, step_fn) -> tuple[float, float, float]:
-        """One optimiser step, averaged over ranks -> (loss, learning rate, tokens/s)."""
+    def step(self, step_fn) -> tuple[float, float, float, float]:
+        """One optimiser step, averaged over ranks -> (loss, gradient norm, learning rate, tokens/s).
+
+        A non-finite loss or gradient norm (the same on every rank: the loss is averaged, the gradients
+        all-reduced) is never applied: it is skipped while ``train.skip_nonfinite_steps`` allows, else
+        the run is marked diverged."""
         started = time.perf_counter()
         lr = lr_at(self.state.step, self.cfg, self.total)
-        loss = mean_across_ranks(
-            train_step(step_fn, self.optimizer, self.batches, self.cfg, self.device, lr), self.device
-        )
+        loss, grad_norm = train_step(step_fn, self.optimizer, self.batches, self.cfg, self.device, lr)
+        loss = mean_across_ranks(loss, self.device)
+        finite = math.isfinite(loss) and math.isfinite(grad_norm)
+        if finite:
+            self.optimizer.step()
+            self.state.last_good_loss = loss
+        self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
         self.state.tokens_seen += self.tokens_per_step
         self.state.losses[self.state.step] = loss
-        return loss, lr, self.tokens_per_step / (time.perf_counter() - started)
+        if not finite:
+            self.state.skipped += 1
+            if self.state.skipped > self.cfg.skip_nonfinite_steps:
+                self.diverge()
+        return loss, grad_norm, lr, self.tokens_per_step / (time.perf_counter() - started)
+
+    def diverge(self) -> None:
+        kept = str(self.kept_checkpoint) if self.kept_checkpoint is not None else None
+        self.state.diverged = Divergence(self.state.step, self.state.last_good_loss, kept)
+
+    def log_divergence(self, tracker: Tracker) -> None:
+        record = self.state.diverged.to_dict()
+        tracker.log(
+            {"train/diverged": 1, "train/last_finite_loss": record["last_finite_loss"]}, record["step"]
+        )
+        tracker.summary({"diverged": record})
+
+    def signalled(self) -> bool:
+        """Whether a stop signal reached any rank: every rank stops after the same step."""
+        stopped = any_rank(self.stops.requested is not None, self.device)
+        if stopped:
+            self.state.stopped_by = self.stops.requested or int(signal.SIGTERM)  # or another rank's
+        return stopped
 
     def due(self, every: int) -> bool:
         """Every ``every`` steps and at the last one; never when ``every`` is 0."""
@@ -169,26 +235,35 @@ class Trainer:
     def stopping(self) -> bool:
         return self.cfg.stop_after_steps is not None and self.state.step >= self.cfg.stop_after_steps
 
-    def log(self, tracker: Tracker, loss: float, lr: float, tok_s: float) -> None:
-        if self.state.step % self.cfg.log_every == 0 or self.finished:
-            tracker.log(
-                {
-                    "train/loss": loss,
-                    "train/lr": lr,
-                    "train/tokens_per_s": tok_s,
-                    "train/tokens": self.state.tokens_seen,
-                },
-                self.state.step,
-            )
+    def log(self, tracker: Tracker, loss: float, lr: float, tok_s: float, grad_norm: float) -> None:
+        skipped = not (math.isfinite(loss) and math.isfinite(grad_norm))
+        if self.state.step % self.cfg.log_every == 0 or self.finished or skipped:
+            metrics = {
+                "train/loss": loss,
+                "train/lr": lr,
+                "train/tokens_per_s": tok_s,
+                "train/tokens": self.state.tokens_seen,
+                "train/grad_norm": grad_norm,
+            }
+            if self.state.skipped:
+                metrics["train/skipped_steps"] = self.state.skipped
+            tracker.log(metrics, self.state.step)
 
     def validate_now(self, tracker: Tracker) -> None:
         if self.validate is not None and self.dist.is_main and self.due(self.cfg.val_every):
             tracker.log({"val/loss": self.validate(self.model)}, self.state.step)
             self.model.train()
 
-    def checkpoint(self) -> None:
-        if self.dist.is_main and (self.due(self.cfg.ckpt_every) or self.finished or self.stopping):
+    def checkpoint(self, force: bool = False) -> None:
+        """At ``ckpt_every``, the end, a stop; never of non-finite weights (that is a divergence)."""
+        if not (force or self.due(self.cfg.ckpt_every) or self.finished or self.stopping):
+            return
+        if not all_finite(self.model.parameters()):  # on every rank: DDP replicas are identical
+            self.diverge()
+            return
+        if self.dist.is_main:
             save_checkpoint(self.ckpt_path, self.checkpoint_state())
+            self.kept_checkpoint = self.ckpt_path
 
     def checkpoint_state(self) -> dict[str, Any]:
         state = self.state

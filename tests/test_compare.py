@@ -1,0 +1,251 @@
+"""Protects `posbench compare` from averaging what is not seeds, dropping runs without a word, and
+writing anything before its inputs are read and its arguments checked."""
+
+from __future__ import annotations
+
+import errno
+import json
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+import posbench.compare as cmp
+from posbench.compare import compare, find_results, gather
+from posbench.results import WriteError, validate_results
+from tests.conftest import REPO
+
+
+def row(length: int, ppl: float | None, protocol: str, stride: int | None) -> dict:
+    ok = {"start": [0], "end": [length], "nll": [1.0], "tokens": [length]}
+    return {
+        "length": length,
+        "protocol": protocol,
+        "stride": stride,
+        "status": "ok",
+        "reason": None,
+        "nll": None if ppl is None else 1.0,
+        "ppl": ppl,
+        "tokens_scored": length,
+        "windows": 1,
+        "backend": "sdpa",
+        "wall_time_s": 0.1,
+        "position_curve": ok,
+    }
+
+
+def results_doc(
+    seed: int,
+    ppls: dict[int, float | None],
+    *,
+    encoding: str = "rope",
+    train_len: int = 128,
+    protocol: str = "nonoverlapping",
+    stride: int | None = None,
+    max_tokens: int = 2048,
+    created: str = "2026-01-01T00:00:00Z",
+    step: int = 100,
+    overrides: dict | None = None,
+    diverged: dict | None = None,
+    lr: float = 0.001,
+) -> dict:
+    """A schema-valid results.json of a seedless experiment that depends on ``encoding`` and ``lr``."""
+    doc = {
+        "schema_version": 2,
+        "created_utc": created,
+        "posbench_version": "test",
+        "run_name": f"{encoding}-L{train_len}-s{seed}",
+        "encoding": encoding,
+        "train_seq_len": train_len,
+        "step": step,
+        "model": {"name": "tiny", "parameters": 1, "non_embedding_parameters": 1},
+        "device": "cpu",
+        "protocol": {
+            "name": protocol,
+            "stride": stride,
+            "max_tokens_per_length": max_tokens,
+            "position_buckets": 1,
+            "bucket_kind": "log",
+            **dict.fromkeys(("stream", "bos", "scored", "aggregation", "position_curve"), "-"),
+        },
+        "eval_config": {
+            "lengths": list(ppls),
+            "protocol": protocol,
+            "max_tokens": max_tokens,
+            "position_buckets": 1,
+        },
+        "config": {"encoding": {"name": encoding}, "train": {"seed": seed, "lr": lr, "seq_len": train_len}},
+        "results": [row(n, p, protocol, stride) for n, p in ppls.items()],
+    }
+    if overrides is not None:
+        doc.update(checkpoint="runs/x/checkpoints/last.pt", overrides=overrides)
+    if diverged is not None:
+        doc["diverged"] = diverged
+    validate_results(doc)
+    return doc
+
+
+def put(root: Path, name: str, doc: dict) -> Path:
+    (root / name).mkdir(parents=True)
+    path = root / name / "results.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_protocols_strides_and_budgets_are_rows_never_seeds(tmp_path):
+    for seed, base in ((0, 10.0), (1, 12.0)):
+        put(tmp_path, f"train_s{seed}", results_doc(seed, {128: base, 256: base + 1}))
+        put(tmp_path, f"slide_s{seed}", results_doc(seed, {128: base - 1}, protocol="sliding", stride=64))
+        put(tmp_path, f"budget_s{seed}", results_doc(seed, {128: base + 5}, max_tokens=4096))
+    table = gather(find_results([tmp_path])).table
+    nonoverlapping = (128, "rope (eval.max_tokens=2048, eval.protocol=nonoverlapping, eval.stride=None)")
+    sliding = (128, "rope (eval.max_tokens=2048, eval.protocol=sliding, eval.stride=64)")
+    budget = (128, "rope (eval.max_tokens=4096, eval.protocol=nonoverlapping, eval.stride=None)")
+    assert sorted(table) == sorted([nonoverlapping, sliding, budget])
+    assert table[nonoverlapping][128].ppls == [10.0, 12.0] and sorted(table[nonoverlapping][128].seeds) == [
+        0,
+        1,
+    ]
+    assert table[sliding][128].mean == pytest.approx(10.0) and sorted(table[sliding][128].seeds) == [0, 1]
+    assert table[budget][128].mean == pytest.approx(16.0)
+    text = compare([tmp_path])
+    assert "over 2 seeds" in text and "over 4 seeds" not in text and "over 6 seeds" not in text
+    # keeping one protocol leaves one experiment of that name: no label suffix needed for it alone
+    only = gather(find_results([tmp_path]), "sliding").table
+    assert sorted(only) == [(128, "rope")] and only[(128, "rope")][128].ppls == [9.0, 11.0]
+
+
+def test_one_checkpoint_evaluated_twice_is_one_seed_and_the_newest_counts(tmp_path):
+    put(tmp_path, "train_s0", results_doc(0, {128: 10.0}, created="2026-01-01T00:00:00Z"))
+    put(tmp_path, "train_s1", results_doc(1, {128: 14.0}, created="2026-01-01T00:00:00Z"))
+    # posbench eval of seed 0's checkpoint, the same way; a logger override changes no number
+    logger = {"logger": {"name": "jsonl"}, "model": {"attention": "eager"}}
+    again = put(
+        tmp_path, "eval_s0", results_doc(0, {128: 10.5}, created="2026-01-02T00:00:00Z", overrides=logger)
+    )
+    table = gather(find_results([tmp_path])).table
+    assert list(table) == [(128, "rope")]
+    cell = table[(128, "rope")][128]
+    assert sorted(cell.seeds) == [0, 1] and sorted(cell.ppls) == [10.5, 14.0]  # not three "seeds"
+    text = compare([tmp_path])
+    assert "| rope | 12.25 ± 2.47 |" in text and "over 2 seeds" in text
+    assert f"evaluated 2 times, newest kept: rope-L128-s0 ({again})" in text
+
+
+def test_overrides_laid_over_a_checkpoint_make_another_row(tmp_path):
+    put(tmp_path, "train_s0", results_doc(0, {128: 10.0}))
+    # the evaluated config says base=500 as a run trained with it would; the weights are not that run's
+    base = {"encoding": {"base": 500}, "logger": {"name": "jsonl"}}
+    put(tmp_path, "eval_s0", results_doc(0, {128: 30.0}, overrides=base, created="2026-01-02T00:00:00Z"))
+    table = gather(find_results([tmp_path])).table
+    assert table[(128, "rope (no overrides)")][128].ppls == [10.0]
+    assert table[(128, "rope (overrides: encoding.base=500)")][128].ppls == [30.0]
+
+
+def test_an_evaluation_of_an_earlier_checkpoint_is_not_a_seed(tmp_path):
+    put(tmp_path, "final_s0", results_doc(0, {128: 10.0}, step=100))
+    put(tmp_path, "early_s1", results_doc(1, {128: 20.0}, step=40))
+    assert sorted(gather(find_results([tmp_path])).table) == [
+        (128, "rope (step=100)"),
+        (128, "rope (step=40)"),
+    ]
+
+
+def test_diverged_and_non_finite_runs_are_named_not_dropped(tmp_path):
+    put(tmp_path, "s0", results_doc(0, {128: 10.0, 256: 11.0}))
+    put(tmp_path, "s1", results_doc(1, {128: 12.0, 256: None}))  # a non-finite value at one length
+    diverged = {"step": 3, "last_finite_loss": 4.2101, "checkpoint": None}
+    put(tmp_path, "s2", results_doc(2, {128: None, 256: None}, step=3, diverged=diverged))
+    lost = {"step": 7, "last_finite_loss": None, "checkpoint": "x.pt"}
+    put(tmp_path, "other", results_doc(0, {64: None}, train_len=64, step=7, diverged=lost))
+    comparison = gather(find_results([tmp_path]))
+    assert comparison.table[(128, "rope")][256].ppls == [11.0]
+    assert comparison.notes[128] == [
+        "not finite, not averaged: rope-L128-s1 at 256",
+        "diverged, not averaged: rope-L128-s2 (step 3, last finite loss 4.21)",
+    ]
+    text = compare([tmp_path])
+    assert "| rope | 11.00 ± 1.41 | 11.00 |" in text
+    assert "- diverged, not averaged: rope-L128-s2 (step 3, last finite loss 4.21)" in text
+    assert "- not finite, not averaged: rope-L128-s1 at 256" in text
+    assert "### Trained at L = 64" in text and "(no run to average)" in text
+    assert "- diverged, not averaged: rope-L64-s0 (step 7, no finite loss)" in text
+
+
+def test_a_diverged_run_is_named_by_the_row_of_its_experiment(tmp_path):
+    put(tmp_path, "a", results_doc(0, {128: 10.0}, lr=0.001))
+    put(tmp_path, "b", results_doc(0, {128: 20.0}, lr=0.002))
+    diverged = {"step": 5, "last_finite_loss": 3.0, "checkpoint": None}
+    put(tmp_path, "c", results_doc(1, {128: None}, lr=0.002, step=5, diverged=diverged))
+    notes = gather(find_results([tmp_path])).notes[128]
+    assert notes == ["diverged, not averaged: rope (train.lr=0.002) seed 1 (step 5, last finite loss 3.00)"]
+
+
+def posbench_compare(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "posbench", "compare", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
+
+
+def test_bogus_protocol_is_refused_in_one_line_before_anything_is_written(tmp_path):
+    put(tmp_path, "s0", results_doc(0, {128: 10.0}))
+    before = b"# an earlier comparison\n"
+    (tmp_path / "comparison.md").write_bytes(before)
+    result = posbench_compare(str(tmp_path), "--protocol", "bogus")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        "error: unknown --protocol 'bogus'; valid protocols: nonoverlapping, sliding"
+    ]
+    assert (tmp_path / "comparison.md").read_bytes() == before
+    assert not (tmp_path / "comparison.png").exists()
+    with pytest.raises(
+        ValueError, match="none of the 1 results files has sliding results; they hold: nonoverl"
+    ):
+        compare([tmp_path], protocol="sliding")  # a valid protocol that no file has
+    assert (tmp_path / "comparison.md").read_bytes() == before
+
+
+def test_every_bad_results_file_is_named_and_nothing_is_written(tmp_path):
+    put(tmp_path, "good", results_doc(0, {128: 10.0}))
+    broken = put(tmp_path, "broken", results_doc(1, {128: 10.0}))
+    broken.write_text('{"schema_version": 2, ')  # cut short
+    invalid_doc = results_doc(2, {128: 10.0})
+    invalid_doc["results"][0]["ppl"] = "ten"
+    invalid = put(tmp_path, "invalid", invalid_doc)
+    (tmp_path / "comparison.md").write_text("old")
+    with pytest.raises(ValueError) as err:
+        compare([tmp_path])
+    message = str(err.value)
+    assert "2 of 3 results files cannot be read, nothing written" in message and "\n" not in message
+    assert f"{broken}: Expecting" in message
+    assert f"{invalid}: results document breaks schema version 2 at results/0/ppl" in message
+    assert (tmp_path / "comparison.md").read_text() == "old" and not (tmp_path / "comparison.png").exists()
+    result = posbench_compare(str(tmp_path))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert str(broken) in result.stderr and str(invalid) in result.stderr and "Traceback" not in result.stderr
+
+
+def test_disk_full_writing_the_comparison_names_the_file_and_leaves_the_old_one(tmp_path, monkeypatch):
+    put(tmp_path, "s0", results_doc(0, {128: 10.0}))
+    (tmp_path / "comparison.png").write_bytes(b"old png")
+    real = cmp.atomic_write
+
+    @contextmanager
+    def full_disk(path, mode="w"):
+        with real(path, mode) as handle:
+            if Path(path).name == "comparison.png":
+                handle.write(b"half a")
+                raise OSError(errno.ENOSPC, "No space left on device")
+            yield handle
+
+    monkeypatch.setattr(cmp, "atomic_write", full_disk)
+    with pytest.raises(WriteError) as err:
+        compare([tmp_path])
+    assert str(err.value) == (
+        f"no space left on the device while writing {tmp_path / 'comparison.png'} (the previous "
+        "comparison.png is kept); free space there or pass --out DIR on another disk"
+    )
+    assert (tmp_path / "comparison.png").read_bytes() == b"old png"
+    assert "| rope | 10.00 |" in (tmp_path / "comparison.md").read_text()  # written whole before it
+    assert not list(tmp_path.glob(".tmp-*"))

@@ -1,0 +1,258 @@
+"""Protects training's failure behaviour: nothing lost, nothing silently wrong (divergence, stop signals,
+a reused run folder, killed writes, a full disk, one-line errors)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import posbench.training.trainer as trainer_module
+from posbench.atomic import DiskFullError, atomic_write_text
+from posbench.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from posbench.jobs.train import TrainingDiverged, train
+from posbench.results import load_results
+from posbench.training.signals import Interrupted
+
+QUICK = ["train.val_every=0", "eval.enabled=false", "train.log_every=1"]
+
+
+def records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def logged_steps(run_dir: Path) -> list[int]:
+    return [r["step"] for r in records(run_dir) if "train/loss" in r]
+
+
+def cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    return subprocess.run(
+        [sys.executable, "-m", "posbench", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def at_step(monkeypatch, action) -> None:
+    """Run ``action(step, loss, grad_norm) -> (loss, grad_norm)`` inside every training step (1-based)."""
+    real = trainer_module.train_step
+    calls = {"step": 0}
+
+    def wrapped(*args, **kwargs):
+        calls["step"] += 1
+        loss, grad_norm = real(*args, **kwargs)
+        return action(calls["step"], loss, grad_norm)
+
+    monkeypatch.setattr(trainer_module, "train_step", wrapped)
+
+
+def test_divergence_keeps_the_last_good_checkpoint_bitwise(smoke_run, tmp_path, monkeypatch):
+    saved = []
+    real_save = trainer_module.save_checkpoint
+
+    def recording_save(path, state):
+        real_save(path, state)
+        saved.append((state["step"], Path(path).read_bytes()))
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", recording_save)
+    at_step(monkeypatch, lambda step, loss, g: (float("nan"), g) if step == 5 else (loss, g))
+    run_dir = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match=r"diverged at step 5 .*last finite loss \d"):
+        train(smoke_run("train.max_steps=8", "train.ckpt_every=3", "train.val_every=0"), run_dir)
+    assert [step for step, _ in saved] == [3]  # nothing after the NaN
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    assert ckpt.read_bytes() == saved[-1][1]
+    assert all(torch.isfinite(t).all() for t in load_checkpoint(ckpt)["model"].values())
+    results = load_results(run_dir)
+    assert results["diverged"]["step"] == 5 and results["diverged"]["checkpoint"] == str(ckpt)
+    assert math.isfinite(results["diverged"]["last_finite_loss"])
+    assert {r["status"] for r in results["results"]} == {"n/a"}
+    assert all("training diverged at step 5" in r["reason"] for r in results["results"])
+    summary = [r["summary"] for r in records(run_dir) if "summary" in r]
+    assert summary == [{"diverged": results["diverged"]}]
+
+
+def test_skipped_nonfinite_steps_are_not_applied_then_training_stops(smoke_run, tmp_path, monkeypatch):
+    at_step(monkeypatch, lambda step, loss, g: (loss, float("inf")) if step in (2, 4) else (loss, g))
+    out = train(smoke_run("train.max_steps=3", "train.skip_nonfinite_steps=1", *QUICK), tmp_path / "a")
+    assert out["step"] == 3
+    assert all(torch.isfinite(t).all() for t in load_checkpoint(tmp_path / "a")["model"].values())
+    assert [r["train/skipped_steps"] for r in records(tmp_path / "a") if r.get("step") == 3] == [1]
+    monkeypatch.undo()
+    at_step(monkeypatch, lambda step, loss, g: (loss, float("inf")) if step in (2, 4) else (loss, g))
+    with pytest.raises(TrainingDiverged, match="diverged at step 4"):
+        train(smoke_run("train.max_steps=6", "train.skip_nonfinite_steps=1", *QUICK), tmp_path / "b")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_checkpoints_its_step_and_the_in_place_resume_equals_an_uninterrupted_run(
+    smoke_run, tmp_path, monkeypatch, signum
+):
+    steps = ["train.max_steps=7", "train.ckpt_every=0", *QUICK]
+    whole = train(smoke_run(*steps), tmp_path / "whole")["losses"]
+
+    def send(step, loss, g):
+        if step == 3:
+            os.kill(os.getpid(), signum)
+        return loss, g
+
+    at_step(monkeypatch, send)
+    run_dir = tmp_path / "run"
+    with pytest.raises(Interrupted) as stopped:
+        train(smoke_run(*steps), run_dir)
+    assert stopped.value.exit_code == 128 + signum
+    assert f"after step 3; checkpoint {run_dir / 'checkpoints' / 'last.pt'}" in str(stopped.value)
+    assert f"train.resume={run_dir} hydra.run.dir={run_dir}" in str(stopped.value)
+    assert load_checkpoint(run_dir)["step"] == 3
+    assert signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler)  # handlers restored
+    monkeypatch.undo()
+    resumed = train(smoke_run(*steps, f"train.resume={run_dir}"), run_dir)["losses"]
+    for step in range(1, 8):
+        assert resumed[step] == pytest.approx(whole[step], rel=1e-6, abs=1e-6), step
+    assert logged_steps(run_dir) == list(range(1, 8))  # the in-place resume logged no step twice
+
+
+def test_a_second_signal_stops_at_once(smoke_run, tmp_path, monkeypatch):
+    def send_twice(step, loss, g):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return loss, g
+
+    at_step(monkeypatch, send_twice)
+    with pytest.raises(Interrupted, match="SIGTERM again: stopped at once"):
+        train(smoke_run("train.max_steps=6", "train.ckpt_every=0", *QUICK), tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_sigterm_to_the_cli_checkpoints_and_says_how_to_resume(tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["train", "debug=smoke", "logger=jsonl", f"hydra.run.dir={run_dir}", "train.max_steps=400"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "posbench", *args, *QUICK],
+        cwd=tmp_path,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = run_dir / "metrics.jsonl"
+    for _ in range(600):
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-2000:]
+    assert "Traceback" not in stderr
+    (line,) = [x for x in stderr.splitlines() if x.startswith("stopped by SIGTERM")]
+    step = load_checkpoint(run_dir)["step"]
+    assert f"after step {step};" in line and f"train.resume={run_dir}" in line
+    assert max(logged_steps(run_dir)) == step
+
+
+def test_a_folder_holding_a_run_is_refused_unless_resuming_it(smoke_run, tmp_path):
+    steps = ["train.max_steps=4", *QUICK]
+    root = tmp_path / "runs" / "smoke"
+    run_dir = root / "2026-01-01_00-00-00_alibi_L128_s0_abc123"
+    train(smoke_run(*steps, "train.stop_after_steps=2"), run_dir)
+    before = (run_dir / "metrics.jsonl").read_bytes()
+    with pytest.raises(ValueError, match=f"{run_dir} already holds a run .*train.resume={run_dir}"):
+        train(smoke_run(*steps), run_dir)
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(smoke_run("encoding=rope", *steps), run_dir)  # another experiment, same folder
+    assert (run_dir / "metrics.jsonl").read_bytes() == before
+    assert load_checkpoint(run_dir)["step"] == 2
+    assert train(smoke_run(*steps, "train.resume=true"), run_dir)["step"] == 4  # its match is this folder
+    assert logged_steps(run_dir) == [1, 2, 3, 4]
+    other = tmp_path / "other"
+    train(smoke_run(*steps, "train.stop_after_steps=1"), other)
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(smoke_run(*steps, f"train.resume={run_dir}"), other)  # resuming another folder's run here
+
+
+def test_temp_files_of_killed_writes_are_removed_when_the_run_resumes(smoke_run, tmp_path):
+    run_dir = tmp_path / "run"
+    train(smoke_run("train.max_steps=4", "train.stop_after_steps=2", *QUICK), run_dir)
+    stale = [run_dir / ".tmp-abc.json", run_dir / "checkpoints" / ".tmp-def.pt"]
+    for path in stale:
+        path.write_bytes(b"half")
+    train(smoke_run("train.max_steps=4", f"train.resume={run_dir}", *QUICK), run_dir)
+    assert not any(path.exists() for path in stale)
+
+
+def test_resume_true_with_another_seed_finds_no_checkpoint_and_auto_starts_fresh(smoke_run, tmp_path):
+    steps = ["train.max_steps=4", *QUICK]
+    root = tmp_path / "runs" / "smoke"
+    train(smoke_run(*steps, "train.stop_after_steps=2"), root / "2026-01-01_00-00-00_alibi_L128_s0_abc123")
+    with pytest.raises(CheckpointError, match="found no checkpoint of this run"):
+        train(smoke_run(*steps, "train.seed=1", "train.resume=true"), root / "seed1")
+    fresh = train(smoke_run(*steps, "train.seed=1", "train.resume=auto"), root / "seed1-auto")
+    assert sorted(fresh["losses"]) == [1, 2, 3, 4]
+    resumed = train(smoke_run(*steps, "train.resume=auto"), root / "seed0-auto")
+    assert resumed["step"] == 4 and sorted(resumed["losses"]) == [1, 2, 3, 4]
+
+
+def test_a_checkpoint_without_a_config_is_refused_naming_the_file(smoke_run, tmp_path):
+    path = tmp_path / "bare.pt"
+    save_checkpoint(path, {"model": {}})
+    with pytest.raises(CheckpointError, match=f"{path} has no config, step, tokens_seen"):
+        train(smoke_run("train.max_steps=2", f"train.resume={path}", *QUICK), tmp_path / "run")
+    done = cli("eval", f"checkpoint={path}", cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(f"error: {path} has no config")
+
+
+def test_eval_without_a_checkpoint_says_to_pass_one(tmp_path):
+    done = cli("eval", "eval.lengths=[128]", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: posbench eval needs a checkpoint: pass checkpoint=PATH (a run folder or a .pt file)"
+    ]
+
+
+def fill_disk(monkeypatch) -> None:
+    """From now on every atomic write's temp file is /dev/full: writing it fails with ENOSPC."""
+    import posbench.atomic as atomic
+
+    real = atomic.tempfile.mkstemp
+
+    def mkstemp(**kwargs):
+        fd, tmp = real(**kwargs)
+        os.close(fd)
+        return os.open("/dev/full", os.O_WRONLY), tmp
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", mkstemp)
+
+
+def test_a_full_disk_keeps_the_previous_file_and_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+    from posbench.cli import _guarded
+
+    path = tmp_path / "checkpoints" / "last.pt"
+    save_checkpoint(path, {"model": {"w": torch.ones(3)}})
+    fill_disk(monkeypatch)
+    with pytest.raises(DiskFullError, match=f"writing {path} \\(the previous last.pt is kept\\)"):
+        save_checkpoint(path, {"model": {"w": torch.zeros(100_000)}})
+    with pytest.raises(DiskFullError, match="nothing was written\\); free space"):
+        atomic_write_text(tmp_path / "results.json", "x" * 100_000)
+    with pytest.raises(SystemExit) as exited:
+        _guarded(lambda cfg: save_checkpoint(path, {"model": {"w": torch.zeros(100_000)}}))(None)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no space left on the device while writing")
+    monkeypatch.undo()
+    assert load_checkpoint(path)["model"]["w"].tolist() == [1.0, 1.0, 1.0]
+    assert not list(tmp_path.rglob(".tmp-*"))
