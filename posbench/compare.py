@@ -254,14 +254,22 @@ def diverged_note(runs: list[Run], names: dict[int, str]) -> str:
     return "diverged, not averaged: " + "; ".join(parts)
 
 
-def diverged_names(diverged: list[Run], labels: dict[RunKey, str]) -> dict[int, str]:
-    """Each diverged run by the row its experiment would have had."""
+def without_step(experiment: dict) -> dict:
+    return {k: v for k, v in experiment.items() if k != "step"}
+
+
+def diverged_names(diverged: list[Run], experiments: dict[RunKey, dict]) -> dict[int, str]:
+    """Each diverged run by the row its experiment has, or would have had beside the rows there are
+    (labelled by the settings in which it differs from them, as ``row_labels`` does)."""
     names = {}
     for run in diverged:
-        same = [labels[k] for k in labels if k[:4] == run.key[:4]]
-        shared = any(k[:2] == run.key[:2] for k in labels)
-        label = same[0] if same else (f"{run.key[1]} ({run.key[2]})" if shared else run.key[1])
-        names[id(run)] = run_name(run, label)
+        match = next((k for k in experiments if k[:4] == run.key[:4]), None)
+        if match is not None:
+            names[id(run)] = run_name(run, row_labels(experiments)[match])
+            continue
+        # its step is where it stopped, not a setting: compare the rest
+        trained = {k: without_step(e) for k, e in {**experiments, run.key: run.experiment}.items()}
+        names[id(run)] = run_name(run, row_labels(trained)[run.key])
     return names
 
 
@@ -285,7 +293,8 @@ def gather(paths: list[Path], protocol: Optional[str] = None) -> Comparison:
     for run in runs:
         if not run.diverged:
             groups[run.key].append(run)
-    labels = row_labels({key: group[0].experiment for key, group in groups.items()})
+    experiments = {key: group[0].experiment for key, group in groups.items()}
+    labels = row_labels(experiments)
     table: Table = defaultdict(lambda: defaultdict(Cell))
     notes: dict[int, list[str]] = defaultdict(list)
     for key, group in sorted(groups.items(), key=lambda item: labels[item[0]]):
@@ -297,7 +306,7 @@ def gather(paths: list[Path], protocol: Optional[str] = None) -> Comparison:
             for run, n in repeated
         ]
     diverged = [run for run in runs if run.diverged]
-    names = diverged_names(diverged, labels)
+    names = diverged_names(diverged, experiments)
     for train_len in sorted({run.key[0] for run in diverged}):
         notes[train_len].append(diverged_note([r for r in diverged if r.key[0] == train_len], names))
     return Comparison(table, dict(notes))
