@@ -47,9 +47,18 @@ def _guarded(job: Callable[[DictConfig], object]) -> Callable[[DictConfig], obje
         except _user_errors() as exc:
             _say(f"error: {exc}", USER_ERROR)
         except TrainingDiverged as exc:
+            if in_multirun():  # the sweep goes on: the run's results say it diverged, compare lists it
+                print(f"error: {exc}", file=sys.stderr, flush=True)
+                return None
             _say(f"error: {exc}" if str(exc) else "", DIVERGED)
         except Interrupted as exc:
             _say(str(exc), exc.exit_code)
+        except KeyboardInterrupt:  # before the trainer's own handler is installed: nothing written yet
+            _say("interrupted (Ctrl-C) before anything of this run was written; run the command again", 130)
+        except PermissionError as exc:
+            _say(
+                f"error: permission denied: {exc.filename}; make it readable (or writable), or use another", 2
+            )
         except OSError as exc:  # a full disk outside an atomic write (metrics.jsonl, W&B files)
             if disk_full_cause(exc) is None:
                 raise
@@ -58,6 +67,12 @@ def _guarded(job: Callable[[DictConfig], object]) -> Callable[[DictConfig], obje
 
     wrapper.__name__ = job.__name__
     return wrapper
+
+
+def in_multirun() -> bool:
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def _choices() -> dict:

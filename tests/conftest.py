@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,3 +59,11 @@ def planned_attention(
 
     settings = Settings(requested, block, q.device.type, torch.is_grad_enabled(), False)
     return plan_attention(scores, pos, q.shape[1], settings)(q, k, v, scale, layer)
+
+
+def posbench_cli(*args: str, cwd: Path = REPO, timeout: int = 120) -> subprocess.CompletedProcess:
+    """``python -m posbench ARGS`` as a user runs it: W&B off, one thread, Hydra's short errors."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    command = [sys.executable, "-m", "posbench", *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 
 import pytest
 from hydra.errors import ConfigCompositionException
 
 from posbench.config import EvalConfig, ModelConfig, TrainConfig
-from tests.conftest import REPO, compose_config, compose_run
+from tests.conftest import REPO, compose_config, compose_run, posbench_cli
 
 CONFIGS = REPO / "configs"
 
@@ -75,16 +73,7 @@ def test_cross_field_checks_name_the_fix():
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "disabled"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run(
-        [sys.executable, "-m", "posbench", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        timeout=120,
-    )
+    return posbench_cli(*args)
 
 
 @pytest.mark.parametrize(
@@ -139,7 +128,7 @@ BAD_VALUES = [
     ("model.init_std=0", "model.init_std=0.0 must be greater than 0"),
     ("eval.batch_size=0", "eval.batch_size=0 must be at least 1"),
     ("data.bpe_vocab_size=100", "data.bpe_vocab_size=100 must be at least 257"),
-    ("logger.mode=onlin", "logger.mode='onlin' is not one of offline, online, disabled"),
+    ("logger.mode=onlin", "logger.mode='onlin' is not one of offline, online, disabled, dryrun, run"),
     ("encoding=rope encoding.base=1", "encoding.base=1.0 must be greater than 1"),
     ("encoding=xpos encoding.gamma=0", "encoding.gamma=0.0 must be greater than 0"),
     ("encoding=fire encoding.init_c=-1", "encoding.init_c=-1.0 must be greater than 0"),

@@ -15,12 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 
+import posbench.training.signals as signals_module
 import posbench.training.trainer as trainer_module
 from posbench.atomic import DiskFullError, atomic_write_text
 from posbench.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from posbench.jobs.train import TrainingDiverged, train
 from posbench.results import load_results
 from posbench.training.signals import Interrupted
+from tests.conftest import posbench_cli
 
 QUICK = ["train.val_every=0", "eval.enabled=false", "train.log_every=1"]
 
@@ -34,15 +36,7 @@ def logged_steps(run_dir: Path) -> list[int]:
 
 
 def cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
-    return subprocess.run(
-        [sys.executable, "-m", "posbench", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return posbench_cli(*args, cwd=cwd, timeout=timeout)
 
 
 def at_step(monkeypatch, action) -> None:
@@ -132,9 +126,26 @@ def test_a_second_signal_stops_at_once(smoke_run, tmp_path, monkeypatch):
         return loss, g
 
     at_step(monkeypatch, send_twice)
+    monkeypatch.setattr(signals_module, "REPEAT_S", 0.0)  # the second is a second request, however soon
     with pytest.raises(Interrupted, match="SIGTERM again: stopped at once"):
         train(smoke_run("train.max_steps=6", "train.ckpt_every=0", *QUICK), tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_one_signal_delivered_twice_at_once_is_one_stop_request(smoke_run, tmp_path, monkeypatch):
+    """SLURM signals every task of a step and torchrun's agent forwards the signal too: a worker may see
+    one SIGTERM twice within milliseconds, which must still end in a checkpoint."""
+
+    def send_twice(step, loss, g):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return loss, g
+
+    at_step(monkeypatch, send_twice)
+    with pytest.raises(Interrupted, match="stopped by SIGTERM after step 2"):
+        train(smoke_run("train.max_steps=6", "train.ckpt_every=0", *QUICK), tmp_path / "run")
+    assert load_checkpoint(tmp_path / "run")["step"] == 2
 
 
 def test_sigterm_to_the_cli_checkpoints_and_says_how_to_resume(tmp_path):
@@ -256,3 +267,73 @@ def test_a_full_disk_keeps_the_previous_file_and_says_so_in_one_line(tmp_path, m
     monkeypatch.undo()
     assert load_checkpoint(path)["model"]["w"].tolist() == [1.0, 1.0, 1.0]
     assert not list(tmp_path.rglob(".tmp-*"))
+
+
+def nan_at(calls: set[int]):
+    """A ``at_step`` action making the loss of the given calls (1-based, per train()) non-finite."""
+    return lambda step, loss, g: (math.nan, g) if step in calls else (loss, g)
+
+
+def test_skipped_steps_survive_a_resume(smoke_run, tmp_path, monkeypatch):
+    """With one bad step allowed, a run that skipped one before its checkpoint still stops at the next
+    after a resume, as the uninterrupted run does (the count is in the checkpoint)."""
+    steps = ["train.max_steps=8", "train.ckpt_every=0", "train.skip_nonfinite_steps=1", *QUICK]
+    at_step(monkeypatch, nan_at({2, 5}))
+    with pytest.raises(TrainingDiverged, match="diverged at step 5"):
+        train(smoke_run(*steps), tmp_path / "whole")
+    at_step(monkeypatch, nan_at({2}))
+    train(smoke_run(*steps, "train.stop_after_steps=3"), tmp_path / "killed")
+    at_step(monkeypatch, nan_at({2}))  # the resumed run's second step is step 5
+    with pytest.raises(TrainingDiverged, match="diverged at step 5"):
+        train(smoke_run(*steps, f"train.resume={tmp_path / 'killed'}"), tmp_path / "resumed")
+
+
+def test_a_signal_during_the_last_checkpoint_stops_before_the_evaluation(smoke_run, tmp_path, monkeypatch):
+    real_save = trainer_module.save_checkpoint
+
+    def save_then_signal(path, state):
+        real_save(path, state)
+        if state["step"] == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", save_then_signal)
+    run = smoke_run("train.max_steps=4", "train.ckpt_every=0", "train.val_every=0")
+    with pytest.raises(Interrupted, match="stopped by SIGTERM after step 4"):
+        train(run, tmp_path / "run")
+    assert load_checkpoint(tmp_path / "run")["step"] == 4 and not (tmp_path / "run" / "results.json").exists()
+
+
+def test_an_in_place_resume_with_another_config_is_refused(smoke_run, tmp_path):
+    steps = ["train.max_steps=4", *QUICK]
+    train(smoke_run(*steps, "train.stop_after_steps=2"), tmp_path / "a")
+    with pytest.raises(ValueError, match="another experiment's run"):
+        train(smoke_run(*steps, "train.lr=1e-4", f"train.resume={tmp_path / 'a'}"), tmp_path / "a")
+
+
+def test_resume_auto_restarts_a_job_killed_before_its_first_checkpoint_in_its_own_folder(smoke_run, tmp_path):
+    """A requeued sweep job (train.resume=auto) whose folder holds metrics but no checkpoint starts afresh
+    there, with no row of the killed attempt left in metrics.jsonl."""
+    from posbench.identity import RunIdentity
+
+    run = smoke_run("train.max_steps=4", "train.resume=auto", *QUICK)
+    run_dir = tmp_path / "sweep" / RunIdentity.of(run).folder
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.jsonl").write_text(json.dumps({"step": 1, "train/loss": 9.9}) + "\n")
+    train(run, run_dir)
+    assert logged_steps(run_dir) == [1, 2, 3, 4]
+    assert all(r.get("train/loss") != 9.9 for r in records(run_dir))
+    with pytest.raises(ValueError, match="already holds a run"):  # another folder name: not this run's own
+        other = tmp_path / "other"
+        other.mkdir()
+        (other / "metrics.jsonl").write_text("")
+        train(run, other)
+
+
+@pytest.mark.slow
+def test_a_diverging_job_does_not_stop_the_sweep(tmp_path):
+    args = ["train", "-m", "debug=smoke", "logger=jsonl", "train.lr=1e4,1e-3", "train.max_steps=6"]
+    result = posbench_cli(*args, "eval.lengths=[128]", f"run_root={tmp_path}", cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "diverged" in result.stderr and len(list(tmp_path.rglob("results.json"))) == 2
+    diverged = [load_results(p).get("diverged") for p in tmp_path.rglob("results.json")]
+    assert sum(d is not None for d in diverged) == 1

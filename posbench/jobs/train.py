@@ -25,7 +25,7 @@ from posbench.runtime import (
     seed_everything,
 )
 from posbench.tracking import Tracker, build_tracker
-from posbench.training.resume import check_run_folder, find_resume_checkpoint
+from posbench.training.resume import check_run_folder, find_resume_checkpoint, restarts_in_place
 from posbench.training.signals import Interrupted, StopRequests, signal_name
 from posbench.training.trainer import Divergence, Trainer, TrainState, Validate
 
@@ -87,7 +87,7 @@ def claim_run_folder(run: RunConfig, run_dir: Path, d: Dist) -> Optional[Path]:
     refusal = None
     if d.is_main:
         try:
-            check_run_folder(run_dir, resume_from)
+            check_run_folder(run, run_dir, resume_from)
         except ValueError as exc:
             refusal = str(exc)
         else:
@@ -135,7 +135,8 @@ def _train(
         )
         identity = RunIdentity.of(run)
         config = {**to_plain_dict(run), "choices": choices or {}, "identity": identity.to_dict()}
-        resumed_at = trainer.state.step if resume_from is not None else None
+        restart = resume_from is None and restarts_in_place(run, run_dir, None)  # metrics start afresh
+        resumed_at = trainer.state.step if resume_from is not None else (0 if restart else None)
         tracker = build_tracker(
             run.logger,
             str(run_dir),
@@ -174,6 +175,8 @@ def fit_and_report(
                 run, run_dir, meta, state.diverged, device, corpus.separator_id
             )
         raise TrainingDiverged(state.diverged.message() if d.is_main else "")
+    if not state.stopped_by:
+        trainer.signalled()  # a signal during the last step's validation or checkpoint: stop here too
     if state.stopped_by:
         for signum, handler in stops.previous_handlers():  # e.g. submitit's requeue, after our checkpoint
             handler(signum, None)

@@ -21,4 +21,4 @@ class LoggerConfig:
 
     def __post_init__(self) -> None:
         one_of("logger.name", self.name, ("wandb", "jsonl", "none"))
-        one_of("logger.mode", self.mode, ("offline", "online", "disabled"))
+        one_of("logger.mode", self.mode, ("offline", "online", "disabled", "dryrun", "run"))  # W&B's aliases

@@ -61,15 +61,28 @@ def find_resume_checkpoint(run: RunConfig, run_dir: Path) -> Optional[Path]:
     raise CheckpointError(f"train.resume={value}: no checkpoint there; pass a run folder or a .pt file")
 
 
-def check_run_folder(run_dir: Path, resume_from: Optional[Path]) -> None:
+def restarts_in_place(run: RunConfig, run_dir: Path, resume_from: Optional[Path]) -> bool:
+    """``train.resume=auto`` found no checkpoint, and ``run_dir`` is this run's own folder (named by its
+    identity, as sweep jobs are): a job killed before its first checkpoint, requeued, starts afresh there."""
+    auto = str(run.train.resume).strip().lower() == AUTO_WORD
+    return auto and resume_from is None and run_dir.name.endswith(RunIdentity.of(run).folder)
+
+
+def check_run_folder(run: RunConfig, run_dir: Path, resume_from: Optional[Path]) -> None:
     """Refuse a folder that already holds a run (its checkpoints, metrics or results), unless this
-    command resumes from that very folder: a second run never mixes its files with the first's."""
+    command resumes that very run from it (or restarts it there: ``restarts_in_place``): a second
+    run never mixes its files with the first's."""
     found = [name for name in RUN_FILES if (run_dir / name).exists()]
-    if not found:
-        return
-    if resume_from is not None and run_dir.resolve() in Path(resume_from).resolve().parents:
+    if not found or restarts_in_place(run, run_dir, resume_from):
         return
     elsewhere = "run in another folder (leave hydra.run.dir unset for a fresh one)"
+    if resume_from is not None and run_dir.resolve() in Path(resume_from).resolve().parents:
+        if same_run(saved_config(resume_from), RunIdentity.of(run)):
+            return
+        raise ValueError(
+            f"{run_dir} holds another experiment's run than this command's: a run resumes in its folder "
+            f"only with its own config; drop the changed overrides, or {elsewhere}"
+        )
     if not (run_dir / "checkpoints" / "last.pt").is_file():
         raise ValueError(
             f"{run_dir} already holds a run ({', '.join(found)}) with no checkpoint; {elsewhere}"

@@ -12,8 +12,11 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import time
 from typing import Callable, Optional
 
+# the same signal again within this many seconds is one delivery seen twice, not a second request
+REPEAT_S = 1.0
 STOP_SIGNALS = tuple(s for s in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGUSR2", None)) if s)
 
 
@@ -36,6 +39,7 @@ class StopRequests:
         self.received: list[int] = []
         self._previous: dict[int, object] = {}
         self.at_once: Optional[str] = None  # set: the next signal stops at once, with this message
+        self.first_at = 0.0  # time.monotonic() of the first signal
 
     @property
     def requested(self) -> Optional[int]:
@@ -56,9 +60,12 @@ class StopRequests:
         if self.at_once is not None:
             raise Interrupted(signum, f"{signal_name(signum)}: {self.at_once}")
         if signum in self.received:
+            if time.monotonic() - self.first_at < REPEAT_S:
+                return  # one signal delivered twice (SLURM signals every task; torchrun's agent forwards it)
             raise Interrupted(signum, f"{signal_name(signum)} again: stopped at once, without a checkpoint")
         first = not self.received
         self.received.append(signum)
+        self.first_at = time.monotonic() if first else self.first_at
         if first:
             print(
                 f"{signal_name(signum)} received: stopping after this step with a checkpoint "

@@ -143,7 +143,8 @@ class Trainer:
         set_rng_state(ckpt["rng"])
         losses = {int(k): v for k, v in ckpt["losses"].items()}
         self.state = TrainState(ckpt["step"], ckpt["tokens_seen"], losses)
-        self.state.last_good_loss = losses.get(ckpt["step"])
+        self.state.last_good_loss = ckpt.get("last_good_loss", losses.get(ckpt["step"]))
+        self.state.skipped = ckpt.get("skipped_steps", 0)
         log.info("resumed from %s at step %d", path, self.state.step)
 
     def optimizer_state(self, ckpt: dict) -> dict:
@@ -158,7 +159,8 @@ class Trainer:
         return self.state.step >= self.total
 
     def fit(self, tracker: Tracker) -> TrainState:
-        """Step until the budget is spent (or ``train.stop_after_steps``); returns the loop state."""
+        """Step until the budget is spent, ``train.stop_after_steps``, a stop signal (after a checkpoint)
+        or a divergence (without one); returns the loop state."""
         step_fn = wrap_ddp(torch.compile(self.model) if self.cfg.compile else self.model, self.device)
         bar = tqdm(
             total=self.total,
@@ -174,10 +176,8 @@ class Trainer:
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}")
             self.log(tracker, loss, lr, tok_s, grad_norm)
             if self.state.diverged is None:
-                signalled = self.signalled()
-                if not signalled:
-                    self.validate_now(tracker)
-                self.checkpoint(force=signalled)
+                self.validate_now(tracker)  # when due, a signalled step too: a resume must not miss it
+                self.checkpoint(force=self.signalled())
             if self.stopping or self.state.stopped_by or self.state.diverged:
                 break
         bar.close()
@@ -186,7 +186,8 @@ class Trainer:
         return self.state
 
     def step(self, step_fn) -> tuple[float, float, float, float]:
-        """One optimiser step, averaged over ranks -> (loss, gradient norm, learning rate, tokens/s).
+        """One step, averaged over ranks -> (loss, gradient norm, learning rate, tokens/s); the update
+        is applied only when both are finite.
 
         A non-finite loss or gradient norm (the same on every rank: the loss is averaged, the gradients
         all-reduced) is never applied: it is skipped while ``train.skip_nonfinite_steps`` allows, else
@@ -273,6 +274,8 @@ class Trainer:
             "step": state.step,
             "tokens_seen": state.tokens_seen,
             "losses": {str(k): v for k, v in state.losses.items()},
+            "last_good_loss": state.last_good_loss,
+            "skipped_steps": state.skipped,
             "batches": self.batches.state_dict(),
             "rng": rng_state(),
             "config": to_plain_dict(self.run),
