@@ -13,7 +13,8 @@ import pytest
 
 from posbench.compare import collect, compare, find_results
 from posbench.identity import RunIdentity
-from tests.conftest import REPO, compose_config, compose_run
+from posbench.results import load_results
+from tests.conftest import REPO, compose_config, compose_run, posbench_cli
 
 # a smoke-sized multirun through the CLI, as a user types it
 POSBENCH_TRAIN_M = [sys.executable, "-m", "posbench", "train", "-m", "debug=smoke", "logger=jsonl"]
@@ -305,3 +306,40 @@ def test_a_joblib_sweep_of_rope_and_yarn_by_two_seeds_writes_four_folders_and_co
     )
     text = compare([sweep])
     assert "| rope | " in text and "| rope+yarn | " in text and "over 2 seeds" in text
+
+
+def job_nlls(sweep: Path) -> dict[str, dict[int, float]]:
+    return {
+        p.parent.name: {row["length"]: row["nll"] for row in load_results(p)["results"]}
+        for p in sweep.glob("*/results.json")
+    }
+
+
+@pytest.mark.slow
+def test_a_sweep_stopped_mid_job_and_rerun_equals_an_uninterrupted_one_and_a_rerun_of_it_runs_nothing(
+    tmp_path,
+):
+    """train.resume=auto with a fixed hydra.sweep.dir: the rerun resumes each stopped job from its own
+    checkpoint; a rerun of a finished sweep trains nothing and says so for every job."""
+    grid = "encoding=alibi,nope train.max_steps=6 train.ckpt_every=2 train.val_every=0 train.resume=auto"
+    common = [*POSBENCH_TRAIN_M[3:], *grid.split(), "eval.lengths=[64,128]", "eval.max_tokens=256"]
+
+    def sweep(name: str, *extra: str):
+        where = [f"run_root={tmp_path / name}", f"hydra.sweep.dir={tmp_path / name / 'sweep'}"]
+        result = posbench_cli(*common, *where, *extra, cwd=tmp_path, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    sweep("whole")
+    sweep("stopped", "train.stop_after_steps=3")
+    assert not list((tmp_path / "stopped").rglob("results.json"))  # every job stopped mid-way
+    sweep("stopped")
+    whole, rerun = job_nlls(tmp_path / "whole" / "sweep"), job_nlls(tmp_path / "stopped" / "sweep")
+    assert sorted(whole) == sorted(rerun) and len(whole) == 2
+    for job in whole:
+        for length in whole[job]:
+            assert rerun[job][length] == pytest.approx(whole[job][length], rel=1e-6), (job, length)
+    before = {p: p.read_bytes() for p in (tmp_path / "stopped").rglob("results.json")}
+    again = sweep("stopped")
+    assert again.stdout.count("already finished") == 2
+    assert {p: p.read_bytes() for p in before} == before

@@ -25,7 +25,12 @@ from posbench.runtime import (
     seed_everything,
 )
 from posbench.tracking import Tracker, build_tracker
-from posbench.training.resume import check_run_folder, find_resume_checkpoint, restarts_in_place
+from posbench.training.resume import (
+    check_run_folder,
+    find_resume_checkpoint,
+    finished_results,
+    restarts_in_place,
+)
 from posbench.training.signals import Interrupted, StopRequests, signal_name
 from posbench.training.trainer import Divergence, Trainer, TrainState, Validate
 
@@ -51,7 +56,14 @@ def train(run: RunConfig, run_dir: str | Path, choices: Optional[dict] = None) -
             "make it a multiple of the process count"
         )
     with process_group(d, device):
-        return _train(run, Path(broadcast_from_main(str(run_dir))), choices, d, device)
+        run_dir = Path(broadcast_from_main(str(run_dir)))
+        done = broadcast_from_main(finished_results(run, run_dir) if d.is_main else None)
+        if done is not None:
+            if d.is_main:
+                name = RunIdentity.of(run).name
+                print(f"{name}: already finished in {run_dir} (train.resume=auto); nothing to do", flush=True)
+            return {"step": done.get("step"), "results": done, "skipped": True}
+        return _train(run, run_dir, choices, d, device)
 
 
 def load_corpus_main_first(run: RunConfig, d: Dist) -> TokenizedCorpus:

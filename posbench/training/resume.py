@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Optional
 
 from posbench.checkpoint import CheckpointError, saved_config
-from posbench.config import RunConfig
+from posbench.config import RunConfig, to_plain_dict
 from posbench.identity import RunIdentity
+from posbench.results import RESULTS_JSON, load_results
 
 TRUE_WORDS = {"true", "yes", "1", "latest"}
 AUTO_WORD = "auto"  # as true, but start fresh when there is no checkpoint of this run (SLURM requeue)
@@ -24,10 +25,14 @@ def same_run(config: Optional[dict], identity: RunIdentity) -> bool:
 
 
 def latest_of_this_run(run: RunConfig, run_dir: Path) -> Path:
-    """The newest ``last.pt`` under ``run_root/experiment_name`` (or in ``run_dir``) whose saved
-    config has this run's identity: folder names are not consulted."""
+    """This run's own checkpoint in ``run_dir`` if it has one, else the newest ``last.pt`` under
+    ``run_root/experiment_name`` whose saved config has this run's identity: folder names are not
+    consulted."""
     root, identity = Path(run.run_root) / run.experiment_name, RunIdentity.of(run)
-    candidates = {*root.rglob("checkpoints/last.pt"), *(run_dir / "checkpoints").glob("last.pt")}
+    own = run_dir / "checkpoints" / "last.pt"
+    if own.is_file() and same_run(saved_config(own), identity):
+        return own  # this run's own folder first: a rerun sweep continues each job where it stopped
+    candidates = set(root.rglob("checkpoints/last.pt"))
     found = [p for p in candidates if same_run(saved_config(p), identity)]
     if not found:
         raise CheckpointError(
@@ -59,6 +64,24 @@ def find_resume_checkpoint(run: RunConfig, run_dir: Path) -> Optional[Path]:
     if path.is_file():
         return path
     raise CheckpointError(f"train.resume={value}: no checkpoint there; pass a run folder or a .pt file")
+
+
+def finished_results(run: RunConfig, run_dir: Path) -> Optional[dict]:
+    """With ``train.resume=auto``: the results.json in ``run_dir`` when it is this run's and final (its
+    whole budget trained, or diverged, and evaluated as this run's eval group says), so a rerun of a
+    sweep into the same folder does nothing for it; else None."""
+    path = run_dir / RESULTS_JSON
+    if str(run.train.resume).strip().lower() != AUTO_WORD or not path.is_file():
+        return None
+    try:
+        document = load_results(path)
+    except (OSError, ValueError):
+        return None  # unreadable: the run resumes from its checkpoint and writes it again
+    config = document.get("config")
+    if not same_run(config, RunIdentity.of(run)) or document.get("eval_config") != to_plain_dict(run.eval):
+        return None
+    trained = document.get("step") == run.train.total_steps()
+    return document if trained or document.get("diverged") else None
 
 
 def restarts_in_place(run: RunConfig, run_dir: Path, resume_from: Optional[Path]) -> bool:
