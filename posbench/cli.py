@@ -63,7 +63,10 @@ def _guarded(job: Callable[[DictConfig], object]) -> Callable[[DictConfig], obje
             if disk_full_cause(exc) is None:
                 raise
             where = f" writing {exc.filename}" if exc.filename else ""
-            _say(f"error: no space left on the device{where}; free space or point run_root=... elsewhere", 2)
+            _say(
+                f"error: no space left on the device{where}; free space or point run_root=... elsewhere",
+                USER_ERROR,
+            )
 
     wrapper.__name__ = job.__name__
     return wrapper
@@ -112,7 +115,10 @@ def missing_checkpoint(command: str, argv: list[str]) -> bool:
 def run_hydra(command: str, argv: list[str]) -> None:
     config_name, job = COMMANDS[command]
     if missing_checkpoint(command, argv):
-        _say("error: posbench eval needs a checkpoint: pass checkpoint=PATH (a run folder or a .pt file)", 2)
+        _say(
+            "error: posbench eval needs a checkpoint: pass checkpoint=PATH (a run folder or a .pt file)",
+            USER_ERROR,
+        )
     register_schemas()
     from posbench.distributed import hydra_overrides_for_rank
 

@@ -92,7 +92,9 @@ class TrainConfig:
     val_every: int = 200  # steps between validation losses at the training length; 0 = never
     val_tokens: int = 65536  # tokens scored by each periodic validation
     ckpt_every: int = 200  # steps between checkpoints; 0 = only at the end
-    resume: Optional[str] = None  # true = latest checkpoint of this run's kind, or a path
+    # true = this run's latest checkpoint; auto = the same, or a fresh start without one (and nothing to
+    # do when its results are final: resumable sweeps); or a path to a run folder or .pt file
+    resume: Optional[str] = None
     stop_after_steps: Optional[int] = None  # stop early (as if killed) after this many steps
     skip_nonfinite_steps: int = 0  # steps with a non-finite loss/grad norm skipped before stopping
 

@@ -20,7 +20,7 @@ from posbench.evaluation.run import evaluate_and_report, run_metadata
 from posbench.identity import RunIdentity
 from posbench.model.transformer import Transformer
 from posbench.runtime import check_precision, resolve_device
-from posbench.tracking import build_tracker
+from posbench.tracking import Tracker, build_tracker
 
 EVAL_KEYS = ("checkpoint", "eval", "device", "run_root")  # the rest of an eval config are overrides
 # group -> keys that may be overridden (None: any key but "name")
@@ -100,6 +100,21 @@ def save_eval_config(out_dir: Path, checkpoint: str, overrides: dict, run: RunCo
     OmegaConf.save(OmegaConf.create(resolved), out_dir / EVAL_CONFIG_YAML)
 
 
+def eval_tracker(run: RunConfig, out_dir: Path, checkpoint: str, overrides: dict) -> tuple[Tracker, str]:
+    """The evaluation's tracker and run name, from the identity of the evaluated config (the
+    checkpoint's, overrides included)."""
+    identity = RunIdentity.of(run)
+    name = f"{identity.name}-eval"
+    config = {
+        "checkpoint": checkpoint,
+        "overrides": overrides,
+        **to_plain_dict(run),
+        "identity": identity.to_dict(),
+    }
+    group = run.logger.group or run.experiment_name
+    return build_tracker(run.logger, str(out_dir), config, name, group, job_type="eval"), name
+
+
 def evaluate_checkpoint(cfg: DictConfig, out_dir: str | Path) -> dict:
     # Unresolved: an override's "${train.seq_len}" (e.g. a RoPE scaling's original length)
     # must mean the checkpoint's training length, which only the merged config knows.
@@ -114,28 +129,10 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: str | Path) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_eval_config(out_dir, checkpoint, overrides, run)
-    identity = RunIdentity.of(run)  # of the evaluated config: the checkpoint's, overrides included
-    name = f"{identity.name}-eval"
-    config = {
-        "checkpoint": checkpoint,
-        "overrides": overrides,
-        **to_plain_dict(run),
-        "identity": identity.to_dict(),
-    }
-    tracker = build_tracker(
-        run.logger, str(out_dir), config, name, run.logger.group or run.experiment_name, job_type="eval"
-    )
+    tracker, name = eval_tracker(run, out_dir, checkpoint, overrides)
+    provenance = {"run_name": name, "checkpoint": checkpoint, "overrides": overrides}
     meta = run_metadata(
-        run,
-        model,
-        corpus.info,
-        {
-            "run_name": name,
-            "checkpoint": checkpoint,
-            "overrides": overrides,
-            "step": ckpt["step"],
-            "tokens_seen": ckpt["tokens_seen"],
-        },
+        run, model, corpus.info, {**provenance, "step": ckpt["step"], "tokens_seen": ckpt["tokens_seen"]}
     )
     try:
         return evaluate_and_report(

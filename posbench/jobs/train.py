@@ -166,6 +166,23 @@ def _train(
     return metrics
 
 
+def stop_if_signalled(trainer: Trainer, stops: StopRequests, run_dir: Path, d: Dist) -> None:
+    """After training: raise ``Interrupted`` (the checkpoint written) if a stop signal came, also one
+    during the last step's validation or checkpoint; else make a signal during the evaluation stop
+    at once, saying the checkpoint is complete."""
+    state = trainer.state
+    if not state.stopped_by:
+        trainer.signalled()
+    if state.stopped_by:
+        for signum, handler in stops.previous_handlers():  # e.g. submitit's requeue, after our checkpoint
+            handler(signum, None)
+        raise Interrupted(state.stopped_by, stop_message(state, trainer, run_dir) if d.is_main else "")
+    stops.at_once = (
+        f"stopped during the evaluation; the checkpoint {trainer.kept_checkpoint} is complete: evaluate "
+        f"it with python -m posbench eval checkpoint={run_dir}"
+    )
+
+
 def fit_and_report(
     run: RunConfig,
     run_dir: Path,
@@ -187,16 +204,7 @@ def fit_and_report(
                 run, run_dir, meta, state.diverged, device, corpus.separator_id
             )
         raise TrainingDiverged(state.diverged.message() if d.is_main else "")
-    if not state.stopped_by:
-        trainer.signalled()  # a signal during the last step's validation or checkpoint: stop here too
-    if state.stopped_by:
-        for signum, handler in stops.previous_handlers():  # e.g. submitit's requeue, after our checkpoint
-            handler(signum, None)
-        raise Interrupted(state.stopped_by, stop_message(state, trainer, run_dir) if d.is_main else "")
-    stops.at_once = (
-        f"stopped during the evaluation; the checkpoint {trainer.kept_checkpoint} is complete: evaluate "
-        f"it with python -m posbench eval checkpoint={run_dir}"
-    )
+    stop_if_signalled(trainer, stops, run_dir, d)
     if run.eval.enabled and d.is_main and trainer.finished:
         metrics["results"] = evaluate_and_report(
             trainer.model,

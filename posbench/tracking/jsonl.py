@@ -22,11 +22,13 @@ from posbench.tracking.base import check_eval_rows, check_metric_names, json_saf
 
 # Record keys a metric name must not shadow: readers tell records apart by them.
 RESERVED_KEYS = ("step", "time", "eval", "image", "summary")
+ENDING_KEYS = ("eval", "image", "summary")  # records of a run's end, not of a step
 
 
 def keep_through_step(path: str, step: int) -> None:
-    """Rewrite the log (atomically) without the records of steps after ``step`` and without lines a
-    kill cut short: a run resumed in place from a checkpoint at ``step`` logs those steps again."""
+    """Rewrite the log (atomically) without the records of steps after ``step``, without the records
+    of an ending (evaluation rows, images, summaries: the resumed run writes its own) and without
+    lines a kill cut short: a run resumed in place from a checkpoint at ``step`` logs those again."""
     if not os.path.exists(path):
         return
     kept = []
@@ -36,7 +38,8 @@ def keep_through_step(path: str, step: int) -> None:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if not isinstance(record, dict) or (record.get("step") or 0) <= step:
+            ending = isinstance(record, dict) and any(key in record for key in ENDING_KEYS)
+            if not ending and (not isinstance(record, dict) or (record.get("step") or 0) <= step):
                 kept.append(line if line.endswith("\n") else line + "\n")
     with atomic_write(path) as f:
         f.write("".join(kept))

@@ -45,8 +45,8 @@ def latest_of_this_run(run: RunConfig, run_dir: Path) -> Path:
 
 def find_resume_checkpoint(run: RunConfig, run_dir: Path) -> Optional[Path]:
     """None: start fresh. ``true``: the newest checkpoint of this very run (see
-    ``latest_of_this_run``). A path: that checkpoint file, or a run folder holding
-    ``checkpoints/last.pt``."""
+    ``latest_of_this_run``); ``auto``: the same, or None when there is none. A path: that
+    checkpoint file, or a run folder holding ``checkpoints/last.pt``."""
     value = run.train.resume
     word = "" if value is None else str(value).strip().lower()
     if word in FALSE_WORDS:
