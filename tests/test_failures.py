@@ -118,14 +118,15 @@ def test_a_signal_checkpoints_its_step_and_the_in_place_resume_equals_an_uninter
     assert logged_steps(run_dir) == list(range(1, 8))  # the in-place resume logged no step twice
 
 
-def test_a_second_signal_stops_at_once(smoke_run, tmp_path, monkeypatch):
-    def send_twice(step, loss, g):
-        if step == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-            os.kill(os.getpid(), signal.SIGTERM)
-        return loss, g
+def sigterm_twice_at_step_2(step, loss, g):
+    if step == 2:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+    return loss, g
 
-    at_step(monkeypatch, send_twice)
+
+def test_a_second_signal_stops_at_once(smoke_run, tmp_path, monkeypatch):
+    at_step(monkeypatch, sigterm_twice_at_step_2)
     monkeypatch.setattr(signals_module, "REPEAT_S", 0.0)  # the second is a second request, however soon
     with pytest.raises(Interrupted, match="SIGTERM again: stopped at once"):
         train(smoke_run("train.max_steps=6", "train.ckpt_every=0", *QUICK), tmp_path / "run")
@@ -136,13 +137,7 @@ def test_one_signal_delivered_twice_at_once_is_one_stop_request(smoke_run, tmp_p
     """SLURM signals every task of a step and torchrun's agent forwards the signal too: a worker may see
     one SIGTERM twice within milliseconds, which must still end in a checkpoint."""
 
-    def send_twice(step, loss, g):
-        if step == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-            os.kill(os.getpid(), signal.SIGTERM)
-        return loss, g
-
-    at_step(monkeypatch, send_twice)
+    at_step(monkeypatch, sigterm_twice_at_step_2)
     with pytest.raises(Interrupted, match="stopped by SIGTERM after step 2"):
         train(smoke_run("train.max_steps=6", "train.ckpt_every=0", *QUICK), tmp_path / "run")
     assert load_checkpoint(tmp_path / "run")["step"] == 2
