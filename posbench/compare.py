@@ -152,12 +152,12 @@ def evaluation(doc: dict) -> dict[str, object]:
 
 def as_run(path: Path, doc: dict) -> Run:
     """Files written before results recorded an identity get it from their saved config."""
-    identity = doc.get("identity")
-    seedless = identity["seedless_digest"] if identity else digest(seedless_experiment(doc))
+    identity, trained = doc.get("identity"), seedless_experiment(doc)
+    seedless = identity["seedless_digest"] if identity else digest(trained)
     how = evaluation(doc)
     step = None if doc.get("diverged") else doc.get("step")
     key = (doc["train_seq_len"], doc["encoding"], seedless, digest(how), step)
-    experiment = {**flatten(seedless_experiment(doc)), **how, "step": step}
+    experiment = {**flatten(trained), **how, "step": step}
     return Run(path, doc, key, experiment)
 
 
