@@ -10,6 +10,9 @@ them (mean ± sample std of perplexity). It writes ``comparison.md`` (one table 
 length: rows encodings, columns eval lengths, as in Press et al. 2022, Table 2; under each table
 the diverged runs, non-finite values and repeated evaluations it did not average) and
 ``comparison.png``, both atomically and only once every file has been read.
+
+Results of a task (``task=NAME``) are tabled apart, one table per task and training length: rows
+encodings, columns test buckets, exact-match accuracy (and a second table of per-token accuracy).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from posbench.atomic import atomic_write
 from posbench.identity import digest, experiment_config, without_seed
@@ -33,11 +36,14 @@ OVERRIDES = "overrides."  # prefix of the flat settings a ``posbench eval`` laid
 
 @dataclass
 class Cell:
-    """Perplexities of one (encoding, train length, eval length) over seeds."""
+    """The values of one (section, row, eval length) over seeds: perplexities, or a task's exact-match
+    accuracies (with the per-token ones beside them)."""
 
-    ppls: list[float] = field(default_factory=list)
+    ppls: list[float] = field(default_factory=list)  # the cell's values: perplexity or accuracy
     seeds: list[int] = field(default_factory=list)
     missing: Optional[str] = None  # why the length is n/a
+    token_accuracies: list[float] = field(default_factory=list)  # tasks: per-token accuracy, by seed
+    length_min: Optional[int] = None  # tasks: the test bucket's shortest length
 
     @property
     def mean(self) -> float:
@@ -48,18 +54,24 @@ class Cell:
         return statistics.stdev(self.ppls) if len(self.ppls) > 1 else 0.0
 
 
-Key = tuple[int, str]  # (train length, row label: the encoding label, plus what tells apart runs sharing it)
-RunKey = tuple[int, str, str, str, Optional[int]]
-# (train length, label, seedless digest, digest of how it was evaluated, step): one experiment
-# evaluated one way, any seed; a diverged run's step is None (it stopped early: its step is not the
-# experiment's)
+class Section(NamedTuple):
+    """What one table holds: results of one task (``""``: perplexity on a corpus) at one training length."""
+
+    task: str
+    train_len: int
+
+
+Key = tuple[Section, str]  # (section, row label: the encoding label, plus what tells apart runs sharing it)
+RunKey = tuple[Section, str, str, str, Optional[int]]
+# (section, label, seedless digest, digest of how it was evaluated, step): one experiment evaluated
+# one way, any seed; a diverged run's step is None (it stopped early: its step is not the experiment's)
 Table = dict[Key, dict[int, Cell]]
 
 
 @dataclass
 class Comparison:
     table: Table
-    notes: dict[int, list[str]]  # train length -> lines under its table: what was not averaged
+    notes: dict[Section, list[str]]  # lines under each section's table: what was not averaged
 
 
 @dataclass
@@ -139,14 +151,20 @@ def evaluation(doc: dict) -> dict[str, object]:
     """How the numbers were obtained, as flat settings. Overrides that only say how an evaluation ran
     or logged (``logger``, ``model.attention``) are left out; the others count even where the
     evaluated config shows them too, since it does not show what the checkpoint was trained with."""
+    overrides = {
+        f"{OVERRIDES}{k}": v for k, v in flatten(experiment_config(doc.get("overrides") or {})).items()
+    }
+    if "task" in doc:
+        task = doc["task"]
+        how = ("decoding", "test_seed", "test_examples", "depth_buckets")
+        return {**{f"task.{k}": task.get(k) for k in how}, **overrides}
     statement = doc.get("protocol") or {}
     rows = doc.get("results") or [{}]
-    overrides = experiment_config(doc.get("overrides") or {})
     return {
         "eval.protocol": statement.get("name", rows[0].get("protocol")),
         "eval.stride": statement.get("stride"),
         "eval.max_tokens": statement.get("max_tokens_per_length"),
-        **{f"{OVERRIDES}{k}": v for k, v in flatten(overrides).items()},
+        **overrides,
     }
 
 
@@ -156,7 +174,8 @@ def as_run(path: Path, doc: dict) -> Run:
     seedless = identity["seedless_digest"] if identity else digest(trained)
     how = evaluation(doc)
     step = None if doc.get("diverged") else doc.get("step")
-    key = (doc["train_seq_len"], doc["encoding"], seedless, digest(how), step)
+    section = Section((doc.get("task") or {}).get("name", ""), doc["train_seq_len"])
+    key = (section, doc["encoding"], seedless, digest(how), step)
     experiment = {**flatten(trained), **how, "step": step}
     return Run(path, doc, key, experiment)
 
@@ -192,8 +211,13 @@ def row_labels(experiments: dict[RunKey, dict]) -> dict[RunKey, str]:
 
 def run_name(run: Run, label: str) -> str:
     """``rope-L128-s1``; ``rope (train.lr=0.01) seed 1`` where the row label tells experiments apart."""
-    train_len, encoding = run.key[:2]
-    return f"{encoding}-L{train_len}-s{run.seed}" if label == encoding else f"{label} seed {run.seed}"
+    section, encoding = run.key[:2]
+    task = f"{section.task}-" if section.task else ""
+    return (
+        f"{task}{encoding}-L{section.train_len}-s{run.seed}"
+        if label == encoding
+        else f"{label} seed {run.seed}"
+    )
 
 
 def distinct_seeds(runs: list[Run]) -> tuple[list[Run], list[tuple[Run, int]]]:
@@ -217,13 +241,17 @@ def add_runs(cells: dict[int, Cell], runs: list[Run], protocol: Optional[str]) -
     averaged there (n/a, or non-finite: a diverged model's null perplexity)."""
     left_out: dict[int, list[Run]] = defaultdict(list)
     for run in runs:
+        metric = "accuracy" if "task" in run.doc else "ppl"
         for row in run.doc["results"]:
-            if protocol is not None and row["protocol"] != protocol:
+            if protocol is not None and row.get("protocol") != protocol:
                 continue
             cell = cells[row["length"]]
-            if row["status"] == "ok" and row["ppl"] is not None:
-                cell.ppls.append(row["ppl"])
+            cell.length_min = row.get("length_min")
+            if row["status"] == "ok" and row[metric] is not None:
+                cell.ppls.append(row[metric])
                 cell.seeds.append(run.seed)
+                if metric == "accuracy":
+                    cell.token_accuracies.append(row["token_accuracy"])
             else:
                 cell.missing = row.get("reason") or "non-finite"
                 left_out[row["length"]].append(run)
@@ -276,9 +304,9 @@ def diverged_names(diverged: list[Run], experiments: dict[RunKey, dict]) -> dict
 def of_protocol(runs: list[Run], protocol: Optional[str]) -> list[Run]:
     if protocol is None:
         return runs
-    kept = [r for r in runs if any(row["protocol"] == protocol for row in r.doc["results"])]
+    kept = [r for r in runs if any(row.get("protocol") == protocol for row in r.doc["results"])]
     if not kept:
-        found = sorted({row["protocol"] for r in runs for row in r.doc["results"]})
+        found = sorted({row.get("protocol") or "task accuracy" for r in runs for row in r.doc["results"]})
         raise ValueError(
             f"none of the {len(runs)} results files has {protocol} results; they hold: {', '.join(found)}"
         )
@@ -296,7 +324,7 @@ def gather(paths: list[Path], protocol: Optional[str] = None) -> Comparison:
     experiments = {key: group[0].experiment for key, group in groups.items()}
     labels = row_labels(experiments)
     table: Table = defaultdict(lambda: defaultdict(Cell))
-    notes: dict[int, list[str]] = defaultdict(list)
+    notes: dict[Section, list[str]] = defaultdict(list)
     for key, group in sorted(groups.items(), key=lambda item: labels[item[0]]):
         kept, repeated = distinct_seeds(group)
         cells = table[(key[0], labels[key])]
@@ -307,8 +335,8 @@ def gather(paths: list[Path], protocol: Optional[str] = None) -> Comparison:
         ]
     diverged = [run for run in runs if run.diverged]
     names = diverged_names(diverged, experiments)
-    for train_len in sorted({run.key[0] for run in diverged}):
-        notes[train_len].append(diverged_note([r for r in diverged if r.key[0] == train_len], names))
+    for section in sorted({run.key[0] for run in diverged}):
+        notes[section].append(diverged_note([r for r in diverged if r.key[0] == section], names))
     return Comparison(table, dict(notes))
 
 
@@ -317,40 +345,63 @@ def collect(paths: list[Path], protocol: Optional[str] = None) -> Table:
     return gather(paths, protocol).table
 
 
-def format_cell(cell: Cell) -> str:
-    if not cell.ppls:
+def format_values(values: list[float]) -> str:
+    if not values:
         return "n/a"
-    return f"{cell.mean:.2f} ± {cell.std:.2f}" if len(cell.ppls) > 1 else f"{cell.mean:.2f}"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-def markdown_table(table: Table, train_len: int) -> list[str]:
-    keys = sorted(k for k in table if k[0] == train_len)
+def format_cell(cell: Cell) -> str:
+    return format_values(cell.ppls)
+
+
+def column_label(section: Section, n: int, cell: Cell) -> str:
+    """``1024 (4L)``; a task's bucket ``41-80 (2L)``."""
+    span = f"{cell.length_min}-{n}" if cell.length_min not in (None, n) else str(n)
+    return f"{span} ({n / section.train_len:g}L)"
+
+
+def markdown_table(table: Table, section: Section, per_token: bool = False) -> list[str]:
+    keys = sorted(k for k in table if k[0] == section)
     lengths = sorted({n for k in keys for n in table[k]})
+    some = {n: next(table[k][n] for k in keys if n in table[k]) for n in lengths}
     rows = [
-        "| encoding | " + " | ".join(f"{n} ({n / train_len:g}L)" for n in lengths) + " |",
+        "| encoding | " + " | ".join(column_label(section, n, some[n]) for n in lengths) + " |",
         "|---|" + "---|" * len(lengths),
     ]
     for key in keys:
-        rows.append(
-            f"| {key[1]} | " + " | ".join(format_cell(table[key].get(n, Cell())) for n in lengths) + " |"
-        )
+        cells = [table[key].get(n, Cell()) for n in lengths]
+        shown = [format_values(c.token_accuracies) if per_token else format_cell(c) for c in cells]
+        rows.append(f"| {key[1]} | " + " | ".join(shown) + " |")
     return rows
 
 
-def markdown(table: Table, notes: Optional[dict[int, list[str]]] = None) -> str:
-    """One table per training length: rows encodings, columns eval lengths, mean ± std over seeds;
-    under it, a line for each thing not averaged into it."""
+def heading(section: Section, seeds: int, per_token: bool = False) -> str:
+    over = f"mean ± std over {seeds} seed{'s' * (seeds != 1)}"
+    if not section.task:
+        return f"### Trained at L = {section.train_len} (perplexity, {over})"
+    what = "per-token accuracy" if per_token else "exact-match accuracy"
+    return f"### {section.task}, trained on lengths up to {section.train_len} ({what}, {over})"
+
+
+def markdown(table: Table, notes: Optional[dict[Section, list[str]]] = None) -> str:
+    """One table per section (training length, and task): rows encodings, columns eval lengths (test
+    buckets), mean ± std over seeds; a task's per-token accuracy in a second table; under them, a line
+    for each thing not averaged in."""
     notes = notes or {}
     parts = []
-    for train_len in sorted({k[0] for k in table} | set(notes)):
-        cells = [c for k in table if k[0] == train_len for c in table[k].values()]
+    for section in sorted({k[0] for k in table} | set(notes)):
+        cells = [c for k in table if k[0] == section for c in table[k].values()]
         seeds = max((len(set(c.seeds)) for c in cells), default=0)
-        head = (
-            f"### Trained at L = {train_len} (perplexity, mean ± std over {seeds} seed{'s' * (seeds != 1)})\n"
-        )
-        rows = markdown_table(table, train_len) if cells else ["(no run to average)"]
-        below = [f"- {line}" for line in notes.get(train_len, [])]
-        parts.append(head + "\n" + "\n".join(rows) + "\n" + ("\n" + "\n".join(below) + "\n" if below else ""))
+        tables = [False, True] if section.task else [False]
+        text = []
+        for per_token in tables:
+            rows = markdown_table(table, section, per_token) if cells else ["(no run to average)"]
+            text.append(heading(section, seeds, per_token) + "\n\n" + "\n".join(rows) + "\n")
+        below = [f"- {line}" for line in notes.get(section, [])]
+        parts.append("\n".join(text) + ("\n" + "\n".join(below) + "\n" if below else ""))
     return "\n".join(parts)
 
 

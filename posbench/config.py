@@ -32,6 +32,7 @@ from posbench.data.config import (
 from posbench.encodings import ENCODINGS, EncodingConfig, register_scaling_schemas
 from posbench.model.config import Attention, Mlp, ModelConfig, Norm
 from posbench.runtime import Precision
+from posbench.tasks.config import TASK_SCHEMAS, TaskConfig
 from posbench.tracking.config import LoggerConfig
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "Protocol",
     "RunConfig",
     "ShakespeareConfig",
+    "TaskConfig",
     "TextFilesConfig",
     "Tokenizer",
     "TrainConfig",
@@ -173,6 +175,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = MISSING
+    task: Optional[TaskConfig] = None  # a synthetic task to train and test on, in place of the corpus
     experiment_name: str = "default"
     run_root: str = "runs"
 
@@ -195,6 +198,8 @@ def register_schemas() -> None:
     cs.store(group="schema/model", name="model", node=ModelConfig)
     for name, cls in DATA_SCHEMAS.items():
         cs.store(group="schema/data", name=name, node=cls)
+    for name, cls in TASK_SCHEMAS.items():
+        cs.store(group="schema/task", name=name, node=cls)
     cs.store(group="schema/train", name="train", node=TrainConfig)
     cs.store(group="schema/eval", name="eval", node=EvalConfig)
     cs.store(group="schema/logger", name="logger", node=LoggerConfig)
@@ -226,6 +231,8 @@ def to_run_config(cfg: DictConfig | dict) -> RunConfig:
         {n: c for n, (c, _) in ENCODINGS.items()}, plain["encoding"]["name"], "encoding"
     )
     schema.data = _schema_for(DATA_SCHEMAS, plain["data"]["name"], "data")
+    if plain.get("task") is not None:
+        schema.task = _schema_for(TASK_SCHEMAS, plain["task"]["name"], "task")
     merged = OmegaConf.merge(schema, plain)
     return OmegaConf.to_object(merged)  # type: ignore[return-value]
 

@@ -14,9 +14,10 @@ from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 from posbench.config import RunConfig, to_encoding_config, to_plain_dict
+from posbench.tasks.config import TEST_KEYS
 
 DIGEST_CHARS = 6
-EXPERIMENT_GROUPS = ("encoding", "model", "data", "train")
+EXPERIMENT_GROUPS = ("encoding", "model", "data", "task", "train")
 # Keys of those groups that do not change what is trained: where and how fast it runs (the
 # attention path computes the same function), how it is logged and checkpointed, and where the
 # token cache lives (its content is fingerprinted).
@@ -34,16 +35,26 @@ NOT_EXPERIMENT = {
         "device",
         "compile",
     ),
+    "task": TEST_KEYS,  # how a trained model is tested
 }
 
 
 def experiment_config(config: dict) -> dict:
-    """The parts of a plain run config that make two runs different experiments."""
+    """The parts of a plain run config that make two runs different experiments. A task run trains on
+    its task, not on the corpus: its data group does not count."""
+    groups = [g for g in EXPERIMENT_GROUPS if isinstance(config.get(g), dict)]
+    if "task" in groups:
+        groups.remove("data")
     return {
         group: {k: v for k, v in config[group].items() if k not in NOT_EXPERIMENT.get(group, ())}
-        for group in EXPERIMENT_GROUPS
-        if isinstance(config.get(group), dict)
+        for group in groups
     }
+
+
+def training_length(config: dict) -> int:
+    """The longest training length: a task's (in its unit), else ``train.seq_len`` (tokens)."""
+    task = config.get("task")
+    return int(task["train_lengths"][1]) if isinstance(task, dict) else int(config["train"]["seq_len"])
 
 
 def without_seed(experiment: dict) -> dict:
@@ -59,10 +70,11 @@ def digest(value: Any) -> str:
 @dataclass(frozen=True)
 class RunIdentity:
     label: str  # the encoding's label: alibi, rope+yarn, sinusoidal+alibi, rope+randpos
-    train_len: int
+    train_len: int  # train.seq_len, or a task's longest training length
     seed: int
     digest: str  # of the experiment config, seed included
     seedless_digest: str  # the same without the seed: the seeds of one experiment share it
+    task: Optional[str] = None  # the task a task run trains on
 
     @classmethod
     def of(cls, run: RunConfig) -> RunIdentity:
@@ -72,24 +84,28 @@ class RunIdentity:
     def from_config(cls, config: dict, label: Optional[str] = None) -> RunIdentity:
         """From a plain run config (a checkpoint's, a results file's); ``label`` if already known."""
         experiment = experiment_config(config)
-        train = config.get("train", {})
+        task = config.get("task")
         return cls(
             label or to_encoding_config(config["encoding"]).label(),
-            int(train["seq_len"]),
-            int(train.get("seed", 0)),
+            training_length(config),
+            int(config.get("train", {}).get("seed", 0)),
             digest(experiment),
             digest(without_seed(experiment)),
+            task["name"] if isinstance(task, dict) else None,
         )
 
     @property
     def name(self) -> str:
-        """W&B run name and results ``run_name``: ``rope+yarn-L128-s0``."""
-        return f"{self.label}-L{self.train_len}-s{self.seed}"
+        """W&B run name and results ``run_name``: ``rope+yarn-L128-s0``, ``reverse-rope-L40-s0``."""
+        return f"{self.task + '-' if self.task else ''}{self.label}-L{self.train_len}-s{self.seed}"
 
     @property
     def folder(self) -> str:
-        """Run folder (or sweep job folder) name: ``rope+yarn_L128_s0_1a2b3c``."""
-        return f"{self.label}_L{self.train_len}_s{self.seed}_{self.digest}"
+        """Run folder (or sweep job folder) name: ``rope+yarn_L128_s0_1a2b3c``, ``reverse_rope_L40_s0_…``."""
+        return (
+            f"{self.task + '_' if self.task else ''}{self.label}_L{self.train_len}_s{self.seed}_{self.digest}"
+        )
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "name": self.name, "folder": self.folder}
+        fields = {k: v for k, v in asdict(self).items() if k != "task" or v is not None}
+        return {**fields, "name": self.name, "folder": self.folder}

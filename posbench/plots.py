@@ -1,5 +1,6 @@
 """Plots of results documents (``posbench.results``): perplexity against evaluation length,
-and mean loss by position inside the window.
+and mean loss by position inside the window; for a task, accuracy against length bucket, and for
+a retrieval task a length × depth heatmap.
 
 matplotlib's object API on a bare ``Figure`` renders with Agg: no display, no pyplot global
 state, so plotting works on headless machines and never opens a window. Lengths a model
@@ -26,6 +27,7 @@ LOG_Y_SPREAD = (
     10.0  # a log perplexity axis once values span a decade: past a breaking point they grow by orders
 )
 EXTRAPOLATION_PNG, POSITION_LOSS_PNG = "extrapolation.png", "position_loss.png"
+ACCURACY_PNG, DEPTH_PNG = "accuracy.png", "depth_accuracy.png"
 
 
 def _has_value(row: dict, key: str) -> bool:
@@ -44,10 +46,10 @@ def series_label(document: dict, many: bool) -> str:
     return f"{document['encoding']} (L={document['train_seq_len']})"
 
 
-def _mark_missing(ax, rows: Iterable[dict], color) -> None:
-    """An x on the length axis for every length without a finite perplexity, with why in a word."""
+def _mark_missing(ax, rows: Iterable[dict], color, key: str = "ppl") -> None:
+    """An x on the length axis for every length without a finite ``key``, with why in a word."""
     for row in rows:
-        if _has_value(row, "ppl"):
+        if _has_value(row, key):
             continue
         text = "n/a" if row["status"] != "ok" else "not finite"
         ax.plot(
@@ -144,33 +146,95 @@ def plot_position_loss(document: dict, path: str | Path) -> Path:
 
 
 def write_plots(document: dict, run_dir: str | Path) -> dict[str, Path]:
-    """Both plots of one run into ``run_dir``; returns {name: path}."""
+    """The plots of one run into ``run_dir``; returns {name: path}."""
     run_dir = Path(run_dir)
+    if "task" in document:
+        plots = {"accuracy": plot_accuracy(document, run_dir / ACCURACY_PNG)}
+        if any(row["by_depth"] for row in document["results"]):
+            plots["depth_accuracy"] = plot_depth_accuracy(document, run_dir / DEPTH_PNG)
+        return plots
     return {
         "extrapolation": plot_extrapolation([document], run_dir / EXTRAPOLATION_PNG),
         "position_loss": plot_position_loss(document, run_dir / POSITION_LOSS_PNG),
     }
 
 
+def bucket_label(row: dict) -> str:
+    return (
+        str(row["length"]) if row["length_min"] == row["length"] else f"{row['length_min']}-{row['length']}"
+    )
+
+
+def plot_accuracy(document: dict, path: str | Path) -> Path:
+    """Exact-match and per-token accuracy against the test bucket's longest length (log-x)."""
+    task, train_len = document["task"], document["train_seq_len"]
+    rows = document["results"]
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.add_subplot()
+    ok = [row for row in rows if _has_value(row, "accuracy")]
+    for key, label in (("accuracy", "exact match"), ("token_accuracy", "per token")):
+        (line,) = ax.plot([r["length"] for r in ok], [r[key] for r in ok], marker="o", label=label)
+    _mark_missing(ax, rows, line.get_color(), "accuracy")
+    _training_lines(ax, [train_len])
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([r["length"] for r in rows], [bucket_label(r) for r in rows], fontsize=8)
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set(ylim=(-0.02, 1.02), xlabel=f"test lengths ({task['unit']})", ylabel="accuracy")
+    ax.set_title(f"{task['name']}: {document['encoding']} trained on lengths up to {train_len}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_depth_accuracy(document: dict, path: str | Path) -> Path:
+    """A retrieval task's exact-match accuracy by length bucket (columns) and depth bucket (rows)."""
+    rows = [row for row in document["results"] if row["by_depth"]]
+    bands = sorted({(s, e) for row in rows for s, e in zip(row["by_depth"]["start"], row["by_depth"]["end"])})
+    grid = [[math.nan] * len(rows) for _ in bands]
+    for j, row in enumerate(rows):
+        depth = row["by_depth"]
+        for start, end, value in zip(depth["start"], depth["end"], depth["accuracy"]):
+            grid[bands.index((start, end))][j] = value
+    fig = Figure(figsize=(1.2 * len(rows) + 2.5, 0.45 * len(bands) + 1.8))
+    ax = fig.add_subplot()
+    image = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+    for i, line in enumerate(grid):
+        for j, value in enumerate(line):
+            ax.text(j, i, "" if math.isnan(value) else f"{value:.2f}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(rows)), [bucket_label(r) for r in rows], fontsize=8)
+    ax.set_yticks(range(len(bands)), [f"{s:.1f}-{e:.1f}" for s, e in bands], fontsize=8)
+    ax.set(xlabel=f"test lengths ({document['task']['unit']})", ylabel="depth of the needle")
+    ax.set_title(f"{document['task']['name']}: {document['encoding']}, exact match by depth", fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.05)
+    return _save(fig, path)
+
+
 def plot_comparison(table: dict) -> bytes:
-    """``posbench compare``'s comparison.png, in memory: one panel per training length, one line (mean
-    ± std over seeds) per row of ``table``: (train length, row label) -> eval length -> cell."""
-    train_lens = sorted({k[0] for k in table}) or [None]
-    fig = Figure(figsize=(5 * len(train_lens), 4))
-    axes = fig.subplots(1, len(train_lens), squeeze=False, sharey=True)
-    for ax, train_len in zip(axes[0], train_lens):
-        if train_len is None:
+    """``posbench compare``'s comparison.png, in memory: one panel per section (training length, and
+    task), one line (mean ± std over seeds) per row of ``table``: (section, row label) -> eval length
+    -> cell. Perplexity panels have a log axis; a task's panel shows exact-match accuracy."""
+    sections = sorted({k[0] for k in table}) or [None]
+    fig = Figure(figsize=(5 * len(sections), 4))
+    axes = fig.subplots(1, len(sections), squeeze=False)
+    for ax, section in zip(axes[0], sections):
+        if section is None:
             ax.text(0.5, 0.5, "no finite results", ha="center", va="center", transform=ax.transAxes)
             continue
-        for key in sorted(k for k in table if k[0] == train_len):
+        for key in sorted(k for k in table if k[0] == section):
             cells = sorted((n, c) for n, c in table[key].items() if c.ppls)
             xs, means, stds = [n for n, _ in cells], [c.mean for _, c in cells], [c.std for _, c in cells]
             ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=key[1])
-        ax.axvline(train_len, color="grey", linestyle="--", linewidth=1)
-        ax.set(yscale="log", title=f"trained at L={train_len}", xlabel="eval length (tokens)")
+        ax.axvline(section.train_len, color="grey", linestyle="--", linewidth=1)
+        if section.task:
+            ax.set(
+                ylim=(-0.02, 1.02), ylabel="exact-match accuracy", xlabel="test length (upper end of bucket)"
+            )
+            ax.set_title(f"{section.task}, trained up to {section.train_len}")
+        else:
+            ax.set(yscale="log", ylabel="perplexity", xlabel="eval length (tokens)")
+            ax.set_title(f"trained at L={section.train_len}")
         ax.set_xscale("log", base=2)
         ax.legend(fontsize=8)
-    axes[0][0].set_ylabel("perplexity")
     with warnings.catch_warnings():  # long row labels: a cramped layout is still a plot
         warnings.simplefilter("ignore", UserWarning)
         fig.tight_layout()

@@ -5,6 +5,9 @@
 - ``results.csv``: one row per length (n/a rows included, with their reason), with the
   encoding and training length on every row, so files of many runs concatenate;
 - ``position_loss.csv``: the per-position curves in long form, one row per (length, bucket).
+A task's results (a document with a ``task`` record) have one row per test bucket, with exact-match
+and per-token accuracy, and for the retrieval tasks ``depth_accuracy.csv`` in place of the curves:
+one row per (length bucket, depth bucket).
 Non-finite numbers (a diverged model) are written as null / empty cells: JSON has no NaN.
 """
 
@@ -26,8 +29,9 @@ from typing import Any, Iterable, Iterator, Optional
 from posbench.atomic import atomic_write_text
 from posbench.tracking.base import json_safe
 
-RESULTS_SCHEMA_VERSION = 2
+RESULTS_SCHEMA_VERSION = 3
 RESULTS_JSON, RESULTS_CSV, POSITION_CSV = "results.json", "results.csv", "position_loss.csv"
+DEPTH_CSV = "depth_accuracy.csv"
 CSV_FIELDS = (
     "encoding",
     "train_seq_len",
@@ -44,6 +48,37 @@ CSV_FIELDS = (
     "backend",
     "wall_time_s",
     "reason",
+)
+TASK_CSV_FIELDS = (
+    "encoding",
+    "task",
+    "train_seq_len",
+    "run_name",
+    "length_min",
+    "length",
+    "x_train",
+    "status",
+    "accuracy",
+    "token_accuracy",
+    "examples",
+    "answer_tokens",
+    "longest_tokens",
+    "backend",
+    "wall_time_s",
+    "reason",
+)
+DEPTH_CSV_FIELDS = (
+    "encoding",
+    "task",
+    "train_seq_len",
+    "run_name",
+    "length_min",
+    "length",
+    "depth_start",
+    "depth_end",
+    "accuracy",
+    "token_accuracy",
+    "examples",
 )
 POSITION_CSV_FIELDS = (
     "encoding",
@@ -131,11 +166,14 @@ def write_results(run_dir: str | Path, rows: list[dict], metadata: dict[str, Any
         run_dir.mkdir(parents=True, exist_ok=True)
     document = results_document(rows, metadata)
     validate_results(document)  # before writing: a file on disk always matches its schema
-    files = {
-        RESULTS_JSON: json.dumps(document, indent=2, allow_nan=False) + "\n",
-        RESULTS_CSV: to_csv(CSV_FIELDS, csv_rows(document)),
-        POSITION_CSV: to_csv(POSITION_CSV_FIELDS, position_rows(document)),
-    }
+    files = {RESULTS_JSON: json.dumps(document, indent=2, allow_nan=False) + "\n"}
+    if "task" in document:
+        files[RESULTS_CSV] = to_csv(TASK_CSV_FIELDS, csv_rows(document))
+        if any(row["by_depth"] for row in document["results"]):
+            files[DEPTH_CSV] = to_csv(DEPTH_CSV_FIELDS, depth_rows(document))
+    else:
+        files[RESULTS_CSV] = to_csv(CSV_FIELDS, csv_rows(document))
+        files[POSITION_CSV] = to_csv(POSITION_CSV_FIELDS, position_rows(document))
     for name, text in files.items():
         with writing(run_dir / name):
             atomic_write_text(run_dir / name, text)
@@ -145,6 +183,7 @@ def write_results(run_dir: str | Path, rows: list[dict], metadata: dict[str, Any
 def _run_columns(document: dict) -> dict:
     return {
         "encoding": document["encoding"],
+        "task": (document.get("task") or {}).get("name"),
         "train_seq_len": document["train_seq_len"],
         "run_name": document.get("run_name"),
     }
@@ -173,6 +212,25 @@ def position_rows(document: dict) -> list[dict]:
                     "bucket_end": end,
                     "nll": nll,
                     "tokens": tokens,
+                }
+            )
+    return rows
+
+
+def depth_rows(document: dict) -> list[dict]:
+    """One row per (length bucket, depth bucket) of a retrieval task's results."""
+    rows = []
+    for result in document["results"]:
+        depth = result.get("by_depth") or {"start": []}
+        for i, start in enumerate(depth["start"]):
+            rows.append(
+                {
+                    **_run_columns(document),
+                    "length_min": result["length_min"],
+                    "length": result["length"],
+                    "depth_start": start,
+                    "depth_end": depth["end"][i],
+                    **{key: depth[key][i] for key in ("accuracy", "token_accuracy", "examples")},
                 }
             )
     return rows
@@ -209,5 +267,23 @@ def format_table(rows: Iterable[dict], train_len: int | None = None) -> str:
             f"{row['length']:>8} {ratio:>7} {_number(row['ppl'], '10.3f'):>10} "
             f"{_number(row['nll'], '8.4f'):>8} "
             f"{row['tokens_scored']:>9} {row['windows']:>7} {row['wall_time_s']:>7.1f}  {row['backend']}"
+        )
+    return "\n".join(lines)
+
+
+def format_task_table(rows: Iterable[dict], train_len: int) -> str:
+    """A fixed-width table of a task: length bucket, ratio to the longest training length, exact-match
+    and per-token accuracy, examples, the attention path."""
+    head = f"{'lengths':>11} {'x train':>7} {'accuracy':>9} {'per-token':>9} {'examples':>8} {'time s':>7}"
+    lines = [head + "  backend"]
+    for row in rows:
+        span = f"{row['length_min']}-{row['length']}"
+        ratio = f"{row['length'] / train_len:.1f}"
+        if row["status"] != "ok":
+            lines.append(f"{span:>11} {ratio:>7} {'n/a':>9} {'':>9} {0:>8} {'':>7}  ({row['reason']})")
+            continue
+        lines.append(
+            f"{span:>11} {ratio:>7} {row['accuracy']:>9.3f} {row['token_accuracy']:>9.3f} "
+            f"{row['examples']:>8} {row['wall_time_s']:>7.1f}  {row['backend']}"
         )
     return "\n".join(lines)

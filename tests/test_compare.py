@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import posbench.compare as cmp
-from posbench.compare import compare, find_results, gather
+from posbench.compare import Section, compare, find_results, gather
 from posbench.results import WriteError, validate_results
 from tests.conftest import REPO
 
@@ -100,9 +100,12 @@ def test_protocols_strides_and_budgets_are_rows_never_seeds(tmp_path):
         put(tmp_path, f"slide_s{seed}", results_doc(seed, {128: base - 1}, protocol="sliding", stride=64))
         put(tmp_path, f"budget_s{seed}", results_doc(seed, {128: base + 5}, max_tokens=4096))
     table = gather(find_results([tmp_path])).table
-    nonoverlapping = (128, "rope (eval.max_tokens=2048, eval.protocol=nonoverlapping, eval.stride=None)")
-    sliding = (128, "rope (eval.max_tokens=2048, eval.protocol=sliding, eval.stride=64)")
-    budget = (128, "rope (eval.max_tokens=4096, eval.protocol=nonoverlapping, eval.stride=None)")
+    nonoverlapping = (
+        Section("", 128),
+        "rope (eval.max_tokens=2048, eval.protocol=nonoverlapping, eval.stride=None)",
+    )
+    sliding = (Section("", 128), "rope (eval.max_tokens=2048, eval.protocol=sliding, eval.stride=64)")
+    budget = (Section("", 128), "rope (eval.max_tokens=4096, eval.protocol=nonoverlapping, eval.stride=None)")
     assert sorted(table) == sorted([nonoverlapping, sliding, budget])
     assert table[nonoverlapping][128].ppls == [10.0, 12.0] and sorted(table[nonoverlapping][128].seeds) == [
         0,
@@ -114,7 +117,10 @@ def test_protocols_strides_and_budgets_are_rows_never_seeds(tmp_path):
     assert "over 2 seeds" in text and "over 4 seeds" not in text and "over 6 seeds" not in text
     # keeping one protocol leaves one experiment of that name: no label suffix needed for it alone
     only = gather(find_results([tmp_path]), "sliding").table
-    assert sorted(only) == [(128, "rope")] and only[(128, "rope")][128].ppls == [9.0, 11.0]
+    assert sorted(only) == [(Section("", 128), "rope")] and only[(Section("", 128), "rope")][128].ppls == [
+        9.0,
+        11.0,
+    ]
 
 
 def test_one_checkpoint_evaluated_twice_is_one_seed_and_the_newest_counts(tmp_path):
@@ -126,8 +132,8 @@ def test_one_checkpoint_evaluated_twice_is_one_seed_and_the_newest_counts(tmp_pa
         tmp_path, "eval_s0", results_doc(0, {128: 10.5}, created="2026-01-02T00:00:00Z", overrides=logger)
     )
     table = gather(find_results([tmp_path])).table
-    assert list(table) == [(128, "rope")]
-    cell = table[(128, "rope")][128]
+    assert list(table) == [(Section("", 128), "rope")]
+    cell = table[(Section("", 128), "rope")][128]
     assert sorted(cell.seeds) == [0, 1] and sorted(cell.ppls) == [10.5, 14.0]  # not three "seeds"
     text = compare([tmp_path])
     assert "| rope | 12.25 ± 2.47 |" in text and "over 2 seeds" in text
@@ -140,16 +146,16 @@ def test_overrides_laid_over_a_checkpoint_make_another_row(tmp_path):
     base = {"encoding": {"base": 500}, "logger": {"name": "jsonl"}}
     put(tmp_path, "eval_s0", results_doc(0, {128: 30.0}, overrides=base, created="2026-01-02T00:00:00Z"))
     table = gather(find_results([tmp_path])).table
-    assert table[(128, "rope (no overrides)")][128].ppls == [10.0]
-    assert table[(128, "rope (overrides: encoding.base=500)")][128].ppls == [30.0]
+    assert table[(Section("", 128), "rope (no overrides)")][128].ppls == [10.0]
+    assert table[(Section("", 128), "rope (overrides: encoding.base=500)")][128].ppls == [30.0]
 
 
 def test_an_evaluation_of_an_earlier_checkpoint_is_not_a_seed(tmp_path):
     put(tmp_path, "final_s0", results_doc(0, {128: 10.0}, step=100))
     put(tmp_path, "early_s1", results_doc(1, {128: 20.0}, step=40))
     assert sorted(gather(find_results([tmp_path])).table) == [
-        (128, "rope (step=100)"),
-        (128, "rope (step=40)"),
+        (Section("", 128), "rope (step=100)"),
+        (Section("", 128), "rope (step=40)"),
     ]
 
 
@@ -161,8 +167,8 @@ def test_diverged_and_non_finite_runs_are_named_not_dropped(tmp_path):
     lost = {"step": 7, "last_finite_loss": None, "checkpoint": "x.pt"}
     put(tmp_path, "other", results_doc(0, {64: None}, train_len=64, step=7, diverged=lost))
     comparison = gather(find_results([tmp_path]))
-    assert comparison.table[(128, "rope")][256].ppls == [11.0]
-    assert comparison.notes[128] == [
+    assert comparison.table[(Section("", 128), "rope")][256].ppls == [11.0]
+    assert comparison.notes[Section("", 128)] == [
         "not finite, not averaged: rope-L128-s1 at 256",
         "diverged, not averaged: rope-L128-s2 (step 3, last finite loss 4.21)",
     ]
@@ -179,7 +185,7 @@ def test_a_diverged_run_is_named_by_the_row_of_its_experiment(tmp_path):
     put(tmp_path, "b", results_doc(0, {128: 20.0}, lr=0.002))
     diverged = {"step": 5, "last_finite_loss": 3.0, "checkpoint": None}
     put(tmp_path, "c", results_doc(1, {128: None}, lr=0.002, step=5, diverged=diverged))
-    notes = gather(find_results([tmp_path])).notes[128]
+    notes = gather(find_results([tmp_path])).notes[Section("", 128)]
     assert notes == ["diverged, not averaged: rope (train.lr=0.002) seed 1 (step 5, last finite loss 3.00)"]
 
 
@@ -219,7 +225,7 @@ def test_every_bad_results_file_is_named_and_nothing_is_written(tmp_path):
     message = str(err.value)
     assert "2 of 3 results files cannot be read, nothing written" in message and "\n" not in message
     assert f"{broken}: Expecting" in message
-    assert f"{invalid}: results document breaks schema version 2 at results/0/ppl" in message
+    assert f"{invalid}: results document breaks schema version 3 at results/0/ppl" in message
     assert (tmp_path / "comparison.md").read_text() == "old" and not (tmp_path / "comparison.png").exists()
     result = posbench_compare(str(tmp_path))
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1

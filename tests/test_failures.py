@@ -46,8 +46,8 @@ def at_step(monkeypatch, action) -> None:
 
     def wrapped(*args, **kwargs):
         calls["step"] += 1
-        loss, grad_norm = real(*args, **kwargs)
-        return action(calls["step"], loss, grad_norm)
+        loss, grad_norm, tokens = real(*args, **kwargs)
+        return (*action(calls["step"], loss, grad_norm), tokens)
 
     monkeypatch.setattr(trainer_module, "train_step", wrapped)
 

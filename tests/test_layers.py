@@ -47,6 +47,7 @@ ABOVE_MODEL = (
             ("posbench.model", *ABOVE_MODEL),
         ),  # encodings describe themselves; the model reads them
         ("model", ABOVE_MODEL),
+        ("tasks", ("posbench.encodings", "posbench.model", *ABOVE_MODEL)),  # examples know no model
         ("tracking", ("posbench.model", "posbench.training", "posbench.evaluation", "posbench.jobs")),
     ],
 )

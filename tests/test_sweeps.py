@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from posbench.compare import collect, compare, find_results
+from posbench.compare import Section, collect, compare, find_results
 from posbench.identity import RunIdentity
 from posbench.results import load_results
 from tests.conftest import REPO, compose_config, compose_run, posbench_cli
@@ -61,10 +61,10 @@ def test_compare_aggregates_seeds_per_encoding_and_train_length(tmp_path, monkey
     fake_results(tmp_path / "c", "learned", 128, 0, {128: 9.0, 256: None})
     fake_results(tmp_path / "d", "alibi", 64, 0, {64: 20.0})
     table = collect(find_results([tmp_path]))
-    cell = table[(128, "alibi")][128]
+    cell = table[(Section("", 128), "alibi")][128]
     assert cell.mean == pytest.approx(12.0) and cell.std == pytest.approx(2.8284271, rel=1e-6)
     assert sorted(cell.seeds) == [0, 1]
-    assert table[(128, "learned")][256].missing == "table ends"
+    assert table[(Section("", 128), "learned")][256].missing == "table ends"
     text = compare([tmp_path])
     assert "| alibi | 12.00 ± 2.83 | 12.00 ± 0.00 |" in text
     assert "| learned | 9.00 | n/a |" in text
@@ -268,12 +268,14 @@ def test_compare_keeps_experiments_that_share_a_label_apart(tmp_path, monkeypatc
     fake_results(tmp_path / "d", "rope+yarn", 128, 0, {128: 30.0}, {"lr": 0.001})
     table = collect(find_results([tmp_path]))
     assert sorted(table) == [
-        (128, "rope (train.lr=0.001)"),
-        (128, "rope (train.lr=0.002)"),
-        (128, "rope+yarn"),
+        (Section("", 128), "rope (train.lr=0.001)"),
+        (Section("", 128), "rope (train.lr=0.002)"),
+        (Section("", 128), "rope+yarn"),
     ]
-    assert table[(128, "rope (train.lr=0.001)")][128].mean == pytest.approx(11.0)  # its two seeds
-    assert table[(128, "rope (train.lr=0.002)")][128].ppls == [20.0]
+    assert table[(Section("", 128), "rope (train.lr=0.001)")][128].mean == pytest.approx(
+        11.0
+    )  # its two seeds
+    assert table[(Section("", 128), "rope (train.lr=0.002)")][128].ppls == [20.0]
     text = compare([tmp_path])
     assert "| rope (train.lr=0.001) | 11.00 ± 1.41 |" in text and "| rope+yarn | 30.00 |" in text
 

@@ -1,4 +1,5 @@
-"""Evaluate a model at every ``eval.lengths`` entry, then write, plot, print and log the results."""
+"""Evaluate a model at every ``eval.lengths`` entry (or every test bucket of its task), then write,
+plot, print and log the results."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ import torch
 from posbench.config import EvalConfig, RunConfig, to_plain_dict
 from posbench.evaluation.evaluator import bucket_kind, evaluate_lengths
 from posbench.evaluation.protocol import protocol_statement
+from posbench.evaluation.tasks import evaluate_task
 from posbench.identity import RunIdentity
 from posbench.model.transformer import Transformer
 from posbench.plots import write_plots
-from posbench.results import RESULTS_JSON, format_table, write_results
+from posbench.results import RESULTS_JSON, format_table, format_task_table, write_results
 from posbench.runtime import Precision
+from posbench.tasks import Decoding, Task
 from posbench.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -39,31 +42,40 @@ def run_metadata(
         },
         "data": corpus_info,
         "precision": run.train.precision.value,
-        "eval_config": to_plain_dict(run.eval),
+        # a task is tested by its own test_* settings (in the task record), not by the eval group
+        **({} if run.task is not None else {"eval_config": to_plain_dict(run.eval)}),
         "config": to_plain_dict(run),
         **extra,
     }
 
 
 def tracker_rows(document: dict) -> list[dict]:
-    """One row per length for ``Tracker.log_eval``: the results row without its curve, plus the
+    """One row per length for ``Tracker.log_eval``: the results row without its curves, plus the
     ratio to the training length, so runs trained at different lengths line up in W&B."""
     train_len = document["train_seq_len"]
     return [
-        {**{k: v for k, v in row.items() if k != "position_curve"}, "x_train": row["length"] / train_len}
+        {
+            **{k: v for k, v in row.items() if k not in ("position_curve", "by_depth")},
+            "x_train": row["length"] / train_len,
+        }
         for row in document["results"]
     ]
 
 
 def summary_values(document: dict) -> dict[str, Any]:
-    """Once-per-run values: perplexity at each length (a column per length in the W&B runs table)."""
+    """Once-per-run values: perplexity (or a task's accuracy) at each length, a column per length in the
+    W&B runs table."""
+    metric = "accuracy" if "task" in document else "ppl"
     ok = [row for row in document["results"] if row["status"] == "ok"]
-    values: dict[str, Any] = {f"eval/ppl@{row['length']}": row["ppl"] for row in ok}
-    at_train = [row["ppl"] for row in ok if row["length"] == document["train_seq_len"]]
+    values: dict[str, Any] = {f"eval/{metric}@{row['length']}": row[metric] for row in ok}
+    at_train = [row[metric] for row in ok if row["length"] == document["train_seq_len"]]
     if at_train:
-        values["eval/ppl_at_train_len"] = at_train[0]
-    values["eval/protocol"] = document["protocol"]["name"]
-    values["eval/tokens_scored"] = sum(row["tokens_scored"] for row in document["results"])
+        values[f"eval/{metric}_at_train_len"] = at_train[0]
+    if "task" in document:
+        values["eval/task"] = document["task"]["name"]
+    else:
+        values["eval/protocol"] = document["protocol"]["name"]
+        values["eval/tokens_scored"] = sum(row["tokens_scored"] for row in document["results"])
     values["eval/wall_time_s"] = sum(row["wall_time_s"] for row in document["results"])
     return values
 
@@ -100,6 +112,52 @@ def evaluate_and_report(
     train_len = document["train_seq_len"]
     print(f"\nPerplexity of {document['encoding']} trained at {train_len} ({cfg.protocol.value} windows):")
     print(format_table(document["results"], train_len), flush=True)
+    report_to_tracker(tracker, document, plots)
+    log.info("results and plots written to %s", Path(run_dir) / RESULTS_JSON)
+    return document
+
+
+GREEDY_EQUIVALENCE = (
+    "exact match is greedy decoding's: an answer is exactly right iff every answer token is the argmax "
+    "given the true tokens before it"
+)
+
+
+def task_statement(task: Task) -> dict[str, Any]:
+    """What a task's results file says about its examples, its test set and how they were scored."""
+    cfg = task.cfg
+    return {
+        **task.statement(),
+        "decoding": cfg.decoding.value,
+        "decoding_note": (
+            GREEDY_EQUIVALENCE
+            if cfg.decoding == Decoding.teacher_forced
+            else "the answer tokens are generated"
+        ),
+        "train_lengths": list(cfg.train_lengths),
+        "test_seed": cfg.test_seed,
+        "test_examples": cfg.test_examples,
+        "depth_buckets": cfg.depth_buckets if task.retrieval else None,
+    }
+
+
+def evaluate_task_and_report(
+    model: Transformer,
+    task: Task,
+    precision: Precision,
+    run_dir: Path,
+    tracker: Tracker,
+    device: torch.device,
+    metadata: dict[str, Any],
+) -> dict:
+    """Test on every bucket of ``task``; write results.json/.csv and the plots; print; log."""
+    results = evaluate_task(model, task, device, precision)
+    extra = {"device": str(device), "task": task_statement(task)}
+    document = write_results(run_dir, [r.to_dict() for r in results], {**metadata, **extra})
+    plots = write_plots(document, run_dir)
+    train_len = document["train_seq_len"]
+    print(f"\nAccuracy of {document['encoding']} on {task.name}, trained on lengths up to {train_len}:")
+    print(format_task_table(document["results"], train_len), flush=True)
     report_to_tracker(tracker, document, plots)
     log.info("results and plots written to %s", Path(run_dir) / RESULTS_JSON)
     return document

@@ -15,11 +15,12 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 
 from posbench.checkpoint import RUN_ENTRIES, load_checkpoint
 from posbench.config import RunConfig, to_plain_dict, to_run_config
-from posbench.data import TokenizedCorpus, load_corpus
-from posbench.evaluation.run import evaluate_and_report, run_metadata
+from posbench.evaluation.run import run_metadata
 from posbench.identity import RunIdentity
+from posbench.jobs.workload import Workload, workload_of
 from posbench.model.transformer import Transformer
 from posbench.runtime import check_precision, resolve_device
+from posbench.tasks import TEST_KEYS
 from posbench.tracking import Tracker, build_tracker
 
 EVAL_KEYS = ("checkpoint", "eval", "device", "run_root")  # the rest of an eval config are overrides
@@ -29,6 +30,7 @@ OVERRIDABLE: dict[str, Optional[tuple[str, ...]]] = {
     "model": ("attention", "attention_block"),
     "train": ("precision",),
     "logger": None,
+    "task": TEST_KEYS,  # how a task checkpoint is tested: its buckets, examples, decoding
 }
 EVAL_CONFIG_YAML = "eval_config.yaml"
 
@@ -77,11 +79,11 @@ def checkpoint_run_config(saved: dict, eval_cfg: dict, overrides: dict, device: 
         raise ValueError(message) from None
 
 
-def load_model(run: RunConfig, ckpt: dict, corpus: TokenizedCorpus, device) -> Transformer:
-    if ckpt.get("corpus_fingerprint") not in (None, corpus.fingerprint):
+def load_model(run: RunConfig, ckpt: dict, work: Workload, device) -> Transformer:
+    if ckpt.get("corpus_fingerprint") not in (None, work.fingerprint):
         raise ValueError(
-            f"the checkpoint was trained on corpus {ckpt['corpus_fingerprint']}, but its data config now "
-            f"gives {corpus.fingerprint}: the tokens would not mean what they meant in training"
+            f"the checkpoint was trained on data {ckpt['corpus_fingerprint']}, but its config now "
+            f"gives {work.fingerprint}: the tokens would not mean what they meant in training"
         )
     model = Transformer(run.model, run.encoding, ckpt["vocab_size"]).to(device)
     try:
@@ -124,27 +126,17 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: str | Path) -> dict:
     run = checkpoint_run_config(ckpt["config"], plain["eval"], overrides, str(cfg.device))
     device = resolve_device(run.train.device)
     check_precision(device, run.train.precision)
-    corpus = load_corpus(run.data)
-    model = load_model(run, ckpt, corpus, device)
+    work = workload_of(run)
+    model = load_model(run, ckpt, work, device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_eval_config(out_dir, checkpoint, overrides, run)
     tracker, name = eval_tracker(run, out_dir, checkpoint, overrides)
     provenance = {"run_name": name, "checkpoint": checkpoint, "overrides": overrides}
     meta = run_metadata(
-        run, model, corpus.info, {**provenance, "step": ckpt["step"], "tokens_seen": ckpt["tokens_seen"]}
+        run, model, work.info, {**provenance, "step": ckpt["step"], "tokens_seen": ckpt["tokens_seen"]}
     )
     try:
-        return evaluate_and_report(
-            model,
-            corpus.val,
-            corpus.separator_id,
-            run.eval,
-            run.train.precision,
-            out_dir,
-            tracker,
-            device,
-            meta,
-        )
+        return work.report(model, out_dir, tracker, device, meta)
     finally:
         tracker.close()

@@ -8,15 +8,13 @@ from typing import Any, Optional
 import torch
 
 from posbench.atomic import remove_stale_temps
-from posbench.config import EvalConfig, Protocol, RunConfig, to_plain_dict
-from posbench.data import TokenizedCorpus, load_corpus
+from posbench.config import RunConfig, to_plain_dict
 from posbench.distributed import barrier, broadcast_from_main, process_group
-from posbench.evaluation.evaluator import LengthResult, bucket_kind, evaluate_length
-from posbench.evaluation.protocol import protocol_statement
-from posbench.evaluation.run import evaluate_and_report, run_metadata
+from posbench.evaluation.run import run_metadata
 from posbench.identity import RunIdentity
+from posbench.jobs.workload import Workload, workload_of
 from posbench.model.transformer import Transformer
-from posbench.results import format_table, write_results
+from posbench.results import format_table, format_task_table, write_results
 from posbench.runtime import (
     Dist,
     check_precision,
@@ -32,7 +30,7 @@ from posbench.training.resume import (
     restarts_in_place,
 )
 from posbench.training.signals import Interrupted, StopRequests, signal_name
-from posbench.training.trainer import Divergence, Trainer, TrainState, Validate
+from posbench.training.trainer import Divergence, Trainer, TrainState
 
 
 class TrainingDiverged(RuntimeError):
@@ -46,6 +44,11 @@ def train(run: RunConfig, run_dir: str | Path, choices: Optional[dict] = None) -
     validates, checkpoints and evaluates, into rank 0's ``run_dir``. A divergence raises
     ``TrainingDiverged`` and a stop signal ``Interrupted``, once their files are written.
     """
+    if run.task is not None and run.train.max_tokens is not None:
+        raise ValueError(
+            "train.max_tokens counts windows of train.seq_len tokens; a task run's examples vary in "
+            "length: set its budget with train.max_steps and train.max_tokens=null"
+        )
     d = dist_from_env()
     device = resolve_device(run.train.device, d)
     check_precision(device, run.train.precision)
@@ -66,32 +69,6 @@ def train(run: RunConfig, run_dir: str | Path, choices: Optional[dict] = None) -
         return _train(run, run_dir, choices, d, device)
 
 
-def load_corpus_main_first(run: RunConfig, d: Dist) -> TokenizedCorpus:
-    if not d.is_main:
-        barrier()  # rank 0 builds the token caches first
-    corpus = load_corpus(run.data)
-    if d.is_main:
-        barrier()
-    return corpus
-
-
-def validation(run: RunConfig, corpus: TokenizedCorpus, device: torch.device) -> Validate:
-    """The trainer's periodic validation: mean NLL at the training length over ``train.val_tokens``."""
-    cfg = EvalConfig(
-        lengths=[run.train.seq_len], protocol=Protocol.nonoverlapping, max_tokens=run.train.val_tokens
-    )
-
-    def validate(model) -> float:
-        result = evaluate_length(
-            model, corpus.val, run.train.seq_len, cfg, device, run.train.precision, progress=False
-        )
-        if result.nll is None:
-            raise ValueError(f"cannot validate at train.seq_len={run.train.seq_len}: {result.reason}")
-        return result.nll
-
-    return validate
-
-
 def claim_run_folder(run: RunConfig, run_dir: Path, d: Dist) -> Optional[Path]:
     """The checkpoint to resume from, once rank 0 has checked that ``run_dir`` holds no other run
     (before anything is written there) and removed the temp files of killed atomic writes."""
@@ -110,19 +87,14 @@ def claim_run_folder(run: RunConfig, run_dir: Path, d: Dist) -> Optional[Path]:
     return resume_from
 
 
-def report_divergence(
-    run: RunConfig, run_dir: Path, meta: dict, divergence: Divergence, device, separator_id: int
-) -> dict:
+def report_divergence(work: Workload, run_dir: Path, meta: dict, divergence: Divergence, device) -> dict:
     """results.json of a diverged run: its ``diverged`` record, and every length n/a (no numbers
     computed from diverged weights), so ``posbench compare`` lists it as such."""
-    cfg, reason = run.eval, f"training diverged at step {divergence.step}"
-    rows = [LengthResult(n, cfg.protocol.value, "n/a", reason=reason).to_dict() for n in cfg.lengths]
-    statement = protocol_statement(
-        cfg.protocol.value, cfg.stride, cfg.max_tokens, cfg.position_buckets, bucket_kind(cfg), separator_id
-    )
-    extra = {"device": str(device), "protocol": statement, "diverged": divergence.to_dict()}
+    rows, statement = work.unavailable(f"training diverged at step {divergence.step}")
+    extra = {"device": str(device), **statement, "diverged": divergence.to_dict()}
     document = write_results(run_dir, rows, {**meta, **extra})
-    print(format_table(document["results"], run.train.seq_len), flush=True)
+    table = format_task_table if "task" in document else format_table
+    print(table(document["results"], document["train_seq_len"]), flush=True)
     return document
 
 
@@ -139,11 +111,11 @@ def _train(
 ) -> dict[str, Any]:
     resume_from = claim_run_folder(run, run_dir, d)
     seed_everything(run.train.seed)
-    corpus = load_corpus_main_first(run, d)
-    model = Transformer(run.model, run.encoding, corpus.vocab_size).to(device)
+    work = workload_of(run, d)
+    model = Transformer(run.model, run.encoding, work.vocab_size).to(device)
     with StopRequests() as stops:
         trainer = Trainer(
-            run, model, corpus, run_dir, device, d, validation(run, corpus, device), resume_from, stops
+            run, model, work.training_data(d), run_dir, device, d, work.validation(device), resume_from, stops
         )
         identity = RunIdentity.of(run)
         config = {**to_plain_dict(run), "choices": choices or {}, "identity": identity.to_dict()}
@@ -159,7 +131,7 @@ def _train(
             resume_step=resumed_at,
         )
         try:
-            metrics = fit_and_report(run, run_dir, d, device, trainer, corpus, tracker, stops)
+            metrics = fit_and_report(run, run_dir, d, device, trainer, work, tracker, stops)
         finally:
             tracker.close()
     barrier()
@@ -189,32 +161,18 @@ def fit_and_report(
     d: Dist,
     device: torch.device,
     trainer: Trainer,
-    corpus: TokenizedCorpus,
+    work: Workload,
     tracker: Tracker,
     stops: StopRequests,
 ) -> dict[str, Any]:
     state = trainer.fit(tracker)
     metrics: dict[str, Any] = {"step": state.step, "tokens_seen": state.tokens_seen, "losses": state.losses}
-    meta = run_metadata(
-        run, trainer.model, corpus.info, {"step": state.step, "tokens_seen": state.tokens_seen}
-    )
+    meta = run_metadata(run, trainer.model, work.info, {"step": state.step, "tokens_seen": state.tokens_seen})
     if state.diverged is not None:
         if d.is_main:
-            metrics["results"] = report_divergence(
-                run, run_dir, meta, state.diverged, device, corpus.separator_id
-            )
+            metrics["results"] = report_divergence(work, run_dir, meta, state.diverged, device)
         raise TrainingDiverged(state.diverged.message() if d.is_main else "")
     stop_if_signalled(trainer, stops, run_dir, d)
     if run.eval.enabled and d.is_main and trainer.finished:
-        metrics["results"] = evaluate_and_report(
-            trainer.model,
-            corpus.val,
-            corpus.separator_id,
-            run.eval,
-            run.train.precision,
-            run_dir,
-            tracker,
-            device,
-            meta,
-        )
+        metrics["results"] = work.report(trainer.model, run_dir, tracker, device, meta)
     return metrics

@@ -12,7 +12,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +20,6 @@ from tqdm.auto import tqdm
 
 from posbench.checkpoint import RESUME_ENTRIES, load_checkpoint, save_checkpoint
 from posbench.config import RunConfig, TrainConfig, to_plain_dict
-from posbench.data import TokenizedCorpus, TrainBatches
 from posbench.distributed import any_rank, mean_across_ranks, no_sync, wrap_ddp
 from posbench.identity import experiment_config
 from posbench.model.legacy import fuse_optimizer_state
@@ -32,6 +31,23 @@ from posbench.training.signals import StopRequests
 log = logging.getLogger(__name__)
 
 Validate = Callable[[torch.nn.Module], float]  # the model -> validation loss at the training length
+
+
+class Batches(Protocol):
+    """Where training batches come from: ``TrainBatches`` (a token stream) or ``TaskBatches`` (a task)."""
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What the trainer trains on: its batches, and what checkpoints record of the data."""
+
+    batches: Batches
+    vocab_size: int
+    fingerprint: str  # the corpus's (or the task vocabulary's): a checkpoint is only read with it
 
 
 @dataclass
@@ -70,13 +86,14 @@ def all_finite(tensors) -> bool:
 
 
 def train_step(
-    model, optimizer, batches: TrainBatches, cfg: TrainConfig, device: torch.device, lr: float
-) -> tuple[float, float]:
-    """Gradients over ``grad_accum`` micro-batches, clipped -> (this rank's mean loss, gradient norm).
-    The update is not applied: the caller steps the optimiser once the loss proves finite."""
+    model, optimizer, batches: Batches, cfg: TrainConfig, device: torch.device, lr: float
+) -> tuple[float, float, int]:
+    """Gradients over ``grad_accum`` micro-batches, clipped -> (this rank's mean loss, gradient norm,
+    this rank's input tokens, padding included). The update is not applied: the caller steps the
+    optimiser once the loss proves finite. Targets of -100 (a task's inputs and padding) carry no loss."""
     for group in optimizer.param_groups:
         group["lr"] = lr
-    total, accum = 0.0, cfg.grad_accum
+    total, tokens, accum = 0.0, 0, cfg.grad_accum
     for micro in range(accum):
         x, y = (t.to(device, non_blocking=True) for t in batches.next())
         with no_sync(model, skip=micro < accum - 1), autocast(device, cfg.precision):
@@ -84,16 +101,18 @@ def train_step(
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / accum
             loss.backward()
         total += loss.item()
+        tokens += x.numel()
     clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf  # inf: only measured (grads times 1.0)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-    return total, float(grad_norm)
+    return total, float(grad_norm), tokens
 
 
 def check_resumable(saved: dict, run: RunConfig) -> None:
-    """A checkpoint resumes only a run of the same encoding, model and data (as the identity sees them)."""
+    """A checkpoint resumes only a run of the same encoding, model, data and task (as the identity sees
+    them)."""
     theirs, ours = experiment_config(saved), experiment_config(to_plain_dict(run))
-    for group in ("encoding", "model", "data"):
-        if theirs.get(group) != ours[group]:
+    for group in ("encoding", "model", "data", "task"):
+        if theirs.get(group) != ours.get(group):
             raise ValueError(
                 f"cannot resume: the checkpoint's {group} config differs from this run's ({saved[group]})"
             )
@@ -106,7 +125,7 @@ class Trainer:
         self,
         run: RunConfig,
         model: torch.nn.Module,
-        corpus: TokenizedCorpus,
+        data: TrainingData,
         run_dir: Path,
         device: torch.device,
         dist: Dist,
@@ -114,21 +133,13 @@ class Trainer:
         resume_from: Optional[Path] = None,
         stops: Optional[StopRequests] = None,
     ) -> None:
-        self.run, self.cfg, self.model, self.corpus = run, run.train, model, corpus
+        self.run, self.cfg, self.model, self.data = run, run.train, model, data
         self.device, self.dist, self.validate = device, dist, validate
         self.stops = stops or StopRequests()
         self.total = run.train.total_steps()
-        self.tokens_per_step = run.train.batch_size * run.train.seq_len
         self.ckpt_path = run_dir / "checkpoints" / "last.pt"
         self.optimizer = build_optimizer(model, run.train)
-        self.batches = TrainBatches(
-            corpus.train,
-            run.train.seq_len,
-            run.train.batch_size // run.train.grad_accum,
-            run.train.seed,
-            dist.rank,
-            dist.world_size,
-        )
+        self.batches = data.batches
         self.state = TrainState()
         self.kept_checkpoint: Optional[Path] = resume_from  # the last good checkpoint, if any
         if resume_from is not None:
@@ -194,21 +205,22 @@ class Trainer:
         the run is marked diverged."""
         started = time.perf_counter()
         lr = lr_at(self.state.step, self.cfg, self.total)
-        loss, grad_norm = train_step(step_fn, self.optimizer, self.batches, self.cfg, self.device, lr)
+        loss, grad_norm, tokens = train_step(step_fn, self.optimizer, self.batches, self.cfg, self.device, lr)
         loss = mean_across_ranks(loss, self.device)
+        tokens *= self.dist.world_size  # every rank's slice of the global batch has the same shape
         finite = math.isfinite(loss) and math.isfinite(grad_norm)
         if finite:
             self.optimizer.step()
             self.state.last_good_loss = loss
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
-        self.state.tokens_seen += self.tokens_per_step
+        self.state.tokens_seen += tokens
         self.state.losses[self.state.step] = loss
         if not finite:
             self.state.skipped += 1
             if self.state.skipped > self.cfg.skip_nonfinite_steps:
                 self.diverge()
-        return loss, grad_norm, lr, self.tokens_per_step / (time.perf_counter() - started)
+        return loss, grad_norm, lr, tokens / (time.perf_counter() - started)
 
     def diverge(self) -> None:
         kept = str(self.kept_checkpoint) if self.kept_checkpoint is not None else None
@@ -279,6 +291,6 @@ class Trainer:
             "batches": self.batches.state_dict(),
             "rng": rng_state(),
             "config": to_plain_dict(self.run),
-            "vocab_size": self.corpus.vocab_size,
-            "corpus_fingerprint": self.corpus.fingerprint,
+            "vocab_size": self.data.vocab_size,
+            "corpus_fingerprint": self.data.fingerprint,
         }

@@ -1,0 +1,142 @@
+"""What a run trains on and how it is scored: a corpus (perplexity at every evaluation length) or a
+synthetic task (accuracy in every test bucket). Both jobs take a ``Workload`` from ``workload_of``,
+so neither branches on which kind a run is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+
+from posbench.config import EvalConfig, Protocol, RunConfig
+from posbench.data import TokenizedCorpus, TrainBatches, load_corpus
+from posbench.distributed import barrier
+from posbench.evaluation.evaluator import LengthResult, bucket_kind, evaluate_length
+from posbench.evaluation.protocol import protocol_statement
+from posbench.evaluation.run import evaluate_and_report, evaluate_task_and_report, task_statement
+from posbench.evaluation.tasks import TaskResult, answer_loss
+from posbench.identity import digest
+from posbench.model.transformer import Transformer
+from posbench.runtime import Dist
+from posbench.tasks import VOCAB_SIZE, Bucket, Task, TaskBatches, build_task, fixed_examples, length_buckets
+from posbench.tasks.base import SPECIALS, VOCABULARY_VERSION
+from posbench.tracking import Tracker
+from posbench.training.trainer import TrainingData, Validate
+
+
+class CorpusWorkload:
+    """Language modelling on ``run.data``'s token streams."""
+
+    def __init__(self, run: RunConfig, corpus: TokenizedCorpus):
+        self.run, self.corpus = run, corpus
+        self.vocab_size, self.fingerprint, self.info = corpus.vocab_size, corpus.fingerprint, corpus.info
+
+    def training_data(self, d: Dist) -> TrainingData:
+        train = self.run.train
+        batches = TrainBatches(
+            self.corpus.train,
+            train.seq_len,
+            train.batch_size // train.grad_accum,
+            train.seed,
+            d.rank,
+            d.world_size,
+        )
+        return TrainingData(batches, self.vocab_size, self.fingerprint)
+
+    def validation(self, device: torch.device) -> Validate:
+        """Mean NLL at the training length over ``train.val_tokens``."""
+        run = self.run
+        cfg = EvalConfig(
+            lengths=[run.train.seq_len], protocol=Protocol.nonoverlapping, max_tokens=run.train.val_tokens
+        )
+
+        def validate(model) -> float:
+            result = evaluate_length(
+                model, self.corpus.val, run.train.seq_len, cfg, device, run.train.precision, progress=False
+            )
+            if result.nll is None:
+                raise ValueError(f"cannot validate at train.seq_len={run.train.seq_len}: {result.reason}")
+            return result.nll
+
+        return validate
+
+    def unavailable(self, reason: str) -> tuple[list[dict], dict[str, Any]]:
+        """Rows saying every length is n/a for ``reason``, and the statement beside them."""
+        cfg = self.run.eval
+        rows = [LengthResult(n, cfg.protocol.value, "n/a", reason=reason).to_dict() for n in cfg.lengths]
+        return rows, {"protocol": self.statement()}
+
+    def statement(self) -> dict:
+        cfg = self.run.eval
+        return protocol_statement(
+            cfg.protocol.value,
+            cfg.stride,
+            cfg.max_tokens,
+            cfg.position_buckets,
+            bucket_kind(cfg),
+            self.corpus.separator_id,
+        )
+
+    def report(self, model: Transformer, run_dir: Path, tracker: Tracker, device, meta: dict) -> dict:
+        return evaluate_and_report(
+            model,
+            self.corpus.val,
+            self.corpus.separator_id,
+            self.run.eval,
+            self.run.train.precision,
+            run_dir,
+            tracker,
+            device,
+            meta,
+        )
+
+
+class TaskWorkload:
+    """A synthetic task (``run.task``): examples made on the fly, scored by accuracy."""
+
+    def __init__(self, run: RunConfig, task: Task):
+        self.run, self.task = run, task
+        self.vocab_size = VOCAB_SIZE
+        self.fingerprint = f"task-vocabulary-{VOCABULARY_VERSION}-{digest([SPECIALS, VOCAB_SIZE])}"
+        self.info = {"task": task.name, "vocab_size": VOCAB_SIZE, "fingerprint": self.fingerprint}
+
+    def training_data(self, d: Dist) -> TrainingData:
+        train = self.run.train
+        batches = TaskBatches(
+            self.task, train.batch_size // train.grad_accum, train.seed, d.rank, d.world_size
+        )
+        return TrainingData(batches, self.vocab_size, self.fingerprint)
+
+    def validation(self, device: torch.device) -> Validate:
+        """Mean cross-entropy of the answer tokens of the first test bucket's examples (lengths in the
+        training range)."""
+        lo, hi = self.task.cfg.train_lengths
+        examples = fixed_examples(self.task, Bucket(lo, hi))
+        batch, precision = self.task.cfg.test_batch_size, self.run.train.precision
+        return lambda model: answer_loss(model, examples, device, batch, precision)
+
+    def unavailable(self, reason: str) -> tuple[list[dict], dict[str, Any]]:
+        rows = [TaskResult(b.hi, b.lo, "n/a", reason=reason).to_dict() for b in length_buckets(self.task.cfg)]
+        return rows, {"task": task_statement(self.task)}
+
+    def report(self, model: Transformer, run_dir: Path, tracker: Tracker, device, meta: dict) -> dict:
+        return evaluate_task_and_report(
+            model, self.task, self.run.train.precision, run_dir, tracker, device, meta
+        )
+
+
+Workload = Union[CorpusWorkload, TaskWorkload]
+
+
+def workload_of(run: RunConfig, d: Optional[Dist] = None) -> Workload:
+    """The run's workload; under torchrun rank 0 builds a corpus's token caches first (``d``)."""
+    if run.task is not None:
+        return TaskWorkload(run, build_task(run.task))
+    if d is not None and not d.is_main:
+        barrier()  # rank 0 builds the token caches first
+    corpus = load_corpus(run.data)
+    if d is not None and d.is_main:
+        barrier()
+    return CorpusWorkload(run, corpus)
