@@ -2,7 +2,9 @@
 
 Reads every ``results.json`` under the given folders (no W&B needed) and groups them by
 everything that makes two results different experiments: the run identity without the seed
-(training length, encoding label, seedless digest; see ``posbench/identity.py``) and how the
+(training length, encoding label, seedless digest; see ``posbench/identity.py``; a run initialised
+from a parent, ``train.init_from``, is tabled at its lineage's first training length and labelled by
+its lineage, e.g. ``rope-L256 → rope+yarn-L1024 (200 steps)``) and how the
 numbers were obtained (protocol, stride, token budget per length, the checkpoint's step, and
 for ``posbench eval`` results the overrides laid over the checkpoint). Each group counts one
 result per distinct seed (the newest when a seed was evaluated more than once) and aggregates
@@ -27,6 +29,7 @@ from typing import NamedTuple, Optional
 
 from posbench.atomic import atomic_write
 from posbench.identity import digest, experiment_config, without_seed
+from posbench.lineage import lineage_label
 from posbench.plots import plot_comparison
 from posbench.results import load_results, results_schema, writing
 
@@ -174,8 +177,12 @@ def as_run(path: Path, doc: dict) -> Run:
     seedless = identity["seedless_digest"] if identity else digest(trained)
     how = evaluation(doc)
     step = None if doc.get("diverged") else doc.get("step")
-    section = Section((doc.get("task") or {}).get("name", ""), doc["train_seq_len"])
-    key = (section, doc["encoding"], seedless, digest(how), step)
+    parent = doc.get("config", {}).get("parent")
+    # a run initialised from a parent sits with its lineage's first run, labelled by its lineage
+    label = lineage_label(doc["config"], doc.get("step")) if parent else doc["encoding"]
+    train_len = parent["root_train_len"] if parent else doc["train_seq_len"]
+    section = Section((doc.get("task") or {}).get("name", ""), train_len)
+    key = (section, label, seedless, digest(how), step)
     experiment = {**flatten(trained), **how, "step": step}
     return Run(path, doc, key, experiment)
 

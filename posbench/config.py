@@ -30,6 +30,7 @@ from posbench.data.config import (
     Tokenizer,
 )
 from posbench.encodings import ENCODINGS, EncodingConfig, register_scaling_schemas
+from posbench.lineage import register_parent_resolver
 from posbench.model.config import Attention, Mlp, ModelConfig, Norm
 from posbench.runtime import Precision
 from posbench.tasks.config import TASK_SCHEMAS, TaskConfig
@@ -97,6 +98,9 @@ class TrainConfig:
     # true = this run's latest checkpoint; auto = the same, or a fresh start without one (and nothing to
     # do when its results are final: resumable sweeps); or a path to a run folder or .pt file
     resume: Optional[str] = None
+    # a run folder or .pt: start from that checkpoint's model weights (a new run: fresh optimiser,
+    # schedule and data); recorded as the run's ``parent`` (posbench/lineage.py)
+    init_from: Optional[str] = None
     stop_after_steps: Optional[int] = None  # stop early (as if killed) after this many steps
     skip_nonfinite_steps: int = 0  # steps with a non-finite loss/grad norm skipped before stopping
 
@@ -176,6 +180,9 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = MISSING
     task: Optional[TaskConfig] = None  # a synthetic task to train and test on, in place of the corpus
+    parent: Any = (
+        None  # train.init_from's checkpoint (lineage.ParentRecord), read when the config is composed
+    )
     experiment_name: str = "default"
     run_root: str = "runs"
 
@@ -189,6 +196,7 @@ class EvalRunConfig(RunConfig):
 
 def register_schemas() -> None:
     """Put every schema into Hydra's ConfigStore under ``schema/<group>/<name>``."""
+    register_parent_resolver()  # ${posbench_parent:...} in configs/train.yaml
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
     cs.store(name="eval_run_schema", node=EvalRunConfig)

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from posbench.checkpoint import saved_config
 from posbench.config import to_run_config
 from posbench.identity import RunIdentity
+from posbench.lineage import register_parent_resolver
 
 RUN_RESOLVER, CHECKPOINT_RESOLVER = "posbench_run_folder", "posbench_checkpoint_folder"
 UNREADABLE = "checkpoint"  # the job itself then says, in one line, what is wrong with the file
@@ -40,6 +41,7 @@ def checkpoint_folder(path: str) -> str:
 
 
 def register_resolvers() -> None:
+    register_parent_resolver()  # the config's own resolvers, for joblib workers too
     OmegaConf.register_new_resolver(
         RUN_RESOLVER, run_folder, replace=True, use_cache=False
     )  # one per sweep job

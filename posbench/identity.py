@@ -17,7 +17,7 @@ from posbench.config import RunConfig, to_encoding_config, to_plain_dict
 from posbench.tasks.config import TEST_KEYS
 
 DIGEST_CHARS = 6
-EXPERIMENT_GROUPS = ("encoding", "model", "data", "task", "train")
+EXPERIMENT_GROUPS = ("encoding", "model", "data", "task", "train", "parent")
 # Keys of those groups that do not change what is trained: where and how fast it runs (the
 # attention path computes the same function), how it is logged and checkpointed, and where the
 # token cache lives (its content is fingerprinted).
@@ -34,9 +34,26 @@ NOT_EXPERIMENT = {
         "val_tokens",
         "device",
         "compile",
+        "init_from",  # a path: the parent counts by its record below
     ),
     "task": TEST_KEYS,  # how a trained model is tested
+    # the parent counts by its experiment (seedless) and step, not by where its file is or its seed
+    "parent": ("checkpoint", "name", "seed", "digest", "lineage"),
 }
+
+
+# Options added since runs were first recorded, with their off value: left out while off, so a run
+# recorded before an option existed keeps its identity (its folder, resume and compare rows).
+ADDED_OPTIONS = {"encoding": {"pose_target": None}}
+
+
+def without_added(values: dict, added: dict) -> dict:
+    """``values`` without the added options that are off, in nested groups too (a hybrid's members)."""
+    return {
+        k: without_added(v, added) if isinstance(v, dict) else v
+        for k, v in values.items()
+        if not (k in added and v == added[k])
+    }
 
 
 def experiment_config(config: dict) -> dict:
@@ -46,7 +63,10 @@ def experiment_config(config: dict) -> dict:
     if "task" in groups:
         groups.remove("data")
     return {
-        group: {k: v for k, v in config[group].items() if k not in NOT_EXPERIMENT.get(group, ())}
+        group: without_added(
+            {k: v for k, v in config[group].items() if k not in NOT_EXPERIMENT.get(group, ())},
+            ADDED_OPTIONS.get(group, {}),
+        )
         for group in groups
     }
 

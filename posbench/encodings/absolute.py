@@ -10,7 +10,7 @@ from torch import nn
 
 from posbench.checks import above, at_least
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
-from posbench.encodings.positions import RandomPositionsOption, position_sampler
+from posbench.encodings.positions import PoseOption, RandomPositionsOption
 
 
 @dataclass
@@ -24,7 +24,7 @@ class NoPE(PositionalEncoding):
 
 
 @dataclass
-class SinusoidalConfig(EncodingConfig, RandomPositionsOption):
+class SinusoidalConfig(EncodingConfig, RandomPositionsOption, PoseOption):
     name: str = "sinusoidal"
     base: float = 10000.0
     # amplitude relative to the embedding init std: 1.0 puts the table and the token
@@ -32,7 +32,7 @@ class SinusoidalConfig(EncodingConfig, RandomPositionsOption):
     amplitude: float = 1.0
 
     def __post_init__(self) -> None:
-        self.check_random_positions()
+        self.check_positions()
         above("encoding.base", self.base, 1, "wavelengths grow as base^(2i/d)")
         at_least("encoding.amplitude", self.amplitude, 0, "x the embeddings' init std; 0 = no signal")
 
@@ -58,7 +58,6 @@ class Sinusoidal(PositionalEncoding):
         n_layers: int = 1,
     ):
         super().__init__(cfg, d_model, n_heads, head_dim, init_std, n_layers)
-        self.sampler = position_sampler(cfg)
 
     def embed_input(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         table = sinusoidal_table(pos, self.d_model, self.cfg.base)  # (T, D)
@@ -66,12 +65,12 @@ class Sinusoidal(PositionalEncoding):
 
 
 @dataclass
-class LearnedConfig(EncodingConfig, RandomPositionsOption):
+class LearnedConfig(EncodingConfig, RandomPositionsOption, PoseOption):
     name: str = "learned"
     max_positions: int = "${train.seq_len}"  # type: ignore[assignment]  # table size
 
     def __post_init__(self) -> None:
-        self.check_random_positions()
+        self.check_positions()
         if isinstance(self.max_positions, int):
             at_least("encoding.max_positions", self.max_positions, 1, "the table's size")
         if (
@@ -101,7 +100,6 @@ class Learned(PositionalEncoding):
         n_layers: int = 1,
     ):
         super().__init__(cfg, d_model, n_heads, head_dim, init_std, n_layers)
-        self.sampler = position_sampler(cfg)
         self.table = nn.Embedding(cfg.max_positions, d_model)
 
     def reset_parameters(self) -> None:

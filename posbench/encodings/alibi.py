@@ -8,12 +8,16 @@ from dataclasses import dataclass
 import torch
 
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
+from posbench.encodings.positions import PoseOption
 from posbench.encodings.scores import LinearBias, Scores
 
 
 @dataclass
-class AlibiConfig(EncodingConfig):
+class AlibiConfig(EncodingConfig, PoseOption):
     name: str = "alibi"
+
+    def __post_init__(self) -> None:
+        self.check_positions()
 
 
 def alibi_slopes(num_heads: int) -> torch.Tensor:

@@ -28,7 +28,7 @@ import torch
 from omegaconf import MISSING
 from torch import nn
 
-from posbench.encodings.positions import ARANGE, PositionSampler, randomized_suffix
+from posbench.encodings.positions import PositionSampler, position_sampler, positions_suffix
 from posbench.encodings.scores import Scores
 
 
@@ -39,7 +39,7 @@ class EncodingConfig:
     def label(self) -> str:
         """The encoding's part of a run's identity (results, run folders, W&B): its name, plus what
         changes the experiment under that name (randomized positions, a RoPE scaling, hybrid members)."""
-        return self.name + randomized_suffix(self)
+        return self.name + positions_suffix(self)
 
 
 class PositionalEncoding(nn.Module):
@@ -58,7 +58,8 @@ class PositionalEncoding(nn.Module):
         self.cfg = cfg
         self.d_model, self.n_heads, self.head_dim, self.init_std = d_model, n_heads, head_dim, init_std
         self.n_layers = n_layers
-        self.sampler: PositionSampler = ARANGE  # 0..T-1; randomized encodings swap in their sampler
+        # 0..T-1, or what a config with PositionOptions asks for (randomized, PoSE)
+        self.sampler: PositionSampler = position_sampler(cfg)
 
     @property
     def label(self) -> str:

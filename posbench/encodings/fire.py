@@ -12,11 +12,12 @@ from torch import nn
 
 from posbench.checks import above, at_least
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
+from posbench.encodings.positions import PoseOption
 from posbench.encodings.scores import PairBias, Scores
 
 
 @dataclass
-class FireConfig(EncodingConfig):
+class FireConfig(EncodingConfig, PoseOption):
     name: str = "fire"
     mlp_width: int = 32  # one hidden layer, ReLU, one output per head (the paper's f_theta)
     init_c: float = 0.1  # psi(x) = log(c·x + 1)
@@ -24,6 +25,7 @@ class FireConfig(EncodingConfig):
     eps: float = 1e-6  # keeps the normaliser away from zero
 
     def __post_init__(self) -> None:
+        self.check_positions()
         at_least("encoding.mlp_width", self.mlp_width, 1)
         above("encoding.init_c", self.init_c, 0, "c in psi(x) = log(c·x + 1)")
         above("encoding.init_threshold", self.init_threshold, 0, "L in max(L, i)")

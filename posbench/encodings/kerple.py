@@ -12,11 +12,12 @@ from torch import nn
 
 from posbench import checks
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
+from posbench.encodings.positions import PoseOption
 from posbench.encodings.scores import DistanceBias, Scores
 
 
 @dataclass
-class KerpleLogConfig(EncodingConfig):
+class KerpleLogConfig(EncodingConfig, PoseOption):
     name: str = "kerple_log"
     # the authors' released code draws r1 ~ U(0, 2) and r2 ~ U(0, 1) per head and floors both at 0.01
     r1_init_max: float = 2.0
@@ -24,11 +25,12 @@ class KerpleLogConfig(EncodingConfig):
     min_value: float = 0.01
 
     def __post_init__(self) -> None:
+        self.check_positions()
         check_kerple(self)
 
 
 @dataclass
-class KerplePowerConfig(EncodingConfig):
+class KerplePowerConfig(EncodingConfig, PoseOption):
     name: str = "kerple_power"
     # released code: r1 ~ U(0, 1), exponent r2 ~ U(0, 2); r2 must stay in (0, 2] for the kernel to be CPD
     r1_init_max: float = 1.0
@@ -36,6 +38,7 @@ class KerplePowerConfig(EncodingConfig):
     min_value: float = 0.01
 
     def __post_init__(self) -> None:
+        self.check_positions()
         check_kerple(self)
         if self.r2_init_max > 2:
             raise ValueError(

@@ -9,7 +9,7 @@ import torch
 
 from posbench.checks import above
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
-from posbench.encodings.positions import RandomPositionsOption, position_sampler
+from posbench.encodings.positions import PoseOption, RandomPositionsOption
 from posbench.encodings.rope_scaling import Frequencies, rope_inv_freq, scaling_config
 from posbench.encodings.scores import Scores
 
@@ -17,7 +17,7 @@ __all__ = ["Rope", "RopeConfig", "apply_rotary", "rope_inv_freq", "rotary_dims"]
 
 
 @dataclass
-class RopeConfig(EncodingConfig, RandomPositionsOption):
+class RopeConfig(EncodingConfig, RandomPositionsOption, PoseOption):
     name: str = "rope"
     base: float = 10000.0
     # fraction of each head's dims that rotate (GPT-NeoX "rotary_pct"); the rest pass through
@@ -27,7 +27,7 @@ class RopeConfig(EncodingConfig, RandomPositionsOption):
     scaling: Any = None
 
     def __post_init__(self) -> None:
-        self.check_random_positions()
+        self.check_positions()
         above("encoding.base", self.base, 1, "wavelengths grow as base^(2i/d)")
         if not 0 < self.rotary_dim <= 1:
             raise ValueError(
@@ -68,7 +68,6 @@ class Rope(PositionalEncoding):
         self, cfg: RopeConfig, d_model: int, n_heads: int, head_dim: int, init_std: float, n_layers: int = 1
     ):
         super().__init__(cfg, d_model, n_heads, head_dim, init_std, n_layers)
-        self.sampler = position_sampler(cfg)
         self.rotary = rotary_dims(head_dim, cfg.rotary_dim)
         self._cached: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # this forward's only
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, List, Mapping, Optional
 
 import torch
 from omegaconf import OmegaConf
@@ -106,11 +106,68 @@ def llama3(
     return theta * keep + (theta / s) * (1 - keep), 1.0
 
 
+def yarn_ramp(head_dim: int, base: float, original: int, beta_fast: float, beta_slow: float) -> torch.Tensor:
+    """YaRN's NTK-by-parts ramp over the pairs (§3.2, with the released code's floor/ceil): 0 where a
+    pair turns more than beta_fast times in the original length, 1 where fewer than beta_slow.
+    -> (head_dim // 2,) float64"""
+    low = math.floor(yarn_correction_dim(beta_fast, head_dim, base, original))
+    high = math.ceil(yarn_correction_dim(beta_slow, head_dim, base, original))
+    low, high = max(low, 0), min(high, head_dim - 1)
+    high = high + 0.001 if low == high else high
+    return ((torch.arange(head_dim // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)
+
+
+def longrope_seed_factors(
+    head_dim: int, base: float, s: float, original: int, beta_fast: float = 32.0, beta_slow: float = 1.0
+) -> list[float]:
+    """The rescale factors LongRoPE's search starts from (microsoft/LongRoPE, evolution/search.py, built
+    from YaRN's ramp): λ_i = 1 + (s - 1)·ramp_i, i.e. 1 for the fast pairs, s for the slow ones, linear
+    between. A documented rule, not a search."""
+    return (1 + (s - 1) * yarn_ramp(head_dim, base, original, beta_fast, beta_slow)).tolist()
+
+
+def longrope(
+    head_dim: int,
+    base: float,
+    s: float,
+    original: int,
+    *,
+    seq_len: Optional[int] = None,
+    short_factor: Optional[list[float]] = None,
+    long_factor: Optional[list[float]] = None,
+    beta_fast: float = 32.0,
+    beta_slow: float = 1.0,
+    attention_factor: Optional[float] = None,
+) -> Frequencies:
+    """LongRoPE (Ding et al. 2024, ICML, §3; HF ``_compute_longrope_parameters``): θ_i / λ_i with one
+    rescale factor per pair, the short list up to the original length and the long list past it;
+    cos and sin times sqrt(1 + ln s / ln L0) (1 when s <= 1). A null short list is all ones, a null long
+    list ``longrope_seed_factors``."""
+    pairs = head_dim // 2
+    if seq_len is not None and seq_len > original:
+        factors = (
+            long_factor
+            if long_factor is not None
+            else longrope_seed_factors(head_dim, base, s, original, beta_fast, beta_slow)
+        )
+    else:
+        factors = short_factor if short_factor is not None else [1.0] * pairs
+    if len(factors) != pairs:
+        raise ValueError(
+            f"encoding.scaling longrope factors need one entry per rotary pair ({pairs} for {head_dim} "
+            f"rotary dims), got {len(factors)}"
+        )
+    if attention_factor is None:
+        attention_factor = math.sqrt(1 + math.log(s) / math.log(original)) if s > 1 else 1.0
+    return rope_inv_freq(head_dim, base) / torch.tensor(factors, dtype=torch.float64), attention_factor
+
+
 @dataclass(frozen=True)
 class ScalingKind:
     frequencies: Callable[..., Frequencies]
     dynamic: bool  # the scale follows the current length on every call
     needs_original: bool  # reads original_max_position even at a fixed factor
+    reads_length: bool = False  # takes the current length itself (longrope switches lists at L0)
 
 
 SCALING_KINDS: dict[str, ScalingKind] = {
@@ -121,6 +178,7 @@ SCALING_KINDS: dict[str, ScalingKind] = {
     "yarn": ScalingKind(yarn, dynamic=False, needs_original=True),
     "dynamic_yarn": ScalingKind(yarn, dynamic=True, needs_original=True),
     "llama3": ScalingKind(llama3, dynamic=False, needs_original=True),
+    "longrope": ScalingKind(longrope, dynamic=False, needs_original=True, reads_length=True),
 }
 
 
@@ -167,7 +225,10 @@ def rope_frequencies(
     if factor != "auto" and float(factor) < 1:
         raise ValueError(f"RoPE scaling factor must be >= 1 (1 = unscaled) or 'auto', got {factor}")
     s = scale_for(scaling, factor, original_max_position, seq_len)
-    return SCALING_KINDS[scaling].frequencies(head_dim, base, s, original_max_position, **params)
+    kind = SCALING_KINDS[scaling]
+    if kind.reads_length:
+        params = {**params, "seq_len": seq_len}
+    return kind.frequencies(head_dim, base, s, original_max_position, **params)
 
 
 # ---- per-kind configs (``encoding/scaling=KIND``) ------------------------------------------------
@@ -291,6 +352,28 @@ class Llama3ScalingConfig(ScalingConfig):
         )
 
 
+@dataclass
+class LongRopeScalingConfig(ScalingConfig):
+    kind: str = "longrope"
+    # one rescale factor per rotary pair (theta_i / factor_i); null: all 1 up to the original length,
+    # and past it LongRoPE's search seed 1 + (s - 1)·ramp (YaRN's ramp between beta_fast and beta_slow)
+    short_factor: Optional[List[float]] = None
+    long_factor: Optional[List[float]] = None
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    attention_factor: Optional[float] = None  # null = sqrt(1 + ln s / ln original_max_position)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("short_factor", "long_factor"):
+            values = getattr(self, key)
+            if values is not None and any(v <= 0 for v in values):
+                raise ValueError(
+                    f"encoding.scaling.{key} must hold positive rescale factors, got {list(values)}"
+                )
+        above("encoding.scaling.beta_fast", self.beta_fast, self.beta_slow, "above beta_slow")
+
+
 SCALING_CONFIGS: dict[str, type[ScalingConfig]] = {
     "none": NoScalingConfig,
     "linear": LinearScalingConfig,
@@ -299,6 +382,7 @@ SCALING_CONFIGS: dict[str, type[ScalingConfig]] = {
     "yarn": YarnScalingConfig,
     "dynamic_yarn": DynamicYarnScalingConfig,
     "llama3": Llama3ScalingConfig,
+    "longrope": LongRopeScalingConfig,
 }
 
 

@@ -10,17 +10,19 @@ import torch
 
 from posbench.checks import above, at_least
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
+from posbench.encodings.positions import PoseOption
 from posbench.encodings.scores import DistanceBias, Scores
 
 
 @dataclass
-class SandwichConfig(EncodingConfig):
+class SandwichConfig(EncodingConfig, PoseOption):
     name: str = "sandwich"
     sinusoid_dim: int = 128  # d-bar: dimension of the sinusoidal embeddings whose product is the bias
     # ALiBi-like compression: head h (1..H) divides its bias by h·ratio_max/H
     ratio_max: float = 8.0
 
     def __post_init__(self) -> None:
+        self.check_positions()
         at_least("encoding.sinusoid_dim", self.sinusoid_dim, 2, "one sin/cos pair at least")
         above("encoding.ratio_max", self.ratio_max, 0, "each head divides its bias by h·ratio_max/H")
 

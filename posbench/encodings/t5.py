@@ -10,16 +10,18 @@ import torch
 from torch import nn
 
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
+from posbench.encodings.positions import PoseOption
 from posbench.encodings.scores import DistanceBias, Scores
 
 
 @dataclass
-class T5Config(EncodingConfig):
+class T5Config(EncodingConfig, PoseOption):
     name: str = "t5"
     num_buckets: int = 32
     max_distance: int = 128  # distances from here on share the last bucket
 
     def __post_init__(self) -> None:
+        self.check_positions()
         if self.num_buckets < 2 or self.max_distance <= self.num_buckets // 2:
             raise ValueError(
                 f"encoding.num_buckets={self.num_buckets}, encoding.max_distance={self.max_distance}: "

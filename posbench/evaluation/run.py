@@ -45,6 +45,7 @@ def run_metadata(
         # a task is tested by its own test_* settings (in the task record), not by the eval group
         **({} if run.task is not None else {"eval_config": to_plain_dict(run.eval)}),
         "config": to_plain_dict(run),
+        **({"parent": run.parent} if run.parent is not None else {}),  # train.init_from's checkpoint
         **extra,
     }
 

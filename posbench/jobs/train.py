@@ -23,6 +23,7 @@ from posbench.runtime import (
     seed_everything,
 )
 from posbench.tracking import Tracker, build_tracker
+from posbench.training.init_from import initialise_from_parent
 from posbench.training.resume import (
     check_run_folder,
     find_resume_checkpoint,
@@ -113,6 +114,8 @@ def _train(
     seed_everything(run.train.seed)
     work = workload_of(run, d)
     model = Transformer(run.model, run.encoding, work.vocab_size).to(device)
+    if resume_from is None and run.parent is not None:  # a resumed run has its own weights
+        initialise_from_parent(model, run, work.vocab_size, work.fingerprint)
     with StopRequests() as stops:
         trainer = Trainer(
             run, model, work.training_data(d), run_dir, device, d, work.validation(device), resume_from, stops
