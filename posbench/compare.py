@@ -160,7 +160,8 @@ def evaluation(doc: dict) -> dict[str, object]:
     if "task" in doc:
         task = doc["task"]
         how = ("decoding", "test_seed", "test_examples", "depth_buckets")
-        return {**{f"task.{k}": task.get(k) for k in how}, **overrides}
+        buckets = [[row["length_min"], row["length"]] for row in doc.get("results") or []]
+        return {**{f"task.{k}": task.get(k) for k in how}, "task.buckets": buckets, **overrides}
     statement = doc.get("protocol") or {}
     rows = doc.get("results") or [{}]
     return {

@@ -37,8 +37,8 @@ NOT_EXPERIMENT = {
         "init_from",  # a path: the parent counts by its record below
     ),
     "task": TEST_KEYS,  # how a trained model is tested
-    # the parent counts by its experiment (seedless) and step, not by where its file is or its seed
-    "parent": ("checkpoint", "name", "seed", "digest", "lineage"),
+    # the parent counts by its experiment (seedless), its seed and its step, not by where its file is
+    "parent": ("checkpoint", "name", "digest", "lineage"),
 }
 
 
@@ -78,7 +78,12 @@ def training_length(config: dict) -> int:
 
 
 def without_seed(experiment: dict) -> dict:
-    return {**experiment, "train": {k: v for k, v in experiment.get("train", {}).items() if k != "seed"}}
+    """The experiment without its seeds: ``train.seed``, and a parent's seed (fine-tuning each seed of
+    one parent experiment gives the seeds of one child experiment)."""
+    seedless = {**experiment, "train": {k: v for k, v in experiment.get("train", {}).items() if k != "seed"}}
+    if "parent" in experiment:
+        seedless["parent"] = {k: v for k, v in experiment["parent"].items() if k != "seed"}
+    return seedless
 
 
 def digest(value: Any) -> str:

@@ -138,12 +138,15 @@ def test_pose_trains_every_position_taking_encoding(encoding, tmp_path):
     run = compose_run("debug=smoke", f"encoding={encoding}", "encoding.pose_target=1024")
     assert run.encoding.label() == f"{encoding}+pose"
     model = Transformer(run.model, run.encoding, 256).train()
-    torch.manual_seed(0)
+    torch.manual_seed(1)
     pos = model.encoding.positions(128, torch.device("cpu"))
-    assert pos.max() >= 128 or (pos[1:] - pos[:-1]).max() == 1
-    loss = model(torch.randint(0, 256, (2, 128))).logsumexp(-1).mean()
+    assert pos.max() >= 128  # this draw skips past the window
+    tokens = torch.randint(0, 256, (2, 128))
+    loss = model(tokens, pos).logsumexp(-1).mean()
     loss.backward()
     assert math.isfinite(loss.item())
+    with torch.no_grad():  # the skip reaches the scores: the logits after the cut change
+        assert not torch.allclose(model(tokens, pos), model(tokens, torch.arange(128)))
     assert torch.equal(model.eval().encoding.positions(128, torch.device("cpu")), torch.arange(128))
 
 
@@ -197,3 +200,25 @@ def test_options_added_since_keep_recorded_runs_where_they_are():
         assert RunIdentity.of(run).folder == folder
         recorded = load_results(REPO / "experiments" / "alibi-table" / "runs-L256" / folder)
         assert recorded["identity"]["digest"] == RunIdentity.of(run).digest
+
+
+def test_a_parent_of_each_seed_gives_each_child_its_own_run(parent, tmp_path):
+    from posbench.identity import RunIdentity
+
+    other_root = tmp_path / "other"
+    run = compose_run("debug=smoke", "logger=jsonl", f"run_root={other_root}", *PARENT, "train.seed=1")
+    train(run, other_root / "run")
+    children = [RunIdentity.of(child(p, tmp_path, "train.seq_len=128")) for p in (parent, other_root / "run")]
+    assert children[0].digest != children[1].digest  # the same child seed, parents of two seeds
+    assert children[0].seedless_digest == children[1].seedless_digest  # one experiment
+    assert child(parent, tmp_path).parent["seed"] == 0
+
+
+def test_learned_positions_must_reach_the_pose_target():
+    with pytest.raises(ValueError, match="max_positions to at least pose_target"):
+        compose_run("debug=smoke", "encoding=learned", "encoding.pose_target=1024")
+
+
+def test_longrope_refuses_an_auto_factor():
+    with pytest.raises(ValueError, match="factor=auto for longrope"):
+        compose_run("encoding=rope", "encoding/scaling=longrope", "encoding.scaling.factor=auto")

@@ -211,3 +211,14 @@ def test_test_buckets_take_the_planned_attention_paths():
     assert by_blocks[1].longest_tokens > 32
     for a, b in zip(whole, by_blocks):
         assert (a.accuracy, a.token_accuracy) == pytest.approx((b.accuracy, b.token_accuracy))
+
+
+def test_what_a_task_run_cannot_honour_is_refused_before_training(tmp_path):
+    from posbench.jobs.workload import workload_of
+
+    scaled = compose_run("task=copy", "encoding=rope", "encoding/scaling=yarn")
+    with pytest.raises(ValueError, match="RoPE scaling reads a training length in tokens"):
+        workload_of(scaled)
+    padded = compose_run("task=copy", "encoding=rope_randpos", "task.length_sampling=per_sequence")
+    with pytest.raises(ValueError, match="use per_batch"):
+        workload_of(padded)

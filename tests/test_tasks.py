@@ -84,7 +84,7 @@ def test_algorithmic_answers_match_an_independent_computation(name, check):
 
 
 def test_binary_addition_is_little_endian_addition():
-    _, made = examples("binary_add", count=100, train_lengths=[3, 40])
+    _, made = examples("binary_add", count=100, train_lengths=[3, 300])  # past numpy's 64-bit integers
     for example in made:
         prompt, answer = prompt_and_answer(example)
         x, y = re.fullmatch(r"([01]+)\+([01]+)=", prompt).groups()
@@ -178,8 +178,8 @@ def test_batches_resume_exactly_and_split_across_ranks():
     ranks = [TaskBatches(task, 8, seed=5, rank=r, world_size=2) for r in range(2)]
     halves = [r.next() for r in ranks]
     assert torch.equal(torch.cat([h[0] for h in halves]), first[0][0])
-    lengths = [int((row != PAD).sum()) for row in first[0][0]]
-    assert len(set(lengths)) > 1  # lengths are drawn per sequence
+    lengths = [int((x != PAD).sum()) for x, _ in first]
+    assert len(set(lengths)) > 1  # a length is drawn per batch
 
 
 def test_resuming_with_other_task_settings_is_refused():
@@ -238,15 +238,48 @@ def test_depth_buckets_group_examples_by_needle_depth():
     assert result["accuracy"] == [0.5, 1.0] and result["token_accuracy"] == [0.5, 1.0]
 
 
+class Echo(torch.nn.Module):
+    """Predicts that every token repeats the one before it, except where told: a wrong token fed back
+    changes every prediction after it."""
+
+    def __init__(self, wrong_at: int):
+        super().__init__()
+        self.wrong_at = wrong_at
+        self.encoding = type("E", (), {"positions": staticmethod(lambda T, device: torch.arange(T))})()
+
+    def forward(self, tokens, pos=None):
+        guess = tokens.clone()
+        if tokens.shape[1] > self.wrong_at:
+            guess[:, self.wrong_at] = (guess[:, self.wrong_at] + 1) % 97
+        return torch.nn.functional.one_hot(guess, 97).float()
+
+
 def test_greedy_decoding_feeds_back_its_own_predictions():
-    _, made = examples("copy", count=2, train_lengths=[3, 3])
+    _, made = examples("copy", count=1, train_lengths=[3, 3])  # "s=" then 6 answer tokens
     x, y = collate(made)
-    first = torch.nonzero(y[0] != IGNORE).flatten()[0].item()
-    model = Oracle(x, y, [(0, first)])  # wrong on the first answer token of row 0
-    model.encoding = type("E", (), {"positions": staticmethod(lambda T, device: torch.arange(T))})()
+    answer = torch.nonzero(y[0] != IGNORE).flatten().tolist()
+    model = Echo(wrong_at=answer[1])
     greedy = greedy_predictions(model, x, y)
-    # the oracle answers from the true sequence, so only its one wrong token differs; what greedy adds
-    # is that the wrong token is in the input of the next forward
-    scored = y != IGNORE
-    assert (greedy[scored] != IGNORE).all() and (greedy[~scored] == IGNORE).all()
-    assert greedy[0, first] != y[0, first] and torch.equal(greedy[1][scored[1]], y[1][scored[1]])
+    forced = model(x).argmax(-1)
+    # teacher-forced, the echo sees the true previous token; greedy, it sees its own last guess, so
+    # the one wrong guess is repeated at every later answer position
+    assert torch.equal(forced[0, answer[2:]], x[0, answer[2:]])
+    assert (greedy[0, answer[2:]] == greedy[0, answer[1]]).all() and greedy[0, answer[1]] != x[0, answer[1]]
+    assert (greedy[y == IGNORE] == IGNORE).all()
+
+
+def test_a_training_batch_has_one_length_unless_asked_per_sequence():
+    per_batch = TaskBatches(make("reverse"), 16, seed=2).examples(0)
+    assert len({e.length for e in per_batch}) == 1
+    per_sequence = TaskBatches(make("reverse", length_sampling="per_sequence"), 16, seed=2).examples(0)
+    assert len({e.length for e in per_sequence}) > 1
+
+
+def test_test_batches_hold_one_token_length():
+    from posbench.evaluation.tasks import equal_length_batches
+
+    task = make("binary_add", train_lengths=[3, 12], test_lengths=[12])
+    made = sorted(fixed_examples(task, Bucket(3, 12)), key=lambda e: len(e.tokens))
+    batches = equal_length_batches(made, 8)
+    assert sum(len(b) for b in batches) == len(made) and all(len(b) <= 8 for b in batches)
+    assert all(len({len(e.tokens) for e in b}) == 1 for b in batches)

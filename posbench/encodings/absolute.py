@@ -73,16 +73,13 @@ class LearnedConfig(EncodingConfig, RandomPositionsOption, PoseOption):
         self.check_positions()
         if isinstance(self.max_positions, int):
             at_least("encoding.max_positions", self.max_positions, 1, "the table's size")
-        if (
-            self.random_positions_max is not None
-            and isinstance(self.max_positions, int)
-            and self.max_positions < self.random_positions_max
-        ):
-            raise ValueError(
-                f"encoding.max_positions={self.max_positions} is smaller than encoding.random_positions_max="
-                f"{self.random_positions_max}: set max_positions to at least random_positions_max so every "
-                "sampled position has a vector"
-            )
+        for key in ("random_positions_max", "pose_target"):
+            reach = getattr(self, key)
+            if reach is not None and isinstance(self.max_positions, int) and self.max_positions < reach:
+                raise ValueError(
+                    f"encoding.max_positions={self.max_positions} is smaller than encoding.{key}={reach}: "
+                    f"set max_positions to at least {key} so every position drawn has a vector"
+                )
 
 
 class Learned(PositionalEncoding):

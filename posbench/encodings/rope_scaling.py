@@ -51,6 +51,22 @@ def yarn_correction_dim(rotations: float, head_dim: int, base: float, original: 
     return head_dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(base))
 
 
+def yarn_ramp(
+    head_dim: int, base: float, original: int, beta_fast: float, beta_slow: float, truncate: bool = True
+) -> torch.Tensor:
+    """YaRN's NTK-by-parts ramp over the pairs (§3.2): 0 where a pair turns more than beta_fast times
+    in the original length, 1 where fewer than beta_slow, linear in the pair index between (the
+    released code floors/ceils the two correction dims: ``truncate``). -> (head_dim // 2,) float64"""
+    low = yarn_correction_dim(beta_fast, head_dim, base, original)
+    high = yarn_correction_dim(beta_slow, head_dim, base, original)
+    if truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, head_dim - 1)
+    if low == high:
+        high += 0.001  # a one-dim ramp would divide by zero
+    return ((torch.arange(head_dim // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)
+
+
 def yarn(
     head_dim: int,
     base: float,
@@ -67,15 +83,7 @@ def yarn(
     theta/s, and a linear ramp blends between. As in the authors' released code (and HF), the ramp is
     linear in the pair index between the floor/ceil of the two correction dims (§3.2 writes it as a
     ramp in r(d)). §3.4: sqrt(1/t) = 0.1·ln(s) + 1 multiplies cos and sin."""
-    low = yarn_correction_dim(beta_fast, head_dim, base, original)
-    high = yarn_correction_dim(beta_slow, head_dim, base, original)
-    if truncate:
-        low, high = math.floor(low), math.ceil(high)
-    low, high = max(low, 0), min(high, head_dim - 1)
-    if low == high:
-        high += 0.001  # a one-dim ramp would divide by zero
-    pair = torch.arange(head_dim // 2, dtype=torch.float64)
-    ramp = ((pair - low) / (high - low)).clamp(0, 1)  # 1 = interpolate
+    ramp = yarn_ramp(head_dim, base, original, beta_fast, beta_slow, truncate)  # 1 = interpolate
     theta = rope_inv_freq(head_dim, base)
     inv_freq = theta * (1 - ramp) + (theta / s) * ramp
     if attention_factor is None:
@@ -104,17 +112,6 @@ def llama3(
     wavelength = 2 * math.pi / theta
     keep = ((original / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor)).clamp(0, 1)
     return theta * keep + (theta / s) * (1 - keep), 1.0
-
-
-def yarn_ramp(head_dim: int, base: float, original: int, beta_fast: float, beta_slow: float) -> torch.Tensor:
-    """YaRN's NTK-by-parts ramp over the pairs (§3.2, with the released code's floor/ceil): 0 where a
-    pair turns more than beta_fast times in the original length, 1 where fewer than beta_slow.
-    -> (head_dim // 2,) float64"""
-    low = math.floor(yarn_correction_dim(beta_fast, head_dim, base, original))
-    high = math.ceil(yarn_correction_dim(beta_slow, head_dim, base, original))
-    low, high = max(low, 0), min(high, head_dim - 1)
-    high = high + 0.001 if low == high else high
-    return ((torch.arange(head_dim // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)
 
 
 def longrope_seed_factors(
@@ -372,6 +369,11 @@ class LongRopeScalingConfig(ScalingConfig):
                     f"encoding.scaling.{key} must hold positive rescale factors, got {list(values)}"
                 )
         above("encoding.scaling.beta_fast", self.beta_fast, self.beta_slow, "above beta_slow")
+        if self.factor == "auto":
+            raise ValueError(
+                "encoding.scaling.factor=auto for longrope: its factors and attention factor are fixed, so "
+                "give a number, the target length over original_max_position (e.g. 4)"
+            )
 
 
 SCALING_CONFIGS: dict[str, type[ScalingConfig]] = {

@@ -120,7 +120,7 @@ def evaluate_and_report(
 
 GREEDY_EQUIVALENCE = (
     "exact match is greedy decoding's: an answer is exactly right iff every answer token is the argmax "
-    "given the true tokens before it"
+    "given the true tokens before it (positions drawn once per test forward, which holds one length)"
 )
 
 

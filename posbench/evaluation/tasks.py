@@ -1,8 +1,8 @@
 """Accuracy at every test bucket of a task: exact match and per-token, by depth for retrieval.
 
-Every bucket's fixed test set (``tasks/testset.py``) is run in batches of examples padded on the
-right, with or without autograd as the perplexity evaluation is, so long buckets take the same
-memory-linear attention paths. Scoring reads the argmax at every answer token:
+Every bucket's fixed test set (``tasks/testset.py``) is run in batches of examples of one token
+length (no padding), without autograd as the perplexity evaluation is, so long buckets take the
+same memory-linear attention paths. Scoring reads the argmax at every answer token:
 - ``teacher_forced``: one forward over prompt and true answer. An example's answer is exactly right
   iff every answer token is the argmax given the true tokens before it, which is exactly when greedy
   decoding would emit it (by induction over the answer tokens), so the exact-match accuracy is
@@ -89,6 +89,18 @@ def by_depth(examples: list[Example], scores: np.ndarray, buckets: int) -> dict:
     return result
 
 
+def equal_length_batches(examples: list[Example], size: int) -> list[list[Example]]:
+    """Consecutive runs of examples of one token length (``examples`` sorted by it), at most ``size``
+    each: no row is padded, so positions and frequencies drawn for a forward are each row's own."""
+    batches: list[list[Example]] = []
+    for example in examples:
+        if batches and len(batches[-1]) < size and len(batches[-1][0].tokens) == len(example.tokens):
+            batches[-1].append(example)
+        else:
+            batches.append([example])
+    return batches
+
+
 def evaluate_bucket(
     model: Transformer, task: Task, bucket: Bucket, device, precision: Precision
 ) -> TaskResult:
@@ -103,8 +115,8 @@ def evaluate_bucket(
     with autocast(device, precision):
         scores = np.concatenate(
             [
-                answer_scores(model, examples[i : i + cfg.test_batch_size], cfg.decoding, device)
-                for i in range(0, len(examples), cfg.test_batch_size)
+                answer_scores(model, batch, cfg.decoding, device)
+                for batch in equal_length_batches(examples, cfg.test_batch_size)
             ]
         )
     backend = model.attention_plan(longest - 1, needs_grad=False, autocast=precision == Precision.bf16)

@@ -13,6 +13,7 @@ import torch
 from posbench.config import EvalConfig, Protocol, RunConfig
 from posbench.data import TokenizedCorpus, TrainBatches, load_corpus
 from posbench.distributed import barrier
+from posbench.encodings.positions import PosePositions, RandomPositions
 from posbench.evaluation.evaluator import LengthResult, bucket_kind, evaluate_length
 from posbench.evaluation.protocol import protocol_statement
 from posbench.evaluation.run import evaluate_and_report, evaluate_task_and_report, task_statement
@@ -22,6 +23,7 @@ from posbench.model.transformer import Transformer
 from posbench.runtime import Dist
 from posbench.tasks import VOCAB_SIZE, Bucket, Task, TaskBatches, build_task, fixed_examples, length_buckets
 from posbench.tasks.base import SPECIALS, VOCABULARY_VERSION
+from posbench.tasks.config import LengthSampling
 from posbench.tracking import Tracker
 from posbench.training.trainer import TrainingData, Validate
 
@@ -97,6 +99,7 @@ class TaskWorkload:
     """A synthetic task (``run.task``): examples made on the fly, scored by accuracy."""
 
     def __init__(self, run: RunConfig, task: Task):
+        check_task_encoding(run)
         self.run, self.task = run, task
         self.vocab_size = VOCAB_SIZE
         self.fingerprint = f"task-vocabulary-{VOCABULARY_VERSION}-{digest([SPECIALS, VOCAB_SIZE])}"
@@ -124,6 +127,25 @@ class TaskWorkload:
     def report(self, model: Transformer, run_dir: Path, tracker: Tracker, device, meta: dict) -> dict:
         return evaluate_task_and_report(
             model, self.task, self.run.train.precision, run_dir, tracker, device, meta
+        )
+
+
+def check_task_encoding(run: RunConfig) -> None:
+    """Refuse what a task run cannot honour, before any step: a RoPE scaling (its original length is a
+    token count, which a task's lengths are not), and padded rows of other lengths under positions
+    drawn for the whole forward."""
+    scaling = getattr(run.encoding, "scaling", None)
+    if scaling is not None and scaling.kind != "none":
+        raise ValueError(
+            f"encoding/scaling={scaling.kind} with a task: RoPE scaling reads a training length in tokens, "
+            "which task lengths are not; use encoding/scaling=none"
+        )
+    label = run.encoding.label()
+    drawn = any(suffix in label for suffix in (RandomPositions.label_suffix, PosePositions.label_suffix))
+    if drawn and run.task.length_sampling == LengthSampling.per_sequence:
+        raise ValueError(
+            f"task.length_sampling=per_sequence pads rows to the batch's longest, but {label} draws its "
+            "positions for the whole forward, so a short row would get the first of them: use per_batch"
         )
 
 

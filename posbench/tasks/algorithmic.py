@@ -76,11 +76,19 @@ class BinaryAdd(Task):
 
     def segments(self, rng, length, depth) -> list[Segment]:
         left = int(rng.integers(1, length - 1))  # bits of x; y gets the rest but the +
-        x, y = (int(rng.integers(1, 2**bits)) for bits in (left, length - 1 - left))
+        x, y = (uniform_number(rng, bits) for bits in (left, length - 1 - left))
         return [
             (f"{little_endian(x, left)}+{little_endian(y, length - 1 - left)}=", False),
             (little_endian(x + y), True),
         ]
+
+
+def uniform_number(rng: np.random.Generator, bits: int) -> int:
+    """Uniform in 1..2^bits - 1, for any number of bits (numpy's integers stop at 2^63)."""
+    while True:
+        value = int("".join(map(str, rng.integers(0, 2, size=bits))), 2)
+        if value:
+            return value
 
 
 def little_endian(value: int, bits: int = 0) -> str:

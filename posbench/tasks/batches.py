@@ -1,10 +1,12 @@
 """Training batches of task examples: deterministic, resumable and rank-independent, as ``TrainBatches``.
 
-Batch ``i`` draws from ``np.random.default_rng([seed, i])`` one length per sequence, uniformly in
-``task.train_lengths``, then one example of each length. The examples are padded on the right to
-the longest of the global batch (padding after a sequence changes nothing before it under causal
-attention), and each rank keeps its contiguous slice of rows. Targets are the next tokens where
-those are answer tokens and ``IGNORE`` elsewhere, so the loss covers the answers only.
+Batch ``i`` draws from ``np.random.default_rng([seed, i])`` one length, uniformly in
+``task.train_lengths`` (``task.length_sampling=per_batch``, the DeepMind suite's curriculum; or one
+per example with ``per_sequence``), then one example of that length per row. Rows are padded on the
+right to the longest of the global batch: padding after a sequence changes nothing before it under
+causal attention, for encodings whose positions do not depend on the forward's length. Each rank
+keeps its contiguous slice of rows. Targets are the next tokens where those are answer tokens and
+``IGNORE`` elsewhere, so the loss covers the answers only.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 import torch
 
 from posbench.tasks.base import PAD, Example, Task
+from posbench.tasks.config import LengthSampling
 
 IGNORE = -100  # a target ``F.cross_entropy`` skips (its default ignore_index)
 
@@ -48,8 +51,9 @@ class TaskBatches:
     def examples(self, index: int) -> list[Example]:
         """The global batch ``index``."""
         rng = np.random.default_rng([self.seed, index])
-        lengths = rng.integers(self.lengths[0], self.lengths[1] + 1, size=self.batch_size)
-        return [self.task.example(rng, int(n)) for n in lengths]
+        draws = self.batch_size if self.task.cfg.length_sampling == LengthSampling.per_sequence else 1
+        lengths = rng.integers(self.lengths[0], self.lengths[1] + 1, size=draws)
+        return [self.task.example(rng, int(lengths[row % draws])) for row in range(self.batch_size)]
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's ``(x, y)``, each ``(batch_size // world_size, T)`` int64."""
@@ -64,6 +68,7 @@ class TaskBatches:
             "batch_size": self.batch_size,
             "task": self.task.name,
             "train_lengths": list(self.lengths),
+            "length_sampling": self.task.cfg.length_sampling.value,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -72,6 +77,7 @@ class TaskBatches:
             ("batch_size", self.batch_size),
             ("task", self.task.name),
             ("train_lengths", list(self.lengths)),
+            ("length_sampling", self.task.cfg.length_sampling.value),
         ):
             if state.get(key) != mine:
                 raise ValueError(

@@ -20,6 +20,16 @@ from posbench.checks import at_least
 TEST_KEYS = ("test_lengths", "test_examples", "test_seed", "test_batch_size", "decoding", "depth_buckets")
 
 
+class LengthSampling(str, Enum):
+    # one length per training batch, uniform in train_lengths (the DeepMind suite's curriculum): every
+    # row of a forward has the forward's length, so positions drawn for it (randomized positions)
+    # and frequencies read from it (length-dependent RoPE scaling) are each row's own
+    per_batch = "per_batch"
+    # one length per example, rows padded to the longest: exact only for encodings whose positions
+    # and frequencies do not depend on the forward's length (refused for the others)
+    per_sequence = "per_sequence"
+
+
 class Decoding(str, Enum):
     # one forward over prompt and true answer; an answer is exactly right iff every answer token is
     # the argmax, which is what greedy decoding would emit (README, "Tasks" > "Scoring")
@@ -33,6 +43,7 @@ class TaskConfig:
     # [shortest, longest] length of a training example, drawn uniformly per sequence; the unit is the
     # task's (input symbols, key-value pairs, or tokens for the retrieval tasks)
     train_lengths: List[int] = field(default_factory=lambda: [1, 40])
+    length_sampling: LengthSampling = LengthSampling.per_batch
     # upper ends of the test buckets: the first starts at train_lengths[0], each next one past the last
     test_lengths: List[int] = field(default_factory=lambda: [40, 80, 160, 320])
     test_examples: int = 100  # per test bucket (per depth bucket for the retrieval tasks: see depth_buckets)

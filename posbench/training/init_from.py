@@ -16,7 +16,7 @@ from posbench.checkpoint import RUN_ENTRIES, load_checkpoint
 from posbench.config import RunConfig, to_plain_dict
 from posbench.identity import experiment_config
 
-WEIGHTLESS_ENCODING_KEYS = ("name", "members")  # what picks the encoding's class and its weights
+WEIGHT_DEFINING_ENCODING_KEYS = ("name", "members")  # what picks the encoding's class and its weights
 
 
 def differences(theirs: dict, mine: dict, prefix: str) -> list[str]:
@@ -34,7 +34,7 @@ def mismatch(parent: dict, run: RunConfig, vocab_size: int, fingerprint: str) ->
     encoding = [
         d
         for d in differences(theirs["encoding"], mine["encoding"], "encoding")
-        if d.split(":")[0].split(".")[1] in WEIGHTLESS_ENCODING_KEYS
+        if d.split(":")[0].split(".")[1] in WEIGHT_DEFINING_ENCODING_KEYS
     ]
     model = differences(experiment_config(theirs).get("model", {}), experiment_config(mine)["model"], "model")
     data = []
@@ -48,6 +48,11 @@ def initialise_from_parent(model: torch.nn.Module, run: RunConfig, vocab_size: i
     """Load ``run.parent``'s weights into ``model``, or ValueError naming what differs."""
     path = run.parent["checkpoint"]
     parent = load_checkpoint(path, require=(*RUN_ENTRIES, "model"))
+    if parent["step"] != run.parent["step"]:
+        raise ValueError(
+            f"train.init_from={run.train.init_from}: the checkpoint is at step {parent['step']}, not the "
+            f"recorded step {run.parent['step']} (is the parent still training?); start again once it is done"
+        )
     problem = mismatch(parent, run, vocab_size, fingerprint)
     if problem is None:
         try:

@@ -111,7 +111,7 @@ def check_resumable(saved: dict, run: RunConfig) -> None:
     """A checkpoint resumes only a run of the same encoding, model, data and task (as the identity sees
     them)."""
     theirs, ours = experiment_config(saved), experiment_config(to_plain_dict(run))
-    for group in ("encoding", "model", "data", "task"):
+    for group in ("encoding", "model", "data", "task", "parent"):
         if theirs.get(group) != ours.get(group):
             raise ValueError(
                 f"cannot resume: the checkpoint's {group} config differs from this run's ({saved[group]})"
