@@ -20,14 +20,13 @@ encodings, columns test buckets, exact-match accuracy (and a second table of per
 from __future__ import annotations
 
 import argparse
-import math
-import statistics
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import Optional
 
 from posbench.atomic import atomic_write
+from posbench.compare_tables import Cell, RunKey, Section, Table, markdown
 from posbench.identity import digest, experiment_config, without_seed
 from posbench.lineage import lineage_label
 from posbench.plots import plot_comparison
@@ -35,40 +34,6 @@ from posbench.results import load_results, results_schema, writing
 
 COMPARISON_MD, COMPARISON_PNG = "comparison.md", "comparison.png"
 OVERRIDES = "overrides."  # prefix of the flat settings a ``posbench eval`` laid over its checkpoint
-
-
-@dataclass
-class Cell:
-    """The values of one (section, row, eval length) over seeds: perplexities, or a task's exact-match
-    accuracies (with the per-token ones beside them)."""
-
-    ppls: list[float] = field(default_factory=list)  # the cell's values: perplexity or accuracy
-    seeds: list[int] = field(default_factory=list)
-    missing: Optional[str] = None  # why the length is n/a
-    token_accuracies: list[float] = field(default_factory=list)  # tasks: per-token accuracy, by seed
-    length_min: Optional[int] = None  # tasks: the test bucket's shortest length
-
-    @property
-    def mean(self) -> float:
-        return statistics.fmean(self.ppls) if self.ppls else math.nan
-
-    @property
-    def std(self) -> float:
-        return statistics.stdev(self.ppls) if len(self.ppls) > 1 else 0.0
-
-
-class Section(NamedTuple):
-    """What one table holds: results of one task (``""``: perplexity on a corpus) at one training length."""
-
-    task: str
-    train_len: int
-
-
-Key = tuple[Section, str]  # (section, row label: the encoding label, plus what tells apart runs sharing it)
-RunKey = tuple[Section, str, str, str, Optional[int]]
-# (section, label, seedless digest, digest of how it was evaluated, step): one experiment evaluated
-# one way, any seed; a diverged run's step is None (it stopped early: its step is not the experiment's)
-Table = dict[Key, dict[int, Cell]]
 
 
 @dataclass
@@ -92,6 +57,13 @@ class Run:
         if identity:
             return int(identity["seed"])
         return int(self.doc.get("config", {}).get("train", {}).get("seed", 0))
+
+    @property
+    def seed_key(self) -> int | str:
+        """The seed; for a run initialised from a parent, the parent's seed too (``1/0``: child seed 0
+        of the parent of seed 1), so children of two parent seeds are two seeds, not one repeated."""
+        parent = (self.doc.get("config") or {}).get("parent")
+        return f"{parent['seed']}/{self.seed}" if isinstance(parent, dict) else self.seed
 
     @property
     def diverged(self) -> Optional[dict]:
@@ -232,11 +204,11 @@ def distinct_seeds(runs: list[Run]) -> tuple[list[Run], list[tuple[Run, int]]]:
     """One run per seed, the newest (``created_utc``, then path) where a seed was evaluated more than
     once (a training run and a ``posbench eval`` of its checkpoint, or two evaluations of it); and
     each seed kept from several results, with how many there were."""
-    by_seed: dict[int, list[Run]] = defaultdict(list)
+    by_seed: dict[int | str, list[Run]] = defaultdict(list)
     for run in runs:
-        by_seed[run.seed].append(run)
+        by_seed[run.seed_key].append(run)
     kept, repeated = [], []
-    for seed in sorted(by_seed):
+    for seed in sorted(by_seed, key=str):
         newest = max(by_seed[seed], key=lambda r: (r.doc.get("created_utc", ""), str(r.path)))
         kept.append(newest)
         if len(by_seed[seed]) > 1:
@@ -256,8 +228,8 @@ def add_runs(cells: dict[int, Cell], runs: list[Run], protocol: Optional[str]) -
             cell = cells[row["length"]]
             cell.length_min = row.get("length_min")
             if row["status"] == "ok" and row[metric] is not None:
-                cell.ppls.append(row[metric])
-                cell.seeds.append(run.seed)
+                cell.values.append(row[metric])
+                cell.seeds.append(run.seed_key)
                 if metric == "accuracy":
                     cell.token_accuracies.append(row["token_accuracy"])
             else:
@@ -275,7 +247,7 @@ def left_out_notes(cells: dict[int, Cell], left_out: dict[int, list[Run]], label
             row = next(r for r in run.doc["results"] if r["length"] == length)
             if row["status"] == "ok":
                 where[("not finite, not averaged", run_name(run, label))].append(length)
-            elif cells[length].ppls:
+            elif cells[length].values:
                 where[(f"n/a ({row['reason']}), not averaged", run_name(run, label))].append(length)
     return [f"{what}: {name} at {', '.join(map(str, ns))}" for (what, name), ns in where.items()]
 
@@ -351,66 +323,6 @@ def gather(paths: list[Path], protocol: Optional[str] = None) -> Comparison:
 def collect(paths: list[Path], protocol: Optional[str] = None) -> Table:
     """(train length, row label) -> eval length -> Cell, over all runs (seeds) found."""
     return gather(paths, protocol).table
-
-
-def format_values(values: list[float]) -> str:
-    if not values:
-        return "n/a"
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
-
-
-def format_cell(cell: Cell) -> str:
-    return format_values(cell.ppls)
-
-
-def column_label(section: Section, n: int, cell: Cell) -> str:
-    """``1024 (4L)``; a task's bucket ``41-80 (2L)``."""
-    span = f"{cell.length_min}-{n}" if cell.length_min not in (None, n) else str(n)
-    return f"{span} ({n / section.train_len:g}L)"
-
-
-def markdown_table(table: Table, section: Section, per_token: bool = False) -> list[str]:
-    keys = sorted(k for k in table if k[0] == section)
-    lengths = sorted({n for k in keys for n in table[k]})
-    some = {n: next(table[k][n] for k in keys if n in table[k]) for n in lengths}
-    rows = [
-        "| encoding | " + " | ".join(column_label(section, n, some[n]) for n in lengths) + " |",
-        "|---|" + "---|" * len(lengths),
-    ]
-    for key in keys:
-        cells = [table[key].get(n, Cell()) for n in lengths]
-        shown = [format_values(c.token_accuracies) if per_token else format_cell(c) for c in cells]
-        rows.append(f"| {key[1]} | " + " | ".join(shown) + " |")
-    return rows
-
-
-def heading(section: Section, seeds: int, per_token: bool = False) -> str:
-    over = f"mean ± std over {seeds} seed{'s' * (seeds != 1)}"
-    if not section.task:
-        return f"### Trained at L = {section.train_len} (perplexity, {over})"
-    what = "per-token accuracy" if per_token else "exact-match accuracy"
-    return f"### {section.task}, trained on lengths up to {section.train_len} ({what}, {over})"
-
-
-def markdown(table: Table, notes: Optional[dict[Section, list[str]]] = None) -> str:
-    """One table per section (training length, and task): rows encodings, columns eval lengths (test
-    buckets), mean ± std over seeds; a task's per-token accuracy in a second table; under them, a line
-    for each thing not averaged in."""
-    notes = notes or {}
-    parts = []
-    for section in sorted({k[0] for k in table} | set(notes)):
-        cells = [c for k in table if k[0] == section for c in table[k].values()]
-        seeds = max((len(set(c.seeds)) for c in cells), default=0)
-        tables = [False, True] if section.task else [False]
-        text = []
-        for per_token in tables:
-            rows = markdown_table(table, section, per_token) if cells else ["(no run to average)"]
-            text.append(heading(section, seeds, per_token) + "\n\n" + "\n".join(rows) + "\n")
-        below = [f"- {line}" for line in notes.get(section, [])]
-        parts.append("\n".join(text) + ("\n" + "\n".join(below) + "\n" if below else ""))
-    return "\n".join(parts)
 
 
 def write_file(path: Path, data: bytes) -> None:

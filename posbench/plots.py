@@ -221,7 +221,7 @@ def plot_comparison(table: dict) -> bytes:
             ax.text(0.5, 0.5, "no finite results", ha="center", va="center", transform=ax.transAxes)
             continue
         for key in sorted(k for k in table if k[0] == section):
-            cells = sorted((n, c) for n, c in table[key].items() if c.ppls)
+            cells = sorted((n, c) for n, c in table[key].items() if c.values)
             xs, means, stds = [n for n, _ in cells], [c.mean for _, c in cells], [c.std for _, c in cells]
             ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=key[1])
         ax.axvline(section.train_len, color="grey", linestyle="--", linewidth=1)

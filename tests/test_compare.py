@@ -107,7 +107,7 @@ def test_protocols_strides_and_budgets_are_rows_never_seeds(tmp_path):
     sliding = (Section("", 128), "rope (eval.max_tokens=2048, eval.protocol=sliding, eval.stride=64)")
     budget = (Section("", 128), "rope (eval.max_tokens=4096, eval.protocol=nonoverlapping, eval.stride=None)")
     assert sorted(table) == sorted([nonoverlapping, sliding, budget])
-    assert table[nonoverlapping][128].ppls == [10.0, 12.0] and sorted(table[nonoverlapping][128].seeds) == [
+    assert table[nonoverlapping][128].values == [10.0, 12.0] and sorted(table[nonoverlapping][128].seeds) == [
         0,
         1,
     ]
@@ -117,7 +117,7 @@ def test_protocols_strides_and_budgets_are_rows_never_seeds(tmp_path):
     assert "over 2 seeds" in text and "over 4 seeds" not in text and "over 6 seeds" not in text
     # keeping one protocol leaves one experiment of that name: no label suffix needed for it alone
     only = gather(find_results([tmp_path]), "sliding").table
-    assert sorted(only) == [(Section("", 128), "rope")] and only[(Section("", 128), "rope")][128].ppls == [
+    assert sorted(only) == [(Section("", 128), "rope")] and only[(Section("", 128), "rope")][128].values == [
         9.0,
         11.0,
     ]
@@ -134,7 +134,7 @@ def test_one_checkpoint_evaluated_twice_is_one_seed_and_the_newest_counts(tmp_pa
     table = gather(find_results([tmp_path])).table
     assert list(table) == [(Section("", 128), "rope")]
     cell = table[(Section("", 128), "rope")][128]
-    assert sorted(cell.seeds) == [0, 1] and sorted(cell.ppls) == [10.5, 14.0]  # not three "seeds"
+    assert sorted(cell.seeds) == [0, 1] and sorted(cell.values) == [10.5, 14.0]  # not three "seeds"
     text = compare([tmp_path])
     assert "| rope | 12.25 ± 2.47 |" in text and "over 2 seeds" in text
     assert f"evaluated 2 times, newest kept: rope-L128-s0 ({again})" in text
@@ -146,8 +146,8 @@ def test_overrides_laid_over_a_checkpoint_make_another_row(tmp_path):
     base = {"encoding": {"base": 500}, "logger": {"name": "jsonl"}}
     put(tmp_path, "eval_s0", results_doc(0, {128: 30.0}, overrides=base, created="2026-01-02T00:00:00Z"))
     table = gather(find_results([tmp_path])).table
-    assert table[(Section("", 128), "rope (no overrides)")][128].ppls == [10.0]
-    assert table[(Section("", 128), "rope (overrides: encoding.base=500)")][128].ppls == [30.0]
+    assert table[(Section("", 128), "rope (no overrides)")][128].values == [10.0]
+    assert table[(Section("", 128), "rope (overrides: encoding.base=500)")][128].values == [30.0]
 
 
 def test_an_evaluation_of_an_earlier_checkpoint_is_not_a_seed(tmp_path):
@@ -167,7 +167,7 @@ def test_diverged_and_non_finite_runs_are_named_not_dropped(tmp_path):
     lost = {"step": 7, "last_finite_loss": None, "checkpoint": "x.pt"}
     put(tmp_path, "other", results_doc(0, {64: None}, train_len=64, step=7, diverged=lost))
     comparison = gather(find_results([tmp_path]))
-    assert comparison.table[(Section("", 128), "rope")][256].ppls == [11.0]
+    assert comparison.table[(Section("", 128), "rope")][256].values == [11.0]
     assert comparison.notes[Section("", 128)] == [
         "not finite, not averaged: rope-L128-s1 at 256",
         "diverged, not averaged: rope-L128-s2 (step 3, last finite loss 4.21)",

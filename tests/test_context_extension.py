@@ -212,6 +212,10 @@ def test_a_parent_of_each_seed_gives_each_child_its_own_run(parent, tmp_path):
     assert children[0].digest != children[1].digest  # the same child seed, parents of two seeds
     assert children[0].seedless_digest == children[1].seedless_digest  # one experiment
     assert child(parent, tmp_path).parent["seed"] == 0
+    for i, p in enumerate((parent, other_root / "run")):  # child seed 0 of each parent seed
+        train(child(p, tmp_path, "train.max_steps=2", "eval.lengths=[128]"), tmp_path / "kids" / str(i))
+    text = compare([tmp_path / "kids"], tmp_path)
+    assert "mean ± std over 2 seeds" in text and "evaluated 2 times" not in text
 
 
 def test_learned_positions_must_reach_the_pose_target():

@@ -275,7 +275,7 @@ def test_compare_keeps_experiments_that_share_a_label_apart(tmp_path, monkeypatc
     assert table[(Section("", 128), "rope (train.lr=0.001)")][128].mean == pytest.approx(
         11.0
     )  # its two seeds
-    assert table[(Section("", 128), "rope (train.lr=0.002)")][128].ppls == [20.0]
+    assert table[(Section("", 128), "rope (train.lr=0.002)")][128].values == [20.0]
     text = compare([tmp_path])
     assert "| rope (train.lr=0.001) | 11.00 ± 1.41 |" in text and "| rope+yarn | 30.00 |" in text
 
