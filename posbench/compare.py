@@ -125,9 +125,13 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
 def evaluation(doc: dict) -> dict[str, object]:
     """How the numbers were obtained, as flat settings. Overrides that only say how an evaluation ran
     or logged (``logger``, ``model.attention``) are left out; the others count even where the
-    evaluated config shows them too, since it does not show what the checkpoint was trained with."""
+    evaluated config shows them too, since it does not show what the checkpoint was trained with.
+    Each override counts by the value it resolved to (an interpolation such as ``${train.seq_len}``
+    is recorded as written), so two spellings of one setting are one evaluation."""
+    resolved = flatten(doc.get("config") or {})
     overrides = {
-        f"{OVERRIDES}{k}": v for k, v in flatten(experiment_config(doc.get("overrides") or {})).items()
+        f"{OVERRIDES}{k}": resolved.get(k, v)
+        for k, v in flatten(experiment_config(doc.get("overrides") or {})).items()
     }
     if "task" in doc:
         task = doc["task"]

@@ -255,3 +255,15 @@ def test_disk_full_writing_the_comparison_names_the_file_and_leaves_the_old_one(
     assert (tmp_path / "comparison.png").read_bytes() == b"old png"
     assert "| rope | 10.00 |" in (tmp_path / "comparison.md").read_text()  # written whole before it
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_an_override_counts_by_the_value_it_resolved_to(tmp_path):
+    """``original_max_position`` written as ``${train.seq_len}`` in one evaluation and as another
+    interpolation in the next is one setting: both seeds share a row."""
+    for seed, spelled in ((0, "${train.seq_len}"), (1, "${posbench_trained_length:null,${train.seq_len}}")):
+        doc = results_doc(seed, {128: 10.0 + seed})
+        doc["overrides"] = {"encoding": {"scaling": {"kind": "yarn", "original_max_position": spelled}}}
+        doc["config"]["encoding"]["scaling"] = {"kind": "yarn", "original_max_position": 128}
+        put(tmp_path, f"s{seed}", doc)
+    table = gather(find_results([tmp_path])).table
+    assert len(table) == 1 and next(iter(table.values()))[128].values == [10.0, 11.0]
