@@ -49,11 +49,9 @@ CSV_FIELDS = (
     "wall_time_s",
     "reason",
 )
+TASK_RUN_FIELDS = ("encoding", "task", "train_seq_len", "run_name")  # on every row of a task's CSVs
 TASK_CSV_FIELDS = (
-    "encoding",
-    "task",
-    "train_seq_len",
-    "run_name",
+    *TASK_RUN_FIELDS,
     "length_min",
     "length",
     "x_train",
@@ -68,10 +66,7 @@ TASK_CSV_FIELDS = (
     "reason",
 )
 DEPTH_CSV_FIELDS = (
-    "encoding",
-    "task",
-    "train_seq_len",
-    "run_name",
+    *TASK_RUN_FIELDS,
     "length_min",
     "length",
     "depth_start",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -88,6 +88,16 @@ def report_to_tracker(tracker: Tracker, document: dict, plots: dict[str, Path]) 
     tracker.summary(summary_values(document))
 
 
+def report(document: dict, run_dir: Path, tracker: Tracker, heading: str, table: Callable) -> dict:
+    """After results.json is written: the plots, the printed table under ``heading``, the tracker."""
+    plots = write_plots(document, run_dir)
+    print(f"\n{heading}:")
+    print(table(document["results"], document["train_seq_len"]), flush=True)
+    report_to_tracker(tracker, document, plots)
+    log.info("results and plots written to %s", Path(run_dir) / RESULTS_JSON)
+    return document
+
+
 def evaluate_and_report(
     model: Transformer,
     val_stream: np.ndarray,
@@ -109,13 +119,9 @@ def evaluate_and_report(
     document = write_results(
         run_dir, [r.to_dict() for r in results], {**metadata, "device": str(device), "protocol": statement}
     )
-    plots = write_plots(document, run_dir)
-    train_len = document["train_seq_len"]
-    print(f"\nPerplexity of {document['encoding']} trained at {train_len} ({cfg.protocol.value} windows):")
-    print(format_table(document["results"], train_len), flush=True)
-    report_to_tracker(tracker, document, plots)
-    log.info("results and plots written to %s", Path(run_dir) / RESULTS_JSON)
-    return document
+    trained = f"{document['encoding']} trained at {document['train_seq_len']}"
+    heading = f"Perplexity of {trained} ({cfg.protocol.value} windows)"
+    return report(document, run_dir, tracker, heading, format_table)
 
 
 GREEDY_EQUIVALENCE = (
@@ -155,10 +161,6 @@ def evaluate_task_and_report(
     results = evaluate_task(model, task, device, precision)
     extra = {"device": str(device), "task": task_statement(task)}
     document = write_results(run_dir, [r.to_dict() for r in results], {**metadata, **extra})
-    plots = write_plots(document, run_dir)
-    train_len = document["train_seq_len"]
-    print(f"\nAccuracy of {document['encoding']} on {task.name}, trained on lengths up to {train_len}:")
-    print(format_task_table(document["results"], train_len), flush=True)
-    report_to_tracker(tracker, document, plots)
-    log.info("results and plots written to %s", Path(run_dir) / RESULTS_JSON)
-    return document
+    trained = f"trained on lengths up to {document['train_seq_len']}"
+    heading = f"Accuracy of {document['encoding']} on {task.name}, {trained}"
+    return report(document, run_dir, tracker, heading, format_task_table)
