@@ -29,7 +29,13 @@ from posbench.data.config import (
     TextFilesConfig,
     Tokenizer,
 )
-from posbench.encodings import ENCODINGS, EncodingConfig, register_scaling_schemas
+from posbench.encodings import (
+    ENCODINGS,
+    EncodingConfig,
+    register_remap_schemas,
+    register_scaling_schemas,
+    register_temperature_schemas,
+)
 from posbench.lineage import register_parent_resolver
 from posbench.model.config import Attention, Mlp, ModelConfig, Norm
 from posbench.runtime import Precision
@@ -153,6 +159,8 @@ class EvalConfig:
     batch_size: int = 1
     position_buckets: int = 16  # buckets of the per-position loss curve
     bucket_kind: BucketKind = BucketKind.log  # per-position buckets: log-spaced or equal widths
+    # windows per length whose attention entropy and sink weight are measured (0: none)
+    diagnostics_windows: int = 1
     enabled: bool = True  # evaluate after training
 
     def __post_init__(self) -> None:
@@ -169,6 +177,7 @@ class EvalConfig:
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ValueError("eval.max_tokens must be at least 1 (or null for the whole stream)")
         at_least("eval.batch_size", self.batch_size, 1, "windows per forward")
+        at_least("eval.diagnostics_windows", self.diagnostics_windows, 0, "0 = no attention diagnostics")
 
 
 @dataclass
@@ -203,6 +212,8 @@ def register_schemas() -> None:
     for name, (config_cls, _) in ENCODINGS.items():
         cs.store(group="schema/encoding", name=name, node=config_cls)
     register_scaling_schemas(cs)
+    register_temperature_schemas(cs)
+    register_remap_schemas(cs)
     cs.store(group="schema/model", name="model", node=ModelConfig)
     for name, cls in DATA_SCHEMAS.items():
         cs.store(group="schema/data", name=name, node=cls)

@@ -44,7 +44,15 @@ NOT_EXPERIMENT = {
 
 # Options added since runs were first recorded, with their off value: left out while off, so a run
 # recorded before an option existed keeps its identity (its folder, resume and compare rows).
-ADDED_OPTIONS = {"encoding": {"pose_target": None}}
+ADDED_OPTIONS = {
+    "encoding": {
+        "pose_target": None,
+        "temperature": {"kind": "none"},
+        "p_rope": 1.0,
+        "resonance": False,
+        "remap": {"kind": "none"},
+    }
+}
 
 
 def without_added(values: dict, added: dict) -> dict:

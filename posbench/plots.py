@@ -1,6 +1,6 @@
 """Plots of results documents (``posbench.results``): perplexity against evaluation length,
-and mean loss by position inside the window; for a task, accuracy against length bucket, and for
-a retrieval task a length × depth heatmap.
+mean loss by position inside the window, attention entropy and sink weight by position; for a
+task, accuracy against length bucket, and for a retrieval task a length × depth heatmap.
 
 matplotlib's object API on a bare ``Figure`` renders with Agg: no display, no pyplot global
 state, so plotting works on headless machines and never opens a window. Lengths a model
@@ -27,7 +27,7 @@ LOG_Y_SPREAD = (
     10.0  # a log perplexity axis once values span a decade: past a breaking point they grow by orders
 )
 EXTRAPOLATION_PNG, POSITION_LOSS_PNG = "extrapolation.png", "position_loss.png"
-ACCURACY_PNG, DEPTH_PNG = "accuracy.png", "depth_accuracy.png"
+ACCURACY_PNG, DEPTH_PNG, ATTENTION_PNG = "accuracy.png", "depth_accuracy.png", "attention.png"
 
 
 def _has_value(row: dict, key: str) -> bool:
@@ -145,6 +145,47 @@ def plot_position_loss(document: dict, path: str | Path) -> Path:
     return _save(fig, path)
 
 
+def layer_mean(per_layer: list[list], i: int) -> float:
+    """Bucket i's mean over the layers; nan where a layer's value is null (not finite)."""
+    values = [layer[i] for layer in per_layer]
+    return math.nan if None in values else sum(values) / len(values)
+
+
+def plot_attention(document: dict, path: str | Path) -> Path:
+    """Attention entropy (left, with the uniform ceiling dashed) and the weight on the window's first
+    key (right) by query position, averaged over the layers, one line per evaluation length."""
+    kind = document["protocol"]["bucket_kind"]
+    fig = Figure(figsize=(10.4, 4.2))
+    entropy_ax, sink_ax = fig.subplots(1, 2)
+    rows = [row for row in document["results"] if row["status"] == "ok" and row.get("attention")]
+    for row in rows:
+        curves = row["attention"]
+        x = bucket_centres(curves, kind)
+        mean_entropy = [layer_mean(curves["entropy"], i) for i in range(len(x))]
+        mean_sink = [layer_mean(curves["sink"], i) for i in range(len(x))]
+        line = entropy_ax.plot(x, mean_entropy, marker=".", label=f"L={row['length']}")[0]
+        sink_ax.plot(x, mean_sink, marker=".", color=line.get_color(), label=f"L={row['length']}")
+    if rows:
+        longest = rows[-1]["attention"]
+        ceiling = "uniform: ln(position + 1)"
+        entropy_ax.plot(
+            bucket_centres(longest, kind), longest["uniform_entropy"], "k--", lw=0.8, label=ceiling
+        )
+    for ax, ylabel in ((entropy_ax, "attention entropy (nats)"), (sink_ax, "weight on the first key")):
+        _training_lines(ax, [document["train_seq_len"]])
+        if kind == "log":
+            ax.set_xscale("log", base=2)
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: length_label(round(x)) if x >= 1 else ""))
+        ax.set_xlabel("tokens of context (position in window + 1)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(
+        f"{document['encoding']} trained at {document['train_seq_len']}: attention, mean over layers"
+    )
+    return _save(fig, path)
+
+
 def write_plots(document: dict, run_dir: str | Path) -> dict[str, Path]:
     """The plots of one run into ``run_dir``; returns {name: path}."""
     run_dir = Path(run_dir)
@@ -153,10 +194,13 @@ def write_plots(document: dict, run_dir: str | Path) -> dict[str, Path]:
         if any(row["by_depth"] for row in document["results"]):
             plots["depth_accuracy"] = plot_depth_accuracy(document, run_dir / DEPTH_PNG)
         return plots
-    return {
+    plots = {
         "extrapolation": plot_extrapolation([document], run_dir / EXTRAPOLATION_PNG),
         "position_loss": plot_position_loss(document, run_dir / POSITION_LOSS_PNG),
     }
+    if any(row.get("attention") for row in document["results"]):
+        plots["attention"] = plot_attention(document, run_dir / ATTENTION_PNG)
+    return plots
 
 
 def bucket_label(row: dict) -> str:

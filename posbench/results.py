@@ -4,7 +4,9 @@
   ``posbench/schemas/results.schema.json`` on every write and read;
 - ``results.csv``: one row per length (n/a rows included, with their reason), with the
   encoding and training length on every row, so files of many runs concatenate;
-- ``position_loss.csv``: the per-position curves in long form, one row per (length, bucket).
+- ``position_loss.csv``: the per-position curves in long form, one row per (length, bucket);
+- ``attention.csv``: the attention diagnostics in long form, one row per (length, layer, bucket):
+  mean entropy, its uniform ceiling ln(position + 1), and the weight on the window's first key.
 A task's results (a document with a ``task`` record) have one row per test bucket, with exact-match
 and per-token accuracy, and for the retrieval tasks ``depth_accuracy.csv`` in place of the curves:
 one row per (length bucket, depth bucket).
@@ -31,7 +33,7 @@ from posbench.tracking.base import json_safe
 
 RESULTS_SCHEMA_VERSION = 3
 RESULTS_JSON, RESULTS_CSV, POSITION_CSV = "results.json", "results.csv", "position_loss.csv"
-DEPTH_CSV = "depth_accuracy.csv"
+DEPTH_CSV, ATTENTION_CSV = "depth_accuracy.csv", "attention.csv"
 CSV_FIELDS = (
     "encoding",
     "train_seq_len",
@@ -84,6 +86,19 @@ POSITION_CSV_FIELDS = (
     "bucket_end",
     "nll",
     "tokens",
+)
+
+ATTENTION_CSV_FIELDS = (
+    "encoding",
+    "train_seq_len",
+    "run_name",
+    "length",
+    "layer",
+    "bucket_start",
+    "bucket_end",
+    "entropy",
+    "uniform_entropy",
+    "sink",
 )
 
 
@@ -169,6 +184,8 @@ def write_results(run_dir: str | Path, rows: list[dict], metadata: dict[str, Any
     else:
         files[RESULTS_CSV] = to_csv(CSV_FIELDS, csv_rows(document))
         files[POSITION_CSV] = to_csv(POSITION_CSV_FIELDS, position_rows(document))
+        if any(row.get("attention") for row in document["results"]):
+            files[ATTENTION_CSV] = to_csv(ATTENTION_CSV_FIELDS, attention_rows(document))
     for name, text in files.items():
         with writing(run_dir / name):
             atomic_write_text(run_dir / name, text)
@@ -209,6 +226,30 @@ def position_rows(document: dict) -> list[dict]:
                     "tokens": tokens,
                 }
             )
+    return rows
+
+
+def attention_rows(document: dict) -> list[dict]:
+    """One row per (length, layer, bucket) of every evaluated length's attention diagnostics."""
+    rows = []
+    for result in document["results"]:
+        curves = result.get("attention")
+        if not curves:
+            continue
+        for layer, (entropy, sink) in enumerate(zip(curves["entropy"], curves["sink"])):
+            for i, start in enumerate(curves["start"]):
+                rows.append(
+                    {
+                        **_run_columns(document),
+                        "length": result["length"],
+                        "layer": layer,
+                        "bucket_start": start,
+                        "bucket_end": curves["end"][i],
+                        "entropy": entropy[i],
+                        "uniform_entropy": curves["uniform_entropy"][i],
+                        "sink": sink[i],
+                    }
+                )
     return rows
 
 

@@ -29,14 +29,13 @@ def rss_mb() -> float:
 
 def measure_one(encoding: str, length: int, attention: str, repeats: int) -> dict:
     import torch
+    from bench_variants import encoding_config
 
     from posbench.config import Attention, ModelConfig
-    from posbench.encodings import ENCODINGS
     from posbench.model.transformer import Transformer
 
     torch.manual_seed(0)
-    cfg_cls = ENCODINGS[encoding][0]
-    enc_cfg = cfg_cls(**({"max_positions": length} if encoding == "learned" else {}))
+    enc_cfg = encoding_config(encoding, length)
     model = Transformer(ModelConfig(name="tiny", attention=Attention(attention)), enc_cfg, 256).eval()
     reason = model.length_limit_reason(length)
     if reason is not None:  # what the evaluator reports as n/a
@@ -81,11 +80,11 @@ def run_child(encoding: str, length: int, attention: str, repeats: int) -> dict:
 
 
 def main() -> None:
-    from posbench.encodings import ENCODINGS
+    from bench_variants import names as encoding_names
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[16384])
-    parser.add_argument("--encodings", nargs="+", default=sorted(ENCODINGS))
+    parser.add_argument("--encodings", nargs="+", default=encoding_names())
     parser.add_argument("--attention", default="auto")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--child", nargs=2, metavar=("ENCODING", "LENGTH"))

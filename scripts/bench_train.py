@@ -18,10 +18,11 @@ import time
 
 import torch
 import torch.nn.functional as F
+from bench_variants import encoding_config
+from bench_variants import names as encoding_names
 from torch import nn
 
 from posbench.config import ModelConfig, Precision
-from posbench.encodings import ENCODINGS
 from posbench.model.transformer import Transformer
 from posbench.runtime import autocast, cpu_has_native_bf16
 
@@ -100,8 +101,7 @@ class Trainee:
         if name == PLAIN:
             self.model = PlainGpt(cfg, 256, seq_len).to(device)
         else:
-            enc_cfg = ENCODINGS[name][0](**({"max_positions": seq_len} if name == "learned" else {}))
-            self.model = Transformer(cfg, enc_cfg, 256).to(device)
+            self.model = Transformer(cfg, encoding_config(name, seq_len), 256).to(device)
         self.flops_per_token = flops_per_token(self.model, cfg.n_layers, cfg.d_model, seq_len)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
         self.tokens = torch.randint(0, 256, (batch, seq_len + 1), device=device)
@@ -140,7 +140,7 @@ def measure(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--encodings", nargs="+", default=sorted(ENCODINGS))
+    parser.add_argument("--encodings", nargs="+", default=encoding_names(training=True))
     parser.add_argument(
         "--rounds", type=int, default=6, help="timed steps per encoding (median), after one warm-up"
     )

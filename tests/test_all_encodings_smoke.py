@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from posbench.encodings import ENCODINGS, SCALING_CONFIGS
+from posbench.encodings import ENCODINGS, SCALING_CONFIGS, TEMPERATURE_CONFIGS
 from posbench.jobs.train import train
 
 # two steps of two sequences, one 512-token window scored: enough to run every path, not to learn
@@ -27,7 +27,11 @@ VARIANTS = (
         ["encoding=rope", "encoding.random_positions_max=1024", "encoding.rotary_dim=0.5"],
         ["encoding=sinusoidal", "encoding.random_positions_max=1024"],
         ["encoding=xpos", "encoding/scaling=dynamic_yarn"],
+        ["encoding=rope", "encoding.p_rope=0.5", "encoding.resonance=true", "encoding/scaling=yarn"],
+        ["encoding=layers", "encoding.window=32", "encoding.window_kind=sliding"],
+        ["encoding=layers", "encoding/temperature@encoding.options.nope.temperature=llama4"],
     ]
+    + [["encoding=nope", f"encoding/temperature={kind}"] for kind in TEMPERATURE_CONFIGS if kind != "none"]
 )
 
 
@@ -43,3 +47,4 @@ def test_trains_and_evaluates_at_four_times_its_length(smoke_run, tmp_path, over
         assert rows[512]["status"] == "n/a" and "learned positions end at 128" in rows[512]["reason"]
     else:
         assert rows[512]["status"] == "ok" and math.isfinite(rows[512]["ppl"]), rows[512]
+        assert rows[512]["attention"]["windows"] == 1  # the diagnostics ran on its path

@@ -12,6 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def script(name: str):
+    if str(REPO / "scripts") not in sys.path:  # as `python scripts/NAME.py` has it: bench_variants
+        sys.path.insert(0, str(REPO / "scripts"))
     spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -49,9 +51,21 @@ def test_plain_gpt_reference_counts_the_same_flops_as_nope():
 def test_bench_train_prints_ratios_to_nope_and_the_reference_row():
     rows = {
         row[0]: row
-        for row in run("bench_train", "--encodings", "t5", "--rounds", "2", "--seq-len", "64", "--batch", "1")
+        for row in run(
+            "bench_train",
+            "--encodings",
+            "t5",
+            "fox",
+            "rope+logn",
+            "--rounds",
+            "2",
+            "--seq-len",
+            "64",
+            "--batch",
+            "1",
+        )
     }
-    assert set(rows) >= {"nope", "t5", "plain-gpt"}
+    assert set(rows) >= {"nope", "t5", "fox", "rope+logn", "plain-gpt"}
     assert rows["nope"][2] == "1.00"
     for name in ("nope", "t5", "plain-gpt"):
         assert float(rows[name][1].replace(",", "")) > 0 and 0 < float(rows[name][3].rstrip("%")) < 100
@@ -59,7 +73,19 @@ def test_bench_train_prints_ratios_to_nope_and_the_reference_row():
 
 def test_bench_eval_prints_time_and_memory_ratios_to_nope():
     rows = {
-        row[0]: row for row in run("bench_eval", "--lengths", "256", "--encodings", "alibi", "--repeats", "1")
+        row[0]: row
+        for row in run(
+            "bench_eval",
+            "--lengths",
+            "256",
+            "--encodings",
+            "alibi",
+            "layers",
+            "rope+self_extend",
+            "--repeats",
+            "1",
+        )
     }
     assert rows["nope"][3] == "1.00" and rows["nope"][5] == "1.00"
     assert rows["alibi"][1] == "256" and float(rows["alibi"][3]) > 0 and rows["alibi"][-1] == "sdpa"
+    assert rows["rope+self_extend"][-1] == "remap" and rows["layers"][-1] == "sdpa"

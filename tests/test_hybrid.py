@@ -122,13 +122,11 @@ def test_biases_add_and_every_members_parameters_train():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoding.parameters())
 
 
-def test_the_strictest_member_sets_the_limit_and_scales_multiply():
+def test_the_strictest_member_sets_the_limit():
     enc = model_with(hybrid_cfg("learned", "rope")).encoding
     assert enc.length_limit_reason(256) is None
     assert "learned positions end at 256" in enc.length_limit_reason(257)
     assert enc.label == "learned+rope+yarn"
-    # yarn's attention factor lives in cos/sin; a member's logit_scale would multiply in
-    assert enc.logit_scale(1000) == math.prod(m.logit_scale(1000) for m in enc.members.values())
 
 
 def test_options_are_typed_per_member_from_the_command_line():

@@ -140,7 +140,7 @@ def test_plots_are_written_and_non_empty(evaluated):
     for name in ("extrapolation.png", "position_loss.png"):
         data = (out / name).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 5000
-    assert set(tracker.images) == {"plots/extrapolation", "plots/position_loss"}
+    assert set(tracker.images) == {"plots/extrapolation", "plots/position_loss", "plots/attention"}
 
 
 def test_tracker_gets_rows_per_length_and_a_summary(evaluated):

@@ -13,12 +13,16 @@ from posbench.encodings.alibi import Alibi, AlibiConfig, alibi_slopes
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
 from posbench.encodings.cope import Cope, CopeConfig
 from posbench.encodings.fire import Fire, FireConfig
+from posbench.encodings.fox import Fox, FoxConfig
 from posbench.encodings.hybrid import Hybrid, HybridConfig
 from posbench.encodings.kerple import KerpleLog, KerpleLogConfig, KerplePower, KerplePowerConfig
+from posbench.encodings.remap import REMAP_CONFIGS, register_remap_schemas
 from posbench.encodings.rope import Rope, RopeConfig
 from posbench.encodings.rope_scaling import SCALING_CONFIGS, register_scaling_schemas, rope_frequencies
 from posbench.encodings.sandwich import Sandwich, SandwichConfig
+from posbench.encodings.schedule import LayerSchedule, LayersConfig
 from posbench.encodings.t5 import T5Bias, T5Config, t5_relative_bucket
+from posbench.encodings.temperature import TEMPERATURE_CONFIGS, register_temperature_schemas
 from posbench.encodings.xpos import Xpos, XposConfig
 
 ENCODINGS: dict[str, tuple[type[EncodingConfig], type[PositionalEncoding]]] = {
@@ -34,7 +38,9 @@ ENCODINGS: dict[str, tuple[type[EncodingConfig], type[PositionalEncoding]]] = {
     "fire": (FireConfig, Fire),
     "sandwich": (SandwichConfig, Sandwich),
     "cope": (CopeConfig, Cope),
+    "fox": (FoxConfig, Fox),
     "hybrid": (HybridConfig, Hybrid),
+    "layers": (LayersConfig, LayerSchedule),
 }
 
 
@@ -48,12 +54,16 @@ def build_encoding(
 
 __all__ = [
     "ENCODINGS",
+    "REMAP_CONFIGS",
     "SCALING_CONFIGS",
+    "TEMPERATURE_CONFIGS",
     "EncodingConfig",
     "PositionalEncoding",
     "alibi_slopes",
     "build_encoding",
+    "register_remap_schemas",
     "register_scaling_schemas",
+    "register_temperature_schemas",
     "rope_frequencies",
     "t5_relative_bucket",
 ]

@@ -32,6 +32,7 @@ class SinusoidalConfig(EncodingConfig, RandomPositionsOption, PoseOption):
     amplitude: float = 1.0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.check_positions()
         above("encoding.base", self.base, 1, "wavelengths grow as base^(2i/d)")
         at_least("encoding.amplitude", self.amplitude, 0, "x the embeddings' init std; 0 = no signal")
@@ -70,6 +71,7 @@ class LearnedConfig(EncodingConfig, RandomPositionsOption, PoseOption):
     max_positions: int = "${train.seq_len}"  # type: ignore[assignment]  # table size
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.check_positions()
         if isinstance(self.max_positions, int):
             at_least("encoding.max_positions", self.max_positions, 1, "the table's size")

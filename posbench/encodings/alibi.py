@@ -17,6 +17,7 @@ class AlibiConfig(EncodingConfig, PoseOption):
     name: str = "alibi"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.check_positions()
 
 

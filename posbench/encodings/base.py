@@ -8,7 +8,9 @@ The model calls every hook at a fixed site (README, "Architecture"):
 | ``positions(T, device)`` | -> (T,) | positions of a forward that was given none |
 | ``embed_input(x, pos)`` | x (B, T, D), pos (T,) | token embeddings, before the first block |
 | ``rotate_qk(q, k, pos)`` | q (B, H, T, Dh), k (B, Hkv, T, Dh) | every attention layer, after projection |
-| ``logit_scale(seq_len)`` | -> float | multiplies the 1/sqrt(Dh) softmax scale |
+| ``query_factors(pos, layer)`` | -> (H or 1, T) or None | multiply the queries (temperature.py) |
+| ``for_layer(layer)`` | -> an encoding | whose hooks one layer runs (a schedule's member) |
+| ``key_bias(x, layer)`` | x (B, T, D) -> (B, H, T) or None | a bias per key from the layer input (FoX) |
 | ``scores()`` | -> ``Scores`` | what the attention adds to or does with the logits (``scores.py``) |
 
 ``scores()`` names the encoding's own functions: a bias (``score_bias(q_pos, k_pos) -> (H, Tq,
@@ -22,7 +24,7 @@ built for one block of queries at a time.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from omegaconf import MISSING
@@ -30,16 +32,23 @@ from torch import nn
 
 from posbench.encodings.positions import PositionSampler, position_sampler, positions_suffix
 from posbench.encodings.scores import Scores
+from posbench.encodings.temperature import build_temperature, temperature_config, temperature_suffix
 
 
 @dataclass
 class EncodingConfig:
     name: str = MISSING
+    # attention temperature, chosen with `encoding/temperature=KIND` (temperature.py); typed by its kind
+    temperature: Any = None
+
+    def __post_init__(self) -> None:
+        self.temperature = temperature_config(self.temperature)
 
     def label(self) -> str:
         """The encoding's part of a run's identity (results, run folders, W&B): its name, plus what
-        changes the experiment under that name (randomized positions, a RoPE scaling, hybrid members)."""
-        return self.name + positions_suffix(self)
+        changes the experiment under that name (randomized positions, a temperature, a RoPE scaling,
+        hybrid members)."""
+        return self.name + positions_suffix(self) + temperature_suffix(temperature_config(self.temperature))
 
 
 class PositionalEncoding(nn.Module):
@@ -60,6 +69,7 @@ class PositionalEncoding(nn.Module):
         self.n_layers = n_layers
         # 0..T-1, or what a config with PositionOptions asks for (randomized, PoSE)
         self.sampler: PositionSampler = position_sampler(cfg)
+        self.query_temperature = build_temperature(temperature_config(cfg.temperature), n_heads, n_layers)
 
     @property
     def label(self) -> str:
@@ -82,8 +92,18 @@ class PositionalEncoding(nn.Module):
         """The additive bias (H, Tq, Tk) of queries at q_pos over keys at k_pos, or None."""
         return None
 
-    def logit_scale(self, seq_len: int) -> float:
-        return 1.0
+    def query_factors(self, pos: torch.Tensor, layer: int) -> Optional[torch.Tensor]:
+        """Factors (H or 1, T) multiplying the queries at ``pos`` in ``layer`` (the temperature), or None."""
+        return self.query_temperature.factors(pos, layer)
+
+    def key_bias(self, x: torch.Tensor, layer: int) -> Optional[torch.Tensor]:
+        """A bias (B, H, T) added to every query's logit of each key, from the layer's input x
+        (B, T, D), or None; ``scores().key_bias`` says an encoding has one."""
+        return None
+
+    def for_layer(self, layer: int) -> PositionalEncoding:
+        """The encoding whose hooks ``layer`` runs: this one, or a per-layer schedule's member."""
+        return self
 
     def scores(self) -> Scores:
         """What this encoding does to the attention scores; the default: nothing."""

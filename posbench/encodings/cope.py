@@ -19,6 +19,7 @@ class CopeConfig(EncodingConfig):
     npos_max: int = 64  # integer positions with an embedding; counts are clipped at npos_max - 1
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.npos_max < 2:
             raise ValueError(
                 f"encoding.npos_max={self.npos_max}: CoPE needs at least 2 position embeddings to interpolate"

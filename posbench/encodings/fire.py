@@ -25,6 +25,7 @@ class FireConfig(EncodingConfig, PoseOption):
     eps: float = 1e-6  # keeps the normaliser away from zero
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.check_positions()
         at_least("encoding.mlp_width", self.mlp_width, 1)
         above("encoding.init_c", self.init_c, 0, "c in psi(x) = log(c·x + 1)")

@@ -2,7 +2,7 @@
 to test whether a model needs absolute and relative position information together.
 
 ``encoding=hybrid encoding.members=sinusoidal+alibi``: the members run their hooks in that order.
-Input embeddings and rotations apply one after the other, biases add, logit scales multiply, and
+Input embeddings and rotations apply one after the other, biases add, temperatures multiply, and
 a length is refused when any member refuses it. Each member keeps its own typed config under
 ``encoding.options.NAME`` (``configs/encoding/hybrid.yaml`` composes every encoding's own YAML
 there, so defaults and types are those of ``encoding=NAME``).
@@ -21,6 +21,7 @@ from torch import nn
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
 from posbench.encodings.positions import ARANGE
 from posbench.encodings.scores import Scores, combine
+from posbench.encodings.temperature import temperature_config, temperature_suffix
 
 SEPARATOR = "+"
 EXAMPLE = "encoding.members=sinusoidal+alibi"
@@ -33,8 +34,11 @@ def registry() -> dict:
     return ENCODINGS
 
 
+COMPOSITES = ("hybrid", "layers")  # encodings made of other encodings
+
+
 def member_choices() -> list[str]:
-    return sorted(name for name in registry() if name != "hybrid")
+    return sorted(name for name in registry() if name not in COMPOSITES)
 
 
 def overrides(cls: type, hook: str) -> bool:
@@ -51,6 +55,7 @@ class HybridConfig(EncodingConfig):
     options: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         names = member_names(self.members)
         unknown = sorted(set(self.options) - set(member_choices()))
         if unknown:
@@ -63,7 +68,8 @@ class HybridConfig(EncodingConfig):
         check_combination(self.options)
 
     def label(self) -> str:
-        return SEPARATOR.join(member.label() for member in self.options.values())
+        own = temperature_suffix(temperature_config(self.temperature))
+        return SEPARATOR.join(member.label() for member in self.options.values()) + own
 
 
 def member_names(members: str) -> list[str]:
@@ -72,8 +78,11 @@ def member_names(members: str) -> list[str]:
     if names == [""]:
         raise ValueError(f"encoding.members is empty: name at least one encoding, e.g. {EXAMPLE}")
     for name in names:
-        if name == "hybrid":
-            raise ValueError("encoding.members cannot hold a hybrid: list its members in one hybrid instead")
+        if name in COMPOSITES:
+            raise ValueError(
+                "encoding.members cannot hold a hybrid or a per-layer schedule (layers): a hybrid's members "
+                "are single encodings; list them in one hybrid"
+            )
         if name not in registry():
             raise ValueError(
                 f"encoding.members={members}: {name!r} is no encoding (join names with a single "
@@ -126,6 +135,18 @@ def check_combination(options: dict[str, EncodingConfig]) -> None:
         )
 
 
+def position_source(members: nn.ModuleDict) -> Optional[str]:
+    """The one member whose positions are not 0..T-1 (randomized), or None."""
+    own = [
+        name
+        for name, member in members.items()
+        if member.sampler is not ARANGE or overrides(type(member), "positions")
+    ]
+    if len(own) > 1:
+        raise ValueError(f"encoding members {' and '.join(own)} each choose positions; only one member may")
+    return own[0] if own else None
+
+
 class Hybrid(PositionalEncoding):
     """Every member's hooks, applied in the order of ``encoding.members``."""
 
@@ -143,20 +164,7 @@ class Hybrid(PositionalEncoding):
                 for name, member_cfg in cfg.options.items()
             }
         )
-        self.position_source = self.find_position_source()
-
-    def find_position_source(self) -> Optional[str]:
-        """The one member whose positions are not 0..T-1 (randomized), or None."""
-        own = [
-            name
-            for name, member in self.members.items()
-            if member.sampler is not ARANGE or overrides(type(member), "positions")
-        ]
-        if len(own) > 1:
-            raise ValueError(
-                f"encoding members {' and '.join(own)} each choose positions; only one member may"
-            )
-        return own[0] if own else None
+        self.position_source = position_source(self.members)
 
     def positions(self, seq_len: int, device: torch.device) -> torch.Tensor:
         if self.position_source is None:
@@ -184,11 +192,21 @@ class Hybrid(PositionalEncoding):
         bias = self.scores().bias
         return None if bias is None else bias.fn(q_pos, k_pos)
 
-    def logit_scale(self, seq_len: int) -> float:
-        scale = 1.0
+    def query_factors(self, pos: torch.Tensor, layer: int) -> Optional[torch.Tensor]:
+        """The product of the hybrid's own temperature and its members'. -> (H or 1, T) or None"""
+        factors = super().query_factors(pos, layer)
         for member in self.members.values():
-            scale *= member.logit_scale(seq_len)
-        return scale
+            own = member.query_factors(pos, layer)
+            factors = own if factors is None else factors if own is None else factors * own
+        return factors
+
+    def key_bias(self, x: torch.Tensor, layer: int) -> Optional[torch.Tensor]:
+        """The one member's bias per key (``scores.combine`` allows one), or None."""
+        for member in self.members.values():
+            bias = member.key_bias(x, layer)
+            if bias is not None:
+                return bias
+        return None
 
     def length_limit_reason(self, seq_len: int) -> Optional[str]:
         """The first member's refusal: a hybrid takes only the lengths every member takes."""

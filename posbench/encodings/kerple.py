@@ -25,6 +25,7 @@ class KerpleLogConfig(EncodingConfig, PoseOption):
     min_value: float = 0.01
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.check_positions()
         check_kerple(self)
 
@@ -38,6 +39,7 @@ class KerplePowerConfig(EncodingConfig, PoseOption):
     min_value: float = 0.01
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.check_positions()
         check_kerple(self)
         if self.r2_init_max > 2:

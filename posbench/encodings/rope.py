@@ -1,17 +1,20 @@
-"""Rotary position embedding (Su et al. 2021, "RoFormer", §3.4), with partial rotation and scaling."""
+"""Rotary position embedding (Su et al. 2021, "RoFormer", §3.4), with partial rotation, scaling,
+p-RoPE's truncated spectrum and Resonance RoPE's integer wavelengths."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from posbench.checks import above
+from posbench.checks import above, within
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
 from posbench.encodings.positions import PoseOption, RandomPositionsOption
+from posbench.encodings.remap import remap_config
 from posbench.encodings.rope_scaling import Frequencies, rope_inv_freq, scaling_config
-from posbench.encodings.scores import Scores
+from posbench.encodings.scores import Remap, Scores
 
 __all__ = ["Rope", "RopeConfig", "apply_rotary", "rope_inv_freq", "rotary_dims"]
 
@@ -25,8 +28,17 @@ class RopeConfig(EncodingConfig, RandomPositionsOption, PoseOption):
     # inference-time frequency scaling, chosen with `encoding/scaling=KIND` (see rope_scaling.py);
     # typed by its `kind` in __post_init__
     scaling: Any = None
+    # p-RoPE (Barbero et al. 2025, "Round and Round We Go!", ICLR, §6): the fraction p of rotary
+    # frequencies kept; the lowest 1 - p are set to 0 (those pairs do not rotate), the rest unchanged
+    p_rope: float = 1.0
+    # Resonance RoPE (Wang et al. 2024, ACL Findings, §4): each wavelength 2π/θ rounded to an integer,
+    # after any scaling (their YaRN variant rounds YaRN's frequencies)
+    resonance: bool = False
+    # an inference-time remap, `encoding/remap=KIND` (self_extend, rerope, leaky_rerope; remap.py)
+    remap: Any = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.check_positions()
         above("encoding.base", self.base, 1, "wavelengths grow as base^(2i/d)")
         if not 0 < self.rotary_dim <= 1:
@@ -35,10 +47,30 @@ class RopeConfig(EncodingConfig, RandomPositionsOption, PoseOption):
                 "rotary_dim <= 1"
             )
         self.scaling = scaling_config(self.scaling)
+        self.remap = remap_config(self.remap)
+        within("encoding.p_rope", self.p_rope, 0, 1, "the fraction of rotary frequencies kept")
 
     def label(self) -> str:
         kind = self.scaling.kind
-        return super().label() + ("" if kind == "none" else f"+{kind}")
+        truncated = "" if self.p_rope == 1 else f"+p{self.p_rope:g}"
+        resonance = "+resonance" if self.resonance else ""
+        remap = "" if self.remap.kind == "none" else f"+{self.remap.kind}"
+        return super().label() + truncated + resonance + ("" if kind == "none" else f"+{kind}") + remap
+
+
+def resonance_frequencies(inv_freq: torch.Tensor) -> torch.Tensor:
+    """θ̃ = 2π / round(2π / θ): every wavelength an integer number of positions (Wang et al. 2024,
+    §4), so a pair's rotation repeats exactly every λ̃ positions. Frequencies of 0 stay 0."""
+    wavelengths = torch.round(2 * math.pi / inv_freq)
+    return torch.where(inv_freq > 0, 2 * math.pi / wavelengths, inv_freq)
+
+
+def truncated_spectrum(inv_freq: torch.Tensor, kept: float) -> torch.Tensor:
+    """p-RoPE: the first int(kept·n) of n frequencies (the highest) unchanged, the rest 0 (Barbero et
+    al. 2025, §6: rope_angles = int(p·head_dim/2), the timescales past them infinite)."""
+    out = inv_freq.clone()
+    out[int(kept * inv_freq.numel() + 1e-9) :] = 0
+    return out
 
 
 def rotary_dims(head_dim: int, fraction: float) -> int:
@@ -72,8 +104,14 @@ class Rope(PositionalEncoding):
         self._cached: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # this forward's only
 
     def frequencies(self, seq_len: int) -> Frequencies:
-        """(inv_freq (r/2,), attention_factor) at the current length, computed afresh every call."""
-        return self.cfg.scaling.frequencies(self.rotary, self.cfg.base, seq_len)
+        """(inv_freq (r/2,), attention_factor) at the current length, computed afresh every call:
+        the scaling's, then Resonance's rounding, then p-RoPE's truncation."""
+        inv_freq, attention_factor = self.cfg.scaling.frequencies(self.rotary, self.cfg.base, seq_len)
+        if self.cfg.resonance:
+            inv_freq = resonance_frequencies(inv_freq)
+        if self.cfg.p_rope < 1:
+            inv_freq = truncated_spectrum(inv_freq, self.cfg.p_rope)
+        return inv_freq, attention_factor
 
     def cos_sin(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """attention_factor·cos/sin of pos·theta, (T, r/2) each, for the current length (last position + 1).
@@ -91,9 +129,25 @@ class Rope(PositionalEncoding):
     def rotate_qk(
         self, q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cfg.remap.kind != "none":
+            return q, k  # the remap's attention path rotates them, twice (model/remap.py)
         cos, sin = self.cos_sin(pos)
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
 
+    def rotate_at(self, x: torch.Tensor, pos: torch.Tensor, seq_len: int) -> torch.Tensor:
+        """x (B, H, T, Dh) rotated at positions ``pos`` (T,), float ones too, with the frequencies of a
+        window of ``seq_len`` positions (what a remap's two rotations share)."""
+        inv_freq, attention_factor = self.frequencies(seq_len)
+        angles = pos.to(torch.float64)[:, None] * inv_freq.to(pos.device)[None, :]  # (T, r/2)
+        cos, sin = (attention_factor * angles.cos()).float(), (attention_factor * angles.sin()).float()
+        return apply_rotary(x, cos, sin)
+
     def scores(self) -> Scores:
-        """Unscaled rotations depend on each position alone; scaled kinds read the window's length."""
+        """Unscaled rotations depend on each position alone; scaled kinds read the window's length;
+        a remap rotates in the attention path, by distance."""
+        remap = self.cfg.remap
+        if remap.kind != "none":
+            return Scores(
+                position_local=False, remap=Remap(self.rotate_at, remap.far_positions, remap.window)
+            )
         return Scores(position_local=self.cfg.scaling.kind == "none")

@@ -22,6 +22,7 @@ class SandwichConfig(EncodingConfig, PoseOption):
     ratio_max: float = 8.0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.check_positions()
         at_least("encoding.sinusoid_dim", self.sinusoid_dim, 2, "one sin/cos pair at least")
         above("encoding.ratio_max", self.ratio_max, 0, "each head divides its bias by h·ratio_max/H")

@@ -19,6 +19,16 @@ The parts:
 - ``position_local``: every hook treats each position on its own (no rotation that reads the
   whole window, no explicit scores), so a window may run one query block at a time through
   all layers.
+- ``key_bias``: the logits add a bias per key computed from the layer's input by the encoding's
+  ``key_bias(x, layer)`` (FoX's cumulative forget gates): data-dependent, so it runs on the paths
+  that take it per call (``backends.KeyBiasBlockwise``, ``Eager``).
+- ``remap``: an inference-time remap of a rotary encoding (Self-Extend, ReRoPE): exact rotations
+  for keys within a window, remapped ones beyond, the two maps merged (``model/remap.py``); the
+  encoding then leaves q and k unrotated and the path rotates them.
+- ``layers``: a per-layer schedule's own ``Scores`` for each layer (``schedule.py``); the planner
+  plans each layer and the attention dispatches on the layer's index.
+
+A local attention window (sliding or chunked, ``local_window``) is a bias: 0 inside, -inf outside.
 
 A new kind of encoding is a new value here (or a new field), read by the planner: never a flag
 on the encoding class.
@@ -82,11 +92,23 @@ class Decay:
 
 
 @dataclass(frozen=True)
+class Remap:
+    """Rotations for pairs nearer than ``window`` at their own positions, beyond it at ``far``'s."""
+
+    rotate: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]  # (x (B, H, T, Dh), pos, window length)
+    far: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # q_pos, k_pos -> float64
+    window: int
+
+
+@dataclass(frozen=True)
 class Scores:
     bias: Optional[Bias] = None
     decay: Optional[Decay] = None
     score_mod: Optional[ScoreMod] = None
     position_local: bool = True
+    key_bias: bool = False  # a bias per key from the layer input (encoding.key_bias): FoX
+    remap: Optional[Remap] = None  # Self-Extend, ReRoPE: two rotations merged by distance
+    layers: Optional[tuple[Scores, ...]] = None  # a per-layer schedule: layer i's scores
 
     @property
     def distance_only(self) -> bool:
@@ -121,11 +143,55 @@ def chain_score_mods(first: Optional[ScoreMod], second: Optional[ScoreMod]) -> O
 
 def combine(parts: list[Scores]) -> Scores:
     """Several encodings' effects on the scores, in order: biases add, score modifiers chain, one
-    decay at most (a hybrid holds one rotary member), position-local only when every part is."""
+    decay at most (a hybrid holds one rotary member), one key bias at most, position-local only
+    when every part is."""
     decays = [part.decay for part in parts if part.decay is not None]
     if len(decays) > 1:
         raise ValueError("two encodings decay q and k: keep one rotary member")
+    if sum(part.key_bias for part in parts) > 1:
+        raise ValueError("two encodings add a bias per key from the input: keep one")
     bias, score_mod = None, None
     for part in parts:
         bias, score_mod = add_biases(bias, part.bias), chain_score_mods(score_mod, part.score_mod)
-    return Scores(bias, decays[0] if decays else None, score_mod, all(part.position_local for part in parts))
+    return Scores(
+        bias,
+        decays[0] if decays else None,
+        score_mod,
+        all(part.position_local for part in parts),
+        any(part.key_bias for part in parts),
+        next((part.remap for part in parts if part.remap is not None), None),  # one rotary member
+    )
+
+
+def local_window(kind: str, size: int, n_heads: int) -> Bias:
+    """A local attention window as a bias, 0 where a query may attend a key and -inf elsewhere:
+    ``sliding``: the last ``size`` positions (distance < size; Beltagy et al. 2020, Longformer §3.1);
+    ``chunked``: keys in the query's own chunk of ``size`` positions (floor(i/size) = floor(j/size);
+    Llama 4's chunked attention, transformers' ``chunked_overlay``)."""
+    if kind == "sliding":
+
+        def inside(q_pos, k_pos):
+            return q_pos - k_pos < size
+
+        def fn(q_pos, k_pos):
+            return outside_to_inf(inside(q_pos[:, None], k_pos[None, :])).expand(n_heads, -1, -1)
+
+        return DistanceBias(
+            fn, lambda score, head, q_pos, k_pos: torch.where(inside(q_pos, k_pos), score, -float("inf"))
+        )
+
+    def same_chunk(q_pos, k_pos):
+        return torch.div(q_pos, size, rounding_mode="floor") == torch.div(k_pos, size, rounding_mode="floor")
+
+    def chunk_fn(q_pos, k_pos):
+        return outside_to_inf(same_chunk(q_pos[:, None], k_pos[None, :])).expand(n_heads, -1, -1)
+
+    return PairBias(
+        chunk_fn,
+        lambda score, head, q_pos, k_pos: torch.where(same_chunk(q_pos, k_pos), score, -float("inf")),
+    )
+
+
+def outside_to_inf(inside: torch.Tensor) -> torch.Tensor:
+    """0 where ``inside``, -inf elsewhere, fp32. (Tq, Tk) -> (1, Tq, Tk)"""
+    return torch.zeros(inside.shape, device=inside.device).masked_fill(~inside, -float("inf"))[None]

@@ -21,6 +21,7 @@ class T5Config(EncodingConfig, PoseOption):
     max_distance: int = 128  # distances from here on share the last bucket
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.check_positions()
         if self.num_buckets < 2 or self.max_distance <= self.num_buckets // 2:
             raise ValueError(

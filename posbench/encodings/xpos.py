@@ -23,6 +23,11 @@ class XposConfig(RopeConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.remap.kind != "none":
+            raise ValueError(
+                f"encoding/remap={self.remap.kind} is a remap of rope's rotation alone: xPos's decay has no "
+                "remapped form; evaluate with encoding=rope checkpoints"
+            )
         above("encoding.scale_base", self.scale_base, 0, "positions are divided by it in the decay")
         above("encoding.gamma", self.gamma, 0, "every zeta_i = (2i/d + gamma)/(1 + gamma) must be positive")
 

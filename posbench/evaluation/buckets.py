@@ -51,3 +51,24 @@ def position_curve(
             curve["nll"].append(float(nll_sum[lo:hi].sum() / n))
             curve["tokens"].append(n)
     return curve
+
+
+def attention_curves(
+    entropy: np.ndarray, sink: np.ndarray, windows: int, buckets: int, kind: str = "log"
+) -> dict[str, list]:
+    """Per-layer means over each bucket of query positions, from per-position means (layers, L).
+
+    -> {"start", "end", "entropy", "sink", "uniform_entropy", "windows"}; ``entropy`` and ``sink``
+    hold one list per layer; ``uniform_entropy`` is ln(position + 1) averaged over the bucket, the
+    entropy of attention spread evenly over every key a query sees (the ceiling)."""
+    edges = bucket_edges(entropy.shape[1], buckets, kind)
+    uniform = np.log(np.arange(entropy.shape[1]) + 1.0)
+    spans = list(itertools.pairwise(edges))
+    return {
+        "start": [lo for lo, _ in spans],
+        "end": [hi for _, hi in spans],
+        "entropy": [[float(layer[lo:hi].mean()) for lo, hi in spans] for layer in entropy],
+        "sink": [[float(layer[lo:hi].mean()) for lo, hi in spans] for layer in sink],
+        "uniform_entropy": [float(uniform[lo:hi].mean()) for lo, hi in spans],
+        "windows": windows,
+    }

@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from posbench.config import EvalConfig, Precision
-from posbench.evaluation.buckets import position_curve
+from posbench.evaluation.buckets import attention_curves, position_curve
 from posbench.evaluation.protocol import Window, resolve_stride, windows
+from posbench.model.diagnostics import AttentionProbe
 from posbench.model.transformer import Transformer
 from posbench.runtime import autocast
 
@@ -33,6 +34,7 @@ class LengthResult:
     backend: Optional[str] = None
     wall_time_s: float = 0.0
     position_curve: Optional[dict] = None  # {"start", "end", "nll", "tokens"} per bucket
+    attention: Optional[dict] = None  # per layer and bucket: entropy and sink weight (diagnostics.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,13 +59,36 @@ def score_windows(
 ) -> tuple[np.ndarray, np.ndarray]:
     """NLL of every target of a batch of windows and which of them are scored.
     -> (b, L) float64, (b, L) bool"""
-    rows = np.stack([np.asarray(stream[w.start : w.start + length + 1], dtype=np.int64) for w in batch])
-    tokens = torch.from_numpy(rows).to(device)
+    tokens = window_tokens(stream, length, batch, device)
     logits = model(tokens[:, :-1])  # (b, L, V)
     nll = F.cross_entropy(logits.float().transpose(1, 2), tokens[:, 1:], reduction="none")  # (b, L)
     # A separate mask, not NaN sentinels: a diverged model's NaN losses must count, not vanish.
     scored = np.arange(length)[None, :] >= np.array([w.score_from for w in batch])[:, None]
     return nll.double().cpu().numpy(), scored
+
+
+def window_tokens(stream: np.ndarray, length: int, batch: list[Window], device: torch.device) -> torch.Tensor:
+    """The inputs and targets of a batch of windows. -> (b, L + 1) int64"""
+    rows = np.stack([np.asarray(stream[w.start : w.start + length + 1], dtype=np.int64) for w in batch])
+    return torch.from_numpy(rows).to(device)
+
+
+@torch.no_grad()
+def attention_diagnostics(
+    model: Transformer, stream: np.ndarray, length: int, plan: list[Window], cfg: EvalConfig, device
+) -> Optional[dict]:
+    """Entropy and sink weight of every layer's attention, by bucket of query position, over the
+    first ``eval.diagnostics_windows`` windows; None when that is 0."""
+    chosen = plan[: cfg.diagnostics_windows]
+    if not chosen:
+        return None
+    probe = AttentionProbe(model.cfg.n_layers, length)
+    for i in range(0, len(chosen), cfg.batch_size):
+        model(window_tokens(stream, length, chosen[i : i + cfg.batch_size], device)[:, :-1], probe=probe)
+    entropy, sink = probe.mean()
+    return attention_curves(
+        entropy.numpy(), sink.numpy(), len(chosen), cfg.position_buckets, bucket_kind(cfg)
+    )
 
 
 def unavailable_reason(model: Transformer, stream_len: int, length: int) -> Optional[str]:
@@ -100,6 +125,8 @@ def evaluate_length(
         counts += scored.sum(axis=0)
         bar.update(len(scored))
     bar.close()
+    with autocast(device, precision):
+        attention = attention_diagnostics(model, stream, length, plan, cfg, device)
     total = int(counts.sum())
     mean = float(nll_sum.sum() / total)  # token-weighted: every scored target counts once
     return LengthResult(
@@ -114,6 +141,7 @@ def evaluate_length(
         backend=model.attention_plan(length, needs_grad=False, autocast=precision == Precision.bf16).name,
         wall_time_s=time.perf_counter() - started,
         position_curve=position_curve(nll_sum, counts, cfg.position_buckets, bucket_kind(cfg)),
+        attention=attention,
     )
 
 

@@ -56,11 +56,24 @@ def tracker_rows(document: dict) -> list[dict]:
     train_len = document["train_seq_len"]
     return [
         {
-            **{k: v for k, v in row.items() if k not in ("position_curve", "by_depth")},
+            **{k: v for k, v in row.items() if k not in ("position_curve", "by_depth", "attention")},
             "x_train": row["length"] / train_len,
         }
         for row in document["results"]
     ]
+
+
+def attention_summary(rows: list[dict]) -> dict[str, float]:
+    """Per length, the attention entropy and sink weight of the last bucket of query positions
+    (the longest contexts), averaged over the layers: ``eval/attn_entropy@L``, ``eval/attn_sink@L``."""
+    values = {}
+    for row in rows:
+        curves = row.get("attention")
+        for key, name in (("entropy", "attn_entropy"), ("sink", "attn_sink")):
+            last = [layer[-1] for layer in (curves or {}).get(key, []) if layer[-1] is not None]
+            if curves and len(last) == len(curves[key]):  # none for a diverged model's nulls
+                values[f"eval/{name}@{row['length']}"] = sum(last) / len(last)
+    return values
 
 
 def summary_values(document: dict) -> dict[str, Any]:
@@ -78,6 +91,7 @@ def summary_values(document: dict) -> dict[str, Any]:
         values["eval/protocol"] = document["protocol"]["name"]
         values["eval/tokens_scored"] = sum(row["tokens_scored"] for row in document["results"])
     values["eval/wall_time_s"] = sum(row["wall_time_s"] for row in document["results"])
+    values.update(attention_summary(ok))
     return values
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
 
 from posbench.encodings import PositionalEncoding
 from posbench.model.backends import Backend
+from posbench.model.diagnostics import AttentionProbe
 from posbench.model.legacy import fuse_projections
 
 
@@ -20,7 +22,7 @@ class AttentionContext:
     encoding: PositionalEncoding  # one per model, shared by all layers
     pos: torch.Tensor  # (T,) positions of the queries this forward computes
     backend: Backend  # from planner.plan_attention: (q, k, v, scale, layer) -> (B, H, T, Dh)
-    window: int  # the window's length (for length-dependent logit scales)
+    probe: Optional[AttentionProbe] = None  # attention diagnostics (diagnostics.py), when asked for
 
 
 class CausalSelfAttention(nn.Module):
@@ -39,12 +41,20 @@ class CausalSelfAttention(nn.Module):
         q, k, v = qkv.split(
             (self.n_heads, self.kv_heads, self.kv_heads), dim=1
         )  # (B, H, T, Dh), (B, Hkv, T, Dh) x2
-        q, k = ctx.encoding.rotate_qk(q, k, ctx.pos)
+        encoding = ctx.encoding.for_layer(self.layer)  # a per-layer schedule's member, else the encoding
+        q, k = encoding.rotate_qk(q, k, ctx.pos)
+        factors = encoding.query_factors(ctx.pos, self.layer)  # (H or 1, T): the temperature
+        if factors is not None:
+            q = q * factors[:, :, None].to(q.dtype)
         if self.kv_heads != self.n_heads:
             repeat = self.n_heads // self.kv_heads
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
-        scale = ctx.encoding.logit_scale(ctx.window) / math.sqrt(self.head_dim)
-        y = ctx.backend(q, k, v, scale, self.layer)  # (B, H, T, Dh)
+        scale = 1 / math.sqrt(self.head_dim)
+        key_bias = encoding.key_bias(x, self.layer)  # (B, H, T) or None: FoX's forget gates
+        if ctx.probe is not None:
+            ctx.probe(q, k, scale, self.layer, key_bias)
+        extra = {} if key_bias is None else {"key_bias": key_bias}  # only the paths that take it get one
+        y = ctx.backend(q, k, v, scale, self.layer, **extra)  # (B, H, T, Dh)
         return self.out_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 

@@ -14,6 +14,11 @@ a ``name`` that results record. Which path runs where is decided in ``planner.py
 - ``Explicit``: explicit fp32 scores with the encoding's score modifier (CoPE), whole or by blocks.
 - ``DecayedBlockwise``: a q/k decay (xPos) re-centred per query block; ``WindowCentred``: the decay
   centred on the window, then another path.
+- ``KeyBiasBlockwise``: a bias per key from the layer input (FoX), query blocks each re-centred on
+  their first query (``blocks.key_bias_blockwise``); the eager reference takes it too.
+- ``Remapped``: an inference-time remap (Self-Extend, ReRoPE): two rotations merged by distance,
+  by query blocks (``remap.py``).
+- ``PerLayer``: a per-layer schedule's backends, one per layer, chosen by the layer's index.
 - ``Eager``: the plain softmax(QKᵀ·scale + bias)V reference that tests check every path against.
 """
 
@@ -24,11 +29,12 @@ from typing import Iterator, Optional, Protocol
 import torch
 import torch.nn.functional as F
 
-from posbench.encodings.scores import BiasFn, Decay, Elementwise, ScoreMod
+from posbench.encodings.scores import BiasFn, Decay, Elementwise, Remap, ScoreMod
 from posbench.model import bias_grad, blocks
 from posbench.model.flex import distance_bias_table, flex_attend
 from posbench.model.linear_bias import linear_bias_attention
 from posbench.model.masks import block_causal_bias, causal_bias, full_mask
+from posbench.model.remap import remapped_attention
 
 
 class Backend(Protocol):
@@ -63,11 +69,13 @@ class Eager:
     def __init__(self, pos: torch.Tensor, bias_fn: Optional[BiasFn] = None):
         self.pos, self.bias_fn = pos, bias_fn
 
-    def __call__(self, q, k, v, scale: float, layer: int) -> torch.Tensor:
+    def __call__(self, q, k, v, scale: float, layer: int, key_bias: Optional[torch.Tensor] = None):
         idx = torch.arange(q.shape[-2], device=q.device)
         bias = None if self.bias_fn is None else self.bias_fn(self.pos, self.pos)
         scores = (q.float() @ k.float().transpose(-2, -1)) * scale  # (B, H, T, T)
         scores = scores + causal_bias(bias, idx, idx, torch.float32)[None]
+        if key_bias is not None:  # (B, H, T): the same for every query
+            scores = scores + key_bias[:, :, None, :]
         return (scores.softmax(dim=-1) @ v.float()).to(q.dtype)
 
 
@@ -80,6 +88,26 @@ class Blockwise:
     def __call__(self, q, k, v, scale: float, layer: int) -> torch.Tensor:
         run = blocks.toeplitz_blockwise if self.shared_table else blocks.blockwise
         return run(q, k, v, self.pos, self.bias_fn, scale, self.block)
+
+
+class KeyBiasBlockwise:
+    name = "blockwise"
+
+    def __init__(self, pos: torch.Tensor, bias_fn: Optional[BiasFn], block: int):
+        self.pos, self.bias_fn, self.block = pos, bias_fn, block
+
+    def __call__(self, q, k, v, scale: float, layer: int, key_bias: Optional[torch.Tensor] = None):
+        return blocks.key_bias_blockwise(q, k, v, self.pos, self.bias_fn, key_bias, scale, self.block)
+
+
+class Remapped:
+    name = "remap"
+
+    def __init__(self, pos: torch.Tensor, remap: Remap, block: int):
+        self.pos, self.remap, self.block = pos, remap, block
+
+    def __call__(self, q, k, v, scale: float, layer: int) -> torch.Tensor:
+        return remapped_attention(q, k, v, self.pos, self.remap, scale, self.block)
 
 
 class Linear:
@@ -184,3 +212,14 @@ class CachedPrefix:
         return F.scaled_dot_product_attention(
             q, keys[:, :, :end], values[:, :, :end], attn_mask=self.mask, scale=scale
         )
+
+
+class PerLayer:
+    """A per-layer schedule: layer i runs ``layers[i]``; named by the distinct paths, in layer order."""
+
+    def __init__(self, layers: list):
+        self.layers = layers
+        self.name = "/".join(dict.fromkeys(backend.name for backend in layers))
+
+    def __call__(self, q, k, v, scale: float, layer: int) -> torch.Tensor:
+        return self.layers[layer](q, k, v, scale, layer)

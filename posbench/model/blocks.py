@@ -69,6 +69,33 @@ def toeplitz_blockwise(q, k, v, pos, bias_fn: BiasFn, scale: float, block: int) 
     return torch.cat(outputs, dim=2)
 
 
+def key_bias_blockwise(
+    q, k, v, pos, bias_fn: Optional[BiasFn], key_bias: torch.Tensor, scale: float, block: int
+) -> torch.Tensor:
+    """Causal attention plus a bias per key, key_bias (B, H, T) (FoX's −c_j), by query blocks. A row
+    constant does not change a softmax, so a block starting at s adds key_bias_j − key_bias_s
+    (FoX: c_s − c_j): small near the diagonal, where the weights are, so it keeps its precision in
+    bf16, and very negative far behind, where the weights vanish anyway. A block's (B, H, rows,
+    prefix) mask stays under BLOCK_BIAS_BYTES."""
+    B, H, T, _ = q.shape
+    outputs = []
+    for start, end in query_blocks(T, block, B * H):
+        shifted = (key_bias[:, :, :end] - key_bias[:, :, start : start + 1])[:, :, None, :]  # (B, H, 1, end)
+        if bias_fn is None:
+            causal = torch.zeros(end - start, end, device=q.device).masked_fill(
+                torch.ones(end - start, end, dtype=torch.bool, device=q.device).triu(start + 1), float("-inf")
+            )
+            mask = shifted + causal
+        else:
+            mask = shifted + block_causal_bias(bias_fn, pos, start, end, torch.float32)
+        outputs.append(
+            F.scaled_dot_product_attention(
+                q[:, :, start:end], k[:, :, :end], v[:, :, :end], attn_mask=mask.to(q.dtype), scale=scale
+            )
+        )
+    return torch.cat(outputs, dim=2)
+
+
 def scale_qk(
     q: torch.Tensor, k: torch.Tensor, factors: torch.Tensor, floor: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -63,6 +63,14 @@ def prefix_and_diagonal(
     if s == 0:
         return out
     out_a, lse_a = _flash(q_block, k[:, :, :s], v[:, :, :s], 0.0, False, scale=scale)
-    top = torch.maximum(lse_a, lse)
-    w_a, w_b = (lse_a - top).exp().unsqueeze(-1), (lse - top).exp().unsqueeze(-1)
-    return (w_a * out_a + w_b * out) / (w_a + w_b)
+    return merge_partials(out_a, lse_a, out, lse)
+
+
+def merge_partials(
+    out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor
+) -> torch.Tensor:
+    """Two softmaxes over disjoint sets of keys, merged into the softmax over both by their
+    log-sum-exps: out (B, H, b, D), lse (B, H, b); an lse of -inf is a part with no keys."""
+    top = torch.maximum(lse_a, lse_b)
+    w_a, w_b = (lse_a - top).exp().unsqueeze(-1), (lse_b - top).exp().unsqueeze(-1)
+    return (w_a * out_a + w_b * out_b) / (w_a + w_b)

@@ -19,12 +19,20 @@ record. ``refusal`` says which lengths no path can take. The rules:
   centred on the window, and a requested whole-window path past it is refused;
 - a bias of the distance alone over consecutive positions is laid out from one table per distance
   (the full mask, or every query block's view of it);
-- evaluation of any other bias with position-local hooks runs by query blocks through all layers.
+- evaluation of any other bias with position-local hooks runs by query blocks through all layers;
+- a bias per key from the layer input (FoX) runs by query blocks, each re-centred on its first
+  query (``KeyBiasBlockwise``), or on the eager reference when asked for; no other path takes it;
+- an inference-time remap (Self-Extend, ReRoPE) runs on its own path (``Remapped``), whatever was
+  requested; it is refused with gradients (a remap is for evaluating a trained model) and with a
+  bias, a decay, a score modifier or a key bias;
+- a per-layer schedule (``Scores.layers``) plans each layer's scores by these rules, except that no
+  layer runs the window by query blocks through all layers (the others see it whole); the attention
+  then dispatches on the layer's index (``backends.PerLayer``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -48,10 +56,21 @@ class Settings:
     autocast: bool = False
     dtype: torch.dtype = torch.float32  # the model's parameters
     label: str = "this encoding"  # named in refusals
+    whole_window: bool = False  # every layer sees the whole window (a per-layer schedule's layers)
 
 
 def refusal(scores: Scores, seq_len: int, label: str = "this encoding") -> Optional[str]:
     """Why no path can take ``seq_len`` positions of these scores, or None."""
+    if scores.layers is not None:
+        return next(filter(None, (refusal(layer, seq_len, label) for layer in scores.layers)), None)
+    if scores.remap is not None and (
+        scores.bias is not None or scores.decay is not None or scores.score_mod is not None or scores.key_bias
+    ):
+        return (
+            f"{label}: an inference-time remap takes a rotary encoding alone (no bias, decay, score modifier)"
+        )
+    if scores.key_bias and (scores.decay is not None or scores.score_mod is not None):
+        return f"{label}: a bias per key (FoX) with a q/k decay or a score modifier has no attention path"
     if scores.decay is not None and scores.score_mod is not None and seq_len > scores.decay.window:
         return (
             f"{label} past {scores.decay.window} positions: the decay must be re-centred per query block, "
@@ -65,6 +84,20 @@ def plan_attention(scores: Scores, pos: torch.Tensor, n_heads: int, settings: Se
     reason = refusal(scores, pos.numel(), settings.label)
     if reason is not None:
         raise ValueError(reason)
+    if scores.layers is not None:
+        return plan_layers(scores.layers, pos, n_heads, replace(settings, whole_window=True))
+    if scores.remap is not None:
+        if settings.needs_grad:
+            raise ValueError(
+                f"{settings.label} is an inference-time remap of a trained model: train without "
+                "encoding/remap and evaluate with it (posbench eval checkpoint=... encoding/remap=KIND)"
+            )
+        return backends.Remapped(pos, scores.remap, settings.block)
+    if scores.key_bias:
+        bias_fn = None if scores.bias is None else scores.bias.fn
+        if settings.requested == "eager":
+            return backends.Eager(pos, bias_fn)
+        return backends.KeyBiasBlockwise(pos, bias_fn, settings.block)
     path = choose_path(scores, pos.numel(), n_heads, settings)
     check_path(scores, pos.numel(), settings, path)
     if scores.decay is None:
@@ -74,6 +107,15 @@ def plan_attention(scores: Scores, pos: torch.Tensor, n_heads: int, settings: Se
         bias_fn = None if scores.bias is None else scores.bias.fn
         return backends.DecayedBlockwise(pos, scores.decay, bias_fn, block, mask_free_ok(settings))
     return backends.WindowCentred(pos, scores.decay, backend_for(scores, pos, n_heads, settings, path, block))
+
+
+def plan_layers(layers: tuple[Scores, ...], pos: torch.Tensor, n_heads: int, settings: Settings) -> Backend:
+    """One backend per layer, planned once for the layers that share their scores."""
+    planned: dict[int, Backend] = {}
+    for scores in layers:
+        if id(scores) not in planned:
+            planned[id(scores)] = plan_attention(scores, pos, n_heads, settings)
+    return backends.PerLayer([planned[id(scores)] for scores in layers])
 
 
 def choose_path(scores: Scores, seq_len: int, n_heads: int, settings: Settings) -> str:
@@ -156,7 +198,12 @@ def backend_for(
         distance_fn = bias.fn if elementwise is None and isinstance(bias, DistanceBias) else None
         return backends.Flex(pos, elementwise, distance_fn)
     if path == "blockwise" and bias is not None:
-        if not shared_table and scores.position_local and not settings.needs_grad:
+        if (
+            not shared_table
+            and scores.position_local
+            and not settings.needs_grad
+            and not settings.whole_window
+        ):
             return backends.ByBlocks(pos, bias_fn, block, n_heads)
         return backends.Blockwise(pos, bias_fn, block, shared_table)
     return backends.Sdpa(pos, bias_fn, shared_table)

@@ -9,9 +9,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from posbench.encodings import EncodingConfig, build_encoding
+from posbench.encodings.temperature import Temperature
 from posbench.model.attention import AttentionContext, CausalSelfAttention
 from posbench.model.backends import Backend, ByBlocks
 from posbench.model.config import Mlp, ModelConfig, Norm
+from posbench.model.diagnostics import AttentionProbe
 from posbench.model.planner import Settings, plan_attention, refusal
 
 
@@ -86,16 +88,26 @@ class Transformer(nn.Module):
             if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
                 module.reset_parameters()
         self.encoding.reset_parameters()
+        for module in self.modules():
+            if isinstance(module, Temperature):  # SSMax's learned scale
+                module.reset_parameters()
 
     def num_parameters(self, non_embedding: bool = True) -> int:
         total = sum(p.numel() for p in self.parameters())
         return total - self.embed.weight.numel() if non_embedding else total
 
     def attention_plan(
-        self, seq_len: int, pos: Optional[torch.Tensor] = None, *, needs_grad: bool, autocast: bool = False
+        self,
+        seq_len: int,
+        pos: Optional[torch.Tensor] = None,
+        *,
+        needs_grad: bool,
+        autocast: bool = False,
+        whole_window: bool = False,
     ) -> Backend:
         """The attention backend a forward of ``seq_len`` tokens takes (``model/planner.py``) with or
-        without autograd and autocast; its ``name`` is what results record. ``pos`` defaults to 0..T-1."""
+        without autograd and autocast; its ``name`` is what results record. ``pos`` defaults to 0..T-1;
+        ``whole_window``: every layer sees the whole window (never one query block through all layers)."""
         param = self.embed.weight
         pos = torch.arange(seq_len, device=param.device) if pos is None else pos
         settings = Settings(
@@ -106,6 +118,7 @@ class Transformer(nn.Module):
             autocast,
             param.dtype,
             self.encoding.label,
+            whole_window,
         )
         return plan_attention(self.encoding.scores(), pos, self.cfg.n_heads, settings)
 
@@ -116,9 +129,12 @@ class Transformer(nn.Module):
             self.encoding.scores(), seq_len, self.encoding.label
         ) or self.encoding.length_limit_reason(seq_len)
 
-    def forward(self, tokens: torch.Tensor, pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, pos: Optional[torch.Tensor] = None, probe: Optional[AttentionProbe] = None
+    ) -> torch.Tensor:
         """tokens (B, T) -> logits (B, T, V); ``pos`` (T,) defaults to the encoding's positions
-        (0..T-1, or sampled ones for randomized positions)."""
+        (0..T-1, or sampled ones for randomized positions); a ``probe`` collects every layer's
+        attention entropy and sink weight (``diagnostics.py``)."""
         T = tokens.shape[1]
         reason = self.length_limit_reason(T)
         if (
@@ -129,12 +145,18 @@ class Transformer(nn.Module):
             pos = self.encoding.positions(T, tokens.device)
         device = tokens.device.type
         backend = self.attention_plan(
-            T, pos, needs_grad=torch.is_grad_enabled(), autocast=torch.is_autocast_enabled(device)
+            T,
+            pos,
+            needs_grad=torch.is_grad_enabled(),
+            autocast=torch.is_autocast_enabled(device),
+            whole_window=probe is not None,  # the probe sees each layer's whole window
         )
         if isinstance(backend, ByBlocks):
             return self.forward_by_blocks(tokens, backend)
+        if probe is not None:
+            probe.begin(self.encoding.scores(), pos, self.cfg.n_layers)
         x = self.encoding.embed_input(self.embed(tokens), pos)  # (B, T, D)
-        ctx = AttentionContext(self.encoding, pos, backend, T)
+        ctx = AttentionContext(self.encoding, pos, backend, probe)
         for block in self.blocks:
             x = block(x, ctx)
         return self.lm_head(self.final_norm(x))
@@ -151,7 +173,7 @@ class Transformer(nn.Module):
         for start, end in plan.spans():
             rows = plan.pos[start:end]
             x = self.encoding.embed_input(self.embed(tokens[:, start:end]), rows)  # (B, b, D)
-            ctx = AttentionContext(self.encoding, rows, plan.for_block(cache, start, end, x.dtype), T)
+            ctx = AttentionContext(self.encoding, rows, plan.for_block(cache, start, end, x.dtype))
             for block in self.blocks:
                 x = block(x, ctx)
             logits[:, start:end] = self.lm_head(self.final_norm(x))

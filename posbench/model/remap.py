@@ -1,0 +1,62 @@
+"""The attention path of an inference-time remap (Self-Extend, ReRoPE; ``encodings/remap.py``):
+two rotations of the same queries and keys, exact for the neighbours (distance < w) and remapped
+beyond, one query block at a time.
+
+For each block the neighbours' softmax and the far keys' softmax are computed apart, each over
+its own keys with explicit fp32 logits, and merged by their log-sum-exps (``merge_partials``,
+which the mask-free ALiBi path shares): exactly the softmax over the merged map that Self-Extend
+and ReRoPE write (LongLM: ``torch.where`` of the two maps). Memory is one block's (B, H, rows,
+prefix) logits, linear in the window. Evaluation only: the remaps are for trained models.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from posbench.encodings.scores import Remap
+from posbench.model.blocks import query_blocks
+from posbench.model.linear_bias import merge_partials
+
+
+def rotations(q, k, pos: torch.Tensor, remap: Remap):
+    """(q, k) rotated at their own positions and at the remap's far ones."""
+    seq_len = int(pos.max()) + 1
+    q_far_pos, k_far_pos = remap.far(pos, pos)
+    near = remap.rotate(q, pos, seq_len), remap.rotate(k, pos, seq_len)
+    return near, (remap.rotate(q, q_far_pos, seq_len), remap.rotate(k, k_far_pos, seq_len))
+
+
+def block_logits(near, far, pos, remap: Remap, start: int, end: int, scale: float) -> torch.Tensor:
+    """The merged map of queries start..end-1 over keys 0..end-1: near logits where 0 <= i - j < w,
+    far ones where i - j >= w, -inf on the future. -> (B, H, b, end) fp32"""
+    distance = pos[start:end, None] - pos[None, :end]  # (b, end)
+    near_logits = near[0][:, :, start:end].float() @ near[1][:, :, :end].float().transpose(-2, -1)
+    far_logits = far[0][:, :, start:end].float() @ far[1][:, :, :end].float().transpose(-2, -1)
+    logits = torch.where(distance < remap.window, near_logits, far_logits) * scale
+    return logits.masked_fill(distance < 0, float("-inf"))
+
+
+def partial_softmax(logits: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(logits) v and the log-sum-exp per row; a row with no keys has lse -inf, output 0."""
+    lse = logits.logsumexp(-1)  # (B, H, b)
+    weights = (logits - lse.unsqueeze(-1)).exp().nan_to_num(0.0)
+    return weights @ v.float(), lse
+
+
+def remapped_attention(q, k, v, pos: torch.Tensor, remap: Remap, scale: float, block: int) -> torch.Tensor:
+    """q, k (B, H, T, Dh) unrotated; pos (T,) increasing. -> (B, H, T, Dh)"""
+    B, H, T, _ = q.shape
+    near, far = rotations(q, k, pos, remap)
+    outputs = []
+    for start, end in query_blocks(T, block, B * H):
+        distance = pos[start:end, None] - pos[None, :end]  # (b, end)
+        causal = distance >= 0
+        lo = max(0, start - remap.window + 1)  # the first key any of these queries may see as a neighbour
+        near_logits = near[0][:, :, start:end].float() @ near[1][:, :, lo:end].float().transpose(-2, -1)
+        near_logits = near_logits.masked_fill(~(causal & (distance < remap.window))[:, lo:], float("-inf"))
+        far_logits = far[0][:, :, start:end].float() @ far[1][:, :, :end].float().transpose(-2, -1)
+        far_logits = far_logits.masked_fill(~(distance >= remap.window), float("-inf"))
+        out_near, lse_near = partial_softmax(near_logits * scale, v[:, :, lo:end])
+        out_far, lse_far = partial_softmax(far_logits * scale, v[:, :, :end])
+        outputs.append(merge_partials(out_near, lse_near, out_far, lse_far).to(q.dtype))
+    return torch.cat(outputs, dim=2)

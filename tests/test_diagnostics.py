@@ -1,0 +1,157 @@
+"""Protects the attention diagnostics (entropy and sink weight per layer and query position): equal
+to the probabilities the eager path computes, bounded memory, and their results files and plot."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from posbench.config import Attention, EvalConfig, ModelConfig
+from posbench.encodings import ENCODINGS
+from posbench.encodings.remap import SelfExtendConfig
+from posbench.encodings.schedule import LayersConfig
+from posbench.encodings.temperature import LogNConfig
+from posbench.evaluation.evaluator import evaluate_length
+from posbench.jobs.train import train
+from posbench.model import diagnostics
+from posbench.model.blocks import BLOCK_BIAS_BYTES
+from posbench.model.diagnostics import AttentionProbe, attention_statistics
+from posbench.model.transformer import Transformer
+from posbench.results import ATTENTION_CSV, load_results
+
+VOCAB = 64
+
+
+def model(encoding_cfg, attention: str = "auto") -> Transformer:
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        name="test", n_layers=2, d_model=32, n_heads=4, attention=Attention(attention), attention_block=8
+    )
+    net = Transformer(cfg, encoding_cfg, VOCAB).eval()
+    with torch.no_grad():  # learned encodings away from their init, so their biases show
+        for p in net.encoding.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return net
+
+
+class CheckedProbe(AttentionProbe):
+    """Also computes each layer's attention probabilities with the eager path (values = the identity,
+    so the output is the probability matrix) and compares."""
+
+    def __init__(self, net: Transformer, length: int):
+        super().__init__(net.cfg.n_layers, length, block=5)
+        self.net, self.checked = net, 0
+
+    def __call__(self, q, k, scale, layer, key_bias=None):
+        super().__call__(q, k, scale, layer, key_bias)
+        T = q.shape[-2]
+        eager = model_plan(self.net, T)
+        eye = torch.eye(T).expand(q.shape[0], q.shape[1], T, T)
+        extra = {} if key_bias is None else {"key_bias": key_bias}
+        p = eager(q, k, eye, scale, layer, **extra).double()  # (B, H, T, T): row i is query i's weights
+        entropy = -(p * p.clamp(min=1e-300).log()).sum(-1)
+        got_entropy, got_sink = attention_statistics(
+            q, k, self.pos, self.layer_scores[layer], scale, layer, 5, key_bias
+        )
+        torch.testing.assert_close(got_entropy.double(), entropy, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(got_sink.double(), p[..., 0], rtol=1e-4, atol=1e-6)
+        self.checked += 1
+
+
+def model_plan(net: Transformer, T: int):
+    eager = model(net.encoding.cfg, "eager")
+    eager.load_state_dict(net.state_dict())
+    return eager.attention_plan(T, needs_grad=False)
+
+
+def encoding_cases():
+    names = ("nope", "rope", "alibi", "t5", "fire", "xpos", "cope", "fox")
+    cases = {name: ENCODINGS[name][0]() for name in names}
+    cases["learned"] = ENCODINGS["learned"][0](max_positions=64)
+    cases["layers"] = LayersConfig(pattern=["rope", "alibi"], window=7, window_kind="sliding")
+    rope = ENCODINGS["rope"][0]()
+    rope.temperature = LogNConfig(base_length=8)
+    cases["rope+logn"] = rope
+    cases["rope+self_extend"] = ENCODINGS["rope"][0](remap=SelfExtendConfig(window=6, group=3))
+    return cases
+
+
+@pytest.mark.parametrize("case", sorted(encoding_cases()))
+def test_entropy_and_sink_equal_the_eager_probabilities(case):
+    net = model(encoding_cases()[case])
+    probe = CheckedProbe(net, 23)
+    with torch.no_grad():
+        net(torch.randint(0, VOCAB, (2, 23)), probe=probe)
+    assert probe.checked == net.cfg.n_layers
+    entropy, sink = probe.mean()
+    assert entropy[:, 0].abs().max() < 1e-6 and (sink[:, 0] - 1).abs().max() < 1e-6  # one key: certain
+    assert (entropy <= torch.log(torch.arange(23.0) + 1)[None] + 1e-5).all()  # at most uniform's
+
+
+def test_the_probe_never_holds_the_square(monkeypatch):
+    shapes = []
+    real = diagnostics.causal_bias
+
+    def recording(bias, q_idx, k_idx, dtype):
+        shapes.append((q_idx.numel(), k_idx.numel()))
+        return real(bias, q_idx, k_idx, dtype)
+
+    monkeypatch.setattr(diagnostics, "causal_bias", recording)
+    B, H, T = 1, 4, 4096
+    q, k = torch.randn(B, H, T, 8), torch.randn(B, H, T, 8)
+    scores = encoding_cases()["alibi"]
+    net = model(scores)
+    attention_statistics(q, k, torch.arange(T), net.encoding.scores(), 0.3, 0, 256)
+    assert sum(rows for rows, _ in shapes) == T
+    assert max(rows * keys * B * H * 4 for rows, keys in shapes) <= BLOCK_BIAS_BYTES
+    assert max(rows for rows, _ in shapes) < T // 8
+
+
+def test_evaluation_writes_the_diagnostics_beside_the_position_loss():
+    net = model(ENCODINGS["alibi"][0]())
+    stream = np.random.default_rng(0).integers(0, VOCAB, 400)
+    cfg = EvalConfig(lengths=[64], max_tokens=128, position_buckets=4, diagnostics_windows=2)
+    row = evaluate_length(net, stream, 64, cfg, torch.device("cpu"), progress=False).to_dict()
+    curves = row["attention"]
+    assert curves["windows"] == 2 and len(curves["entropy"]) == net.cfg.n_layers
+    assert curves["start"] == row["position_curve"]["start"]
+    assert curves["uniform_entropy"][0] == 0.0 and all(
+        layer[0] == pytest.approx(1.0) for layer in curves["sink"]
+    )
+    assert all(math.isfinite(e) for layer in curves["entropy"] for e in layer)
+
+
+def test_a_run_writes_them_to_results_csv_plot_and_tracker(smoke_run, tmp_path):
+    run = smoke_run("train.max_steps=2", "train.val_every=0", "eval.lengths=[128,256]", "eval.max_tokens=256")
+    train(run, tmp_path / "run")
+    document = load_results(tmp_path / "run")
+    curves = document["results"][1]["attention"]
+    assert len(curves["entropy"]) == run.model.n_layers and curves["windows"] == 1
+    lines = (tmp_path / "run" / ATTENTION_CSV).read_text().splitlines()
+    assert lines[0].split(",")[3:] == [
+        "length",
+        "layer",
+        "bucket_start",
+        "bucket_end",
+        "entropy",
+        "uniform_entropy",
+        "sink",
+    ]
+    assert len(lines) == 1 + sum(
+        run.model.n_layers * len(r["attention"]["start"]) for r in document["results"]
+    )
+    assert (tmp_path / "run" / "attention.png").stat().st_size > 0
+    summary = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][-1]
+    last = sum(layer[-1] for layer in curves["entropy"]) / run.model.n_layers
+    assert summary["summary"]["eval/attn_entropy@256"] == pytest.approx(last)
+
+
+def test_no_diagnostics_when_asked_for_none():
+    net = model(ENCODINGS["rope"][0]())
+    stream = np.random.default_rng(0).integers(0, VOCAB, 200)
+    cfg = EvalConfig(lengths=[32], max_tokens=64, diagnostics_windows=0)
+    assert evaluate_length(net, stream, 32, cfg, torch.device("cpu"), progress=False).attention is None

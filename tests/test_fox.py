@@ -1,0 +1,103 @@
+"""Protects encoding=fox (forgetting attention): the decay D_ij = Σ_{l=j+1..i} log f_l written out by
+hand, every path and bf16 against it, gate gradients, hybrids, long evaluation by blocks."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from posbench.config import Attention, ModelConfig
+from posbench.encodings import ENCODINGS
+from posbench.encodings.fox import Fox
+from posbench.encodings.hybrid import HybridConfig
+from posbench.model.attention import AttentionContext
+from posbench.model.transformer import Transformer
+
+VOCAB = 64
+
+
+def model(encoding_cfg=None, attention: str = "auto", block: int = 8, n_layers: int = 2) -> Transformer:
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        name="test",
+        n_layers=n_layers,
+        d_model=32,
+        n_heads=4,
+        attention=Attention(attention),
+        attention_block=block,
+    )
+    net = Transformer(cfg, encoding_cfg or ENCODINGS["fox"][0](), VOCAB).eval()
+    fox = next(m for m in net.modules() if isinstance(m, Fox))
+    with torch.no_grad():  # gates away from 1/2 everywhere: some heads forget fast, some slowly
+        for gate in fox.gates:
+            gate.bias.copy_(torch.tensor([-2.0, 0.0, 2.0, 5.0]))
+    return net
+
+
+def by_hand(attn, x: torch.Tensor, gate: torch.nn.Linear) -> torch.Tensor:
+    """FoX eq.: o_i = Σ_j softmax_j(q_i·k_j/√d + Σ_{l=j+1..i} log σ(w·x_l + b)) v_j, with loops."""
+    B, T, _ = x.shape
+    q, k, v = attn.qkv_proj(x).view(B, T, 12, 8).transpose(1, 2).split((4, 4, 4), dim=1)
+    log_f = torch.nn.functional.logsigmoid(gate(x)).transpose(1, 2).double()  # (B, H, T)
+    decay = torch.full((B, 4, T, T), float("-inf"), dtype=torch.float64)
+    for i in range(T):
+        for j in range(i + 1):
+            decay[:, :, i, j] = log_f[:, :, j + 1 : i + 1].sum(-1)
+    scores = (q.double() @ k.double().transpose(-2, -1)) / math.sqrt(8) + decay
+    y = (scores.softmax(-1) @ v.double()).float()
+    return attn.out_proj(y.transpose(1, 2).reshape(B, T, 32))
+
+
+def test_the_forget_gates_decay_the_logits_as_the_paper_writes():
+    net = model(n_layers=1)
+    x = torch.randn(2, 21, 32)
+    ctx = AttentionContext(net.encoding, torch.arange(21), net.attention_plan(21, needs_grad=False))
+    with torch.no_grad():
+        got = net.blocks[0].attn(x, ctx)
+        torch.testing.assert_close(
+            got, by_hand(net.blocks[0].attn, x, net.encoding.gates[0]), rtol=1e-4, atol=1e-5
+        )
+    assert ctx.backend.name == "blockwise" and net.cfg.attention_block < 21  # several re-centred blocks
+
+
+def test_every_path_equals_eager_and_bf16_keeps_its_precision_far_out():
+    reference, blocks = model(attention="eager"), model(block=16)
+    tokens = torch.randint(0, VOCAB, (2, 300))
+    with torch.no_grad():
+        want = reference(tokens)
+        torch.testing.assert_close(blocks(tokens), want, rtol=1e-4, atol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = blocks(tokens).float()
+    # head 0 forgets fast (c reaches ~-600 by the end): re-centred blocks keep bf16's error to rounding
+    assert (low - want).abs().max() < 0.1
+
+
+def test_the_gates_learn():
+    net = model().train()
+    net(torch.randint(0, VOCAB, (2, 20))).logsumexp(-1).sum().backward()
+    for gate in net.encoding.gates:
+        assert gate.weight.grad.abs().sum() > 0 and gate.bias.grad.abs().sum() > 0
+    fresh = Transformer(net.cfg, ENCODINGS["fox"][0](), VOCAB)
+    assert all((gate.bias == 0).all() for gate in fresh.encoding.gates)  # b_f = 0 (released code)
+
+
+def test_fox_with_rope_in_a_hybrid():
+    cfg = HybridConfig(
+        members="rope+fox", options={"rope": ENCODINGS["rope"][0](), "fox": ENCODINGS["fox"][0]()}
+    )
+    eager, blocks = model(cfg, "eager"), model(cfg, block=8)
+    blocks.load_state_dict(eager.state_dict())
+    tokens = torch.randint(0, VOCAB, (1, 40))
+    with torch.no_grad():
+        torch.testing.assert_close(blocks(tokens), eager(tokens), rtol=1e-4, atol=1e-5)
+        alone = model(ENCODINGS["fox"][0]())
+        alone.load_state_dict({k.replace("members.fox.", ""): v for k, v in eager.state_dict().items()})
+        assert not torch.allclose(alone(tokens), eager(tokens), atol=1e-4)  # the rotation counts
+
+
+def test_long_evaluation_is_by_blocks():
+    net = model(block=256)
+    plan = net.attention_plan(16384, needs_grad=False)
+    assert type(plan).__name__ == "KeyBiasBlockwise" and plan.name == "blockwise"
+    assert net.length_limit_reason(16384) is None
