@@ -21,6 +21,7 @@ from posbench.encodings.rope import Rope, RopeConfig
 from posbench.encodings.rope_scaling import SCALING_CONFIGS, register_scaling_schemas, rope_frequencies
 from posbench.encodings.sandwich import Sandwich, SandwichConfig
 from posbench.encodings.schedule import LayerSchedule, LayersConfig
+from posbench.encodings.stick_breaking import StickBreaking, StickBreakingConfig
 from posbench.encodings.t5 import T5Bias, T5Config, t5_relative_bucket
 from posbench.encodings.temperature import TEMPERATURE_CONFIGS, register_temperature_schemas
 from posbench.encodings.xpos import Xpos, XposConfig
@@ -39,6 +40,7 @@ ENCODINGS: dict[str, tuple[type[EncodingConfig], type[PositionalEncoding]]] = {
     "sandwich": (SandwichConfig, Sandwich),
     "cope": (CopeConfig, Cope),
     "fox": (FoxConfig, Fox),
+    "stick_breaking": (StickBreakingConfig, StickBreaking),
     "hybrid": (HybridConfig, Hybrid),
     "layers": (LayersConfig, LayerSchedule),
 }

@@ -25,6 +25,8 @@ The parts:
 - ``remap``: an inference-time remap of a rotary encoding (Self-Extend, ReRoPE): exact rotations
   for keys within a window, remapped ones beyond, the two maps merged (``model/remap.py``); the
   encoding then leaves q and k unrotated and the path rotates them.
+- ``stick_breaking``: the attention weights are stick-breaking's, not a softmax's
+  (``model/stick_breaking.py``).
 - ``layers``: a per-layer schedule's own ``Scores`` for each layer (``schedule.py``); the planner
   plans each layer and the attention dispatches on the layer's index.
 
@@ -108,6 +110,7 @@ class Scores:
     position_local: bool = True
     key_bias: bool = False  # a bias per key from the layer input (encoding.key_bias): FoX
     remap: Optional[Remap] = None  # Self-Extend, ReRoPE: two rotations merged by distance
+    stick_breaking: bool = False  # stick-breaking weights in place of the softmax (Tan et al. 2025)
     layers: Optional[tuple[Scores, ...]] = None  # a per-layer schedule: layer i's scores
 
     @property
@@ -160,6 +163,7 @@ def combine(parts: list[Scores]) -> Scores:
         all(part.position_local for part in parts),
         any(part.key_bias for part in parts),
         next((part.remap for part in parts if part.remap is not None), None),  # one rotary member
+        any(part.stick_breaking for part in parts),
     )
 
 

@@ -18,6 +18,7 @@ a ``name`` that results record. Which path runs where is decided in ``planner.py
   their first query (``blocks.key_bias_blockwise``); the eager reference takes it too.
 - ``Remapped``: an inference-time remap (Self-Extend, ReRoPE): two rotations merged by distance,
   by query blocks (``remap.py``).
+- ``StickBreakingBackend``: stick-breaking weights in place of the softmax (``stick_breaking.py``).
 - ``PerLayer``: a per-layer schedule's backends, one per layer, chosen by the layer's index.
 - ``Eager``: the plain softmax(QKᵀ·scale + bias)V reference that tests check every path against.
 """
@@ -35,6 +36,7 @@ from posbench.model.flex import distance_bias_table, flex_attend
 from posbench.model.linear_bias import linear_bias_attention
 from posbench.model.masks import block_causal_bias, causal_bias, full_mask
 from posbench.model.remap import remapped_attention
+from posbench.model.stick_breaking import stick_breaking_attention
 
 
 class Backend(Protocol):
@@ -108,6 +110,16 @@ class Remapped:
 
     def __call__(self, q, k, v, scale: float, layer: int) -> torch.Tensor:
         return remapped_attention(q, k, v, self.pos, self.remap, scale, self.block)
+
+
+class StickBreakingBackend:
+    """Stick-breaking attention, by query blocks of ``block`` rows (the whole window: named eager)."""
+
+    def __init__(self, block: int, whole: bool):
+        self.block, self.name = block, "eager" if whole else "stick_breaking"
+
+    def __call__(self, q, k, v, scale: float, layer: int) -> torch.Tensor:
+        return stick_breaking_attention(q, k, v, scale, self.block)
 
 
 class Linear:

@@ -23,6 +23,7 @@ from posbench.encodings.scores import Scores
 from posbench.model import remap
 from posbench.model.blocks import DECAY_FLOOR, query_blocks, scale_qk
 from posbench.model.masks import causal_bias
+from posbench.model.stick_breaking import stick_breaking_weights
 
 
 def attention_statistics(
@@ -44,6 +45,11 @@ def attention_statistics(
     bias_fn = None if scores.bias is None else scores.bias.fn
     entropy, sink = q.new_empty(B, H, T, dtype=torch.float32), q.new_empty(B, H, T, dtype=torch.float32)
     for start, end in query_blocks(T, block, B * H):  # the (B, H, rows, prefix) logits bound the rows
+        if scores.stick_breaking:  # its weights, the remainder on the query's own key included
+            p = stick_breaking_weights(q[:, :, start:end], k[:, :, :end], scale, start)
+            entropy[:, :, start:end] = -(p * p.clamp(min=1e-38).log()).sum(-1)
+            sink[:, :, start:end] = p[..., 0]
+            continue
         q_b, k_b = q[:, :, start:end].float(), k[:, :, :end].float()
         if scores.decay is not None:  # re-centred on the block, as decayed_blockwise does
             q_b, k_b = scale_qk(q_b, k_b, scores.decay.factors(pos[:end], int(pos[start])), DECAY_FLOOR)

@@ -25,6 +25,8 @@ record. ``refusal`` says which lengths no path can take. The rules:
 - an inference-time remap (Self-Extend, ReRoPE) runs on its own path (``Remapped``), whatever was
   requested; it is refused with gradients (a remap is for evaluating a trained model) and with a
   bias, a decay, a score modifier or a key bias;
+- stick-breaking attention runs on its own path (``StickBreakingBackend``), whole on request
+  (``eager``), else by query blocks; it takes no bias, decay, score modifier, key bias or remap;
 - a per-layer schedule (``Scores.layers``) plans each layer's scores by these rules, except that no
   layer runs the window by query blocks through all layers (the others see it whole); the attention
   then dispatches on the layer's index (``backends.PerLayer``).
@@ -63,6 +65,9 @@ def refusal(scores: Scores, seq_len: int, label: str = "this encoding") -> Optio
     """Why no path can take ``seq_len`` positions of these scores, or None."""
     if scores.layers is not None:
         return next(filter(None, (refusal(layer, seq_len, label) for layer in scores.layers)), None)
+    others = (scores.bias, scores.decay, scores.score_mod, scores.remap)
+    if scores.stick_breaking and (scores.key_bias or any(part is not None for part in others)):
+        return f"{label}: stick-breaking attention takes no positional bias, decay, score modifier or remap"
     if scores.remap is not None and (
         scores.bias is not None or scores.decay is not None or scores.score_mod is not None or scores.key_bias
     ):
@@ -86,6 +91,9 @@ def plan_attention(scores: Scores, pos: torch.Tensor, n_heads: int, settings: Se
         raise ValueError(reason)
     if scores.layers is not None:
         return plan_layers(scores.layers, pos, n_heads, replace(settings, whole_window=True))
+    if scores.stick_breaking:
+        whole = settings.requested == "eager"
+        return backends.StickBreakingBackend(pos.numel() if whole else settings.block, whole)
     if scores.remap is not None:
         if settings.needs_grad:
             raise ValueError(

@@ -1,0 +1,45 @@
+"""The attention path of stick-breaking attention (``encodings/stick_breaking.py``), one query block
+at a time over its causal key prefix, in log space with explicit fp32 logits:
+
+    log A_ij = log σ(z_ij) + Σ_{j<k<i} log σ(−z_ik),
+
+the inner sum a cumulative sum taken from the query backwards (the nearest keys first, where the
+weights are, so fp32 keeps them exact; far keys' sums grow large and negative, where the weights
+vanish). A block's (B, H, rows, prefix) tensors stay under the blockwise budget, so memory is
+linear in the window; autograd runs through it for training.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from posbench.model.blocks import query_blocks
+
+TENSORS_PER_BLOCK = 4  # (B, H, rows, prefix) fp32 tensors alive at once, for the block budget
+
+
+def stick_breaking_weights(q: torch.Tensor, k: torch.Tensor, scale: float, start: int) -> torch.Tensor:
+    """A_ij of queries start..start+b-1 over keys 0..end-1 (end = start + b), and the remainder
+    1 − Σ_j A_ij on each query's own key. q (B, H, b, Dh), k (B, H, end, Dh) -> (B, H, b, end) fp32"""
+    b, end = q.shape[-2], k.shape[-2]
+    z = (q.float() @ k.float().transpose(-2, -1)) * scale  # (B, H, b, end)
+    earlier = torch.ones(b, end, dtype=torch.bool, device=q.device).tril(start - 1)  # j < i
+    log_keep = F.logsigmoid(-z).masked_fill(~earlier, 0.0)  # log(1 − β); 0 where nothing breaks
+    # Σ_{j<k<i} log(1 − β_ik): the sum of log_keep over keys after j, from the right end (the query)
+    after = log_keep.flip(-1).cumsum(-1).flip(-1) - log_keep
+    weights = (F.logsigmoid(z) + after).exp().masked_fill(~earlier, 0.0)
+    remainder = 1 - weights.sum(-1, keepdim=True)  # (B, H, b, 1): what no earlier key took
+    own = torch.zeros(b, end, device=q.device)
+    own[torch.arange(b), torch.arange(b) + start] = 1.0  # query i's own key
+    return weights + remainder * own
+
+
+def stick_breaking_attention(q, k, v, scale: float, block: int) -> torch.Tensor:
+    """q, k, v (B, H, T, Dh) -> (B, H, T, Dh)"""
+    B, H, T, _ = q.shape
+    outputs = []
+    for start, end in query_blocks(T, block, B * H * TENSORS_PER_BLOCK):
+        weights = stick_breaking_weights(q[:, :, start:end], k[:, :, :end], scale, start)
+        outputs.append((weights @ v[:, :, :end].float()).to(q.dtype))
+    return torch.cat(outputs, dim=2)

@@ -1,0 +1,82 @@
+"""Protects encoding=stick_breaking: the weights against the paper's product form written out with
+loops, weights that sum to one, blocks equal to the whole window, gradients, long evaluation."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from posbench.config import Attention, ModelConfig
+from posbench.encodings import ENCODINGS
+from posbench.model.attention import AttentionContext
+from posbench.model.stick_breaking import stick_breaking_weights
+from posbench.model.transformer import Transformer
+
+VOCAB = 64
+
+
+def model(attention: str = "auto", block: int = 8) -> Transformer:
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        name="test", n_layers=2, d_model=32, n_heads=4, attention=Attention(attention), attention_block=block
+    )
+    return Transformer(cfg, ENCODINGS["stick_breaking"][0](), VOCAB).eval()
+
+
+def by_hand(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """A_ij = β_ij Π_{j<k<i} (1 − β_ik) for j < i, and 1 − Σ_j A_ij on j = i. q, k (T, Dh) -> (T, T)"""
+    T = q.shape[0]
+    beta = torch.sigmoid((q.double() @ k.double().T) * scale)
+    weights = torch.zeros(T, T, dtype=torch.float64)
+    for i in range(T):
+        for j in range(i):
+            weights[i, j] = beta[i, j] * math.prod(1 - beta[i, m] for m in range(j + 1, i))
+        weights[i, i] = 1 - weights[i, :i].sum()
+    return weights
+
+
+def test_the_weights_are_the_papers_product_and_sum_to_one():
+    q, k = torch.randn(1, 2, 13, 8) * 2, torch.randn(1, 2, 13, 8) * 2
+    got = stick_breaking_weights(q, k, 0.35, 0)
+    for h in range(2):
+        torch.testing.assert_close(got[0, h].double(), by_hand(q[0, h], k[0, h], 0.35), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got.sum(-1), torch.ones(1, 2, 13))
+    assert (got >= -1e-6).all() and (got.triu(1) == 0).all()  # causal, a distribution per query
+    block = stick_breaking_weights(q[:, :, 5:9], k[:, :, :9], 0.35, 5)  # a block of queries 5..8
+    torch.testing.assert_close(block, got[:, :, 5:9, :9])
+
+
+def test_blocks_equal_the_whole_window_and_train():
+    whole, blocks = model("eager"), model(block=4)
+    tokens = torch.randint(0, VOCAB, (2, 30))
+    with torch.no_grad():
+        torch.testing.assert_close(blocks(tokens), whole(tokens), rtol=1e-5, atol=1e-6)
+    net = model().train()
+    net(tokens).logsumexp(-1).sum().backward()
+    assert all(p.grad is not None for p in net.blocks[0].attn.parameters())
+
+
+def test_one_layers_output_is_the_weighted_values():
+    net = model()
+    x = torch.randn(1, 11, 32)
+    attn = net.blocks[0].attn
+    q, k, v = attn.qkv_proj(x).view(1, 11, 12, 8).transpose(1, 2).split((4, 4, 4), dim=1)
+    weights = torch.stack([by_hand(q[0, h], k[0, h], 1 / math.sqrt(8)) for h in range(4)])  # (H, T, T)
+    want = attn.out_proj((weights @ v[0].double()).float().transpose(0, 1).reshape(1, 11, 32))
+    ctx = AttentionContext(net.encoding, torch.arange(11), net.attention_plan(11, needs_grad=False))
+    with torch.no_grad():
+        torch.testing.assert_close(attn(x, ctx), want, rtol=1e-4, atol=1e-5)
+
+
+def test_long_evaluation_is_by_blocks_and_a_bias_is_refused():
+    assert model(block=256).attention_plan(16384, needs_grad=False).name == "stick_breaking"
+    from posbench.encodings.hybrid import HybridConfig
+
+    cfg = HybridConfig(
+        members="stick_breaking+alibi",
+        options={"stick_breaking": ENCODINGS["stick_breaking"][0](), "alibi": ENCODINGS["alibi"][0]()},
+    )
+    torch.manual_seed(0)
+    net = Transformer(model().cfg, cfg, VOCAB)
+    assert "stick-breaking attention takes no positional bias" in net.length_limit_reason(64)
