@@ -69,7 +69,7 @@ def model_plan(net: Transformer, T: int):
 
 
 def encoding_cases():
-    names = ("nope", "rope", "alibi", "t5", "fire", "xpos", "cope", "fox", "stick_breaking")
+    names = ("nope", "rope", "alibi", "t5", "fire", "xpos", "cope", "fox", "stick_breaking", "transformer_xl")
     cases = {name: ENCODINGS[name][0]() for name in names}
     cases["learned"] = ENCODINGS["learned"][0](max_positions=64)
     cases["layers"] = LayersConfig(pattern=["rope", "alibi"], window=7, window_kind="sliding")

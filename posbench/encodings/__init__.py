@@ -24,6 +24,7 @@ from posbench.encodings.schedule import LayerSchedule, LayersConfig
 from posbench.encodings.stick_breaking import StickBreaking, StickBreakingConfig
 from posbench.encodings.t5 import T5Bias, T5Config, t5_relative_bucket
 from posbench.encodings.temperature import TEMPERATURE_CONFIGS, register_temperature_schemas
+from posbench.encodings.transformer_xl import TransformerXl, TransformerXlConfig
 from posbench.encodings.xpos import Xpos, XposConfig
 
 ENCODINGS: dict[str, tuple[type[EncodingConfig], type[PositionalEncoding]]] = {
@@ -41,6 +42,7 @@ ENCODINGS: dict[str, tuple[type[EncodingConfig], type[PositionalEncoding]]] = {
     "cope": (CopeConfig, Cope),
     "fox": (FoxConfig, Fox),
     "stick_breaking": (StickBreakingConfig, StickBreaking),
+    "transformer_xl": (TransformerXlConfig, TransformerXl),
     "hybrid": (HybridConfig, Hybrid),
     "layers": (LayersConfig, LayerSchedule),
 }
