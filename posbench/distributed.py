@@ -88,11 +88,15 @@ def broadcast_from_main(obj: Any) -> Any:
     return holder[0]
 
 
-def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+def wrap_ddp(model: torch.nn.Module, device: torch.device, all_used: bool = True) -> torch.nn.Module:
+    """DDP around ``model``; ``all_used=False`` when a forward leaves some parameters without a
+    gradient (a per-layer schedule's members hold parameters for layers they do not run)."""
     if not dist.is_initialized():
         return model
     ids = [device.index] if device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=ids, find_unused_parameters=not all_used
+    )
 
 
 def no_sync(model: torch.nn.Module, skip: bool) -> contextlib.AbstractContextManager:

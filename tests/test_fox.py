@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from posbench.config import Attention, ModelConfig
@@ -61,15 +62,17 @@ def test_the_forget_gates_decay_the_logits_as_the_paper_writes():
     assert ctx.backend.name == "blockwise" and net.cfg.attention_block < 21  # several re-centred blocks
 
 
-def test_every_path_equals_eager_and_bf16_keeps_its_precision_far_out():
-    reference, blocks = model(attention="eager"), model(block=16)
+@pytest.mark.parametrize("block", [16, 1024])
+def test_every_path_equals_eager_and_bf16_keeps_its_precision_far_out(block):
+    reference, blocks = model(attention="eager"), model(block=block)
     tokens = torch.randint(0, VOCAB, (2, 300))
     with torch.no_grad():
         want = reference(tokens)
         torch.testing.assert_close(blocks(tokens), want, rtol=1e-4, atol=1e-5)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = blocks(tokens).float()
-    # head 0 forgets fast (c reaches ~-600 by the end): re-centred blocks keep bf16's error to rounding
+    # head 0 forgets fast (c reaches ~-600 by the end): D_ij per row keeps bf16's error to rounding,
+    # whether the 300 queries are many blocks or one
     assert (low - want).abs().max() < 0.1
 
 
@@ -101,3 +104,19 @@ def test_long_evaluation_is_by_blocks():
     plan = net.attention_plan(16384, needs_grad=False)
     assert type(plan).__name__ == "KeyBiasBlockwise" and plan.name == "blockwise"
     assert net.length_limit_reason(16384) is None
+
+
+def test_fox_in_a_per_layer_schedule():
+    from posbench.encodings.schedule import LayersConfig
+
+    cfg = LayersConfig(pattern=["fox", "rope"])
+    eager, blocks = model(cfg, "eager"), model(cfg, block=8)
+    blocks.load_state_dict(eager.state_dict())
+    tokens = torch.randint(0, VOCAB, (1, 30))
+    with torch.no_grad():
+        torch.testing.assert_close(blocks(tokens), eager(tokens), rtol=1e-4, atol=1e-5)
+    assert not blocks.encoding.uses_every_parameter()  # layer 1's gates never run: DDP must know
+    blocks.train()
+    blocks(tokens).sum().backward()
+    gates = blocks.encoding.members["fox"].gates
+    assert gates[0].weight.grad is not None and gates[1].weight.grad is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from posbench.config import Attention, ModelConfig
@@ -63,3 +64,10 @@ def test_blocks_equal_the_whole_window_and_every_part_learns():
     net(tokens).logsumexp(-1).sum().backward()
     enc = net.encoding
     assert all(p.grad.abs().sum() > 0 for p in (enc.u, enc.v, enc.relative[0].weight, enc.relative[1].weight))
+
+
+def test_a_temperature_is_refused():
+    from posbench.encodings.temperature import LogNConfig
+
+    with pytest.raises(ValueError, match="Transformer-XL's biases have no tempered form"):
+        ENCODINGS["transformer_xl"][0](temperature=LogNConfig())

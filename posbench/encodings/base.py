@@ -101,6 +101,11 @@ class PositionalEncoding(nn.Module):
         (B, T, D), or None; ``scores().key_bias`` says an encoding has one."""
         return None
 
+    def uses_every_parameter(self) -> bool:
+        """Whether every forward gives each of this encoding's parameters a gradient (DDP needs to
+        know); a per-layer schedule's members hold parameters for layers they do not run."""
+        return True
+
     def for_layer(self, layer: int) -> PositionalEncoding:
         """The encoding whose hooks ``layer`` runs: this one, or a per-layer schedule's member."""
         return self

@@ -22,6 +22,7 @@ from torch import nn
 from posbench.checks import at_least, one_of
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
 from posbench.encodings.hybrid import COMPOSITES, member_config, overrides, position_source, registry
+from posbench.encodings.rope import RopeConfig
 from posbench.encodings.scores import Scores, combine, local_window
 from posbench.encodings.temperature import temperature_config
 
@@ -61,9 +62,9 @@ class LayersConfig(EncodingConfig):
         """The distinct members, in their order of first appearance."""
         return list(dict.fromkeys(self.pattern))
 
-    @staticmethod
-    def rotary(name: str) -> bool:
-        return overrides(registry()[name][1], "rotate_qk")
+    def rotary(self, name: str) -> bool:
+        """A RoPE member (rope, xpos): the layers a local window applies to."""
+        return isinstance(self.options.get(name) or registry()[name][0](), RopeConfig)
 
     def label(self) -> str:
         """Runs of the pattern, ``3xrope@chunk64-1xnope``: counts, member labels, the window."""
@@ -108,6 +109,9 @@ class LayerSchedule(PositionalEncoding):
         self.layer_names = [cfg.pattern[layer % len(cfg.pattern)] for layer in range(n_layers)]
         self.position_source = position_source(self.members)
         self.window = local_window(cfg.window_kind, cfg.window, n_heads) if cfg.window else None
+
+    def uses_every_parameter(self) -> bool:
+        return len(self.members) == 1 or not any(True for _ in self.parameters())
 
     def for_layer(self, layer: int) -> PositionalEncoding:
         return self.members[self.layer_names[layer]]

@@ -29,6 +29,14 @@ class TransformerXlConfig(EncodingConfig):
     name: str = "transformer_xl"
     base: float = 10000.0  # R_d's wavelengths grow as base^(2m/d_model)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.temperature.kind != "none":
+            raise ValueError(
+                "encoding.temperature with transformer_xl: a temperature on q would scale u's term and not "
+                "v's; Transformer-XL's biases have no tempered form here"
+            )
+
 
 def relative_sinusoids(distances: torch.Tensor, d_model: int, base: float) -> torch.Tensor:
     """R_d = [sin(d·ω) | cos(d·ω)], ω_m = base^(−2m/d_model). distances (D,) -> (D, d_model) fp32"""
@@ -53,8 +61,9 @@ class TransformerXl(PositionalEncoding):
         self.relative = nn.ModuleList(
             nn.Linear(d_model, n_heads * head_dim, bias=False) for _ in range(n_layers)
         )
-        self.u = nn.Parameter(torch.zeros(n_heads, head_dim))  # content bias (r_w_bias)
-        self.v = nn.Parameter(torch.zeros(n_heads, head_dim))  # position bias (r_r_bias)
+        # content and position biases (r_w_bias, r_r_bias); drawn N(0, init_std) by the model's init
+        self.u = nn.Parameter(torch.empty(n_heads, head_dim))
+        self.v = nn.Parameter(torch.empty(n_heads, head_dim))
 
     def rotate_qk(
         self, q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor

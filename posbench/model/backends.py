@@ -233,5 +233,5 @@ class PerLayer:
         self.layers = layers
         self.name = "/".join(dict.fromkeys(backend.name for backend in layers))
 
-    def __call__(self, q, k, v, scale: float, layer: int) -> torch.Tensor:
-        return self.layers[layer](q, k, v, scale, layer)
+    def __call__(self, q, k, v, scale: float, layer: int, **extra) -> torch.Tensor:
+        return self.layers[layer](q, k, v, scale, layer, **extra)  # extra: a FoX member's key_bias

@@ -73,14 +73,14 @@ def key_bias_blockwise(
     q, k, v, pos, bias_fn: Optional[BiasFn], key_bias: torch.Tensor, scale: float, block: int
 ) -> torch.Tensor:
     """Causal attention plus a bias per key, key_bias (B, H, T) (FoX's −c_j), by query blocks. A row
-    constant does not change a softmax, so a block starting at s adds key_bias_j − key_bias_s
-    (FoX: c_s − c_j): small near the diagonal, where the weights are, so it keeps its precision in
-    bf16, and very negative far behind, where the weights vanish anyway. A block's (B, H, rows,
-    prefix) mask stays under BLOCK_BIAS_BYTES."""
+    constant does not change a softmax, so query i adds key_bias_j − key_bias_i (FoX: c_i − c_j =
+    D_ij, the paper's own form), computed in fp32: 0 on the diagonal and small near it, where the
+    weights are, so it keeps its precision in bf16, and very negative far behind, where the weights
+    vanish anyway. A block's (B, H, rows, prefix) mask stays under BLOCK_BIAS_BYTES."""
     B, H, T, _ = q.shape
     outputs = []
     for start, end in query_blocks(T, block, B * H):
-        shifted = (key_bias[:, :, :end] - key_bias[:, :, start : start + 1])[:, :, None, :]  # (B, H, 1, end)
+        shifted = key_bias[:, :, None, :end] - key_bias[:, :, start:end, None]  # (B, H, b, end): D_ij
         if bias_fn is None:
             causal = torch.zeros(end - start, end, device=q.device).masked_fill(
                 torch.ones(end - start, end, dtype=torch.bool, device=q.device).triu(start + 1), float("-inf")

@@ -39,6 +39,11 @@ def attention_statistics(
     """Entropy (nats) and first-key weight of every query's attention. q, k (B, H, T, Dh), final
     (rotated, temperature applied); pos (T,); key_bias (B, H, T) (FoX) or None.
     -> (B, H, T), (B, H, T) fp32"""
+    with torch.autocast(q.device.type, enabled=False):  # explicit fp32 logits under autocast too
+        return statistics_by_blocks(q, k, pos, scores, scale, layer, block, key_bias)
+
+
+def statistics_by_blocks(q, k, pos, scores: Scores, scale: float, layer: int, block: int, key_bias):
     B, H, T, _ = q.shape
     idx = torch.arange(T, device=q.device)
     remapped = None if scores.remap is None else remap.rotations(q, k, pos, scores.remap)

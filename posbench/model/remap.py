@@ -45,6 +45,11 @@ def partial_softmax(logits: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor
 
 def remapped_attention(q, k, v, pos: torch.Tensor, remap: Remap, scale: float, block: int) -> torch.Tensor:
     """q, k (B, H, T, Dh) unrotated; pos (T,) increasing. -> (B, H, T, Dh)"""
+    with torch.autocast(q.device.type, enabled=False):  # explicit fp32 logits under autocast too
+        return merged_by_blocks(q, k, v, pos, remap, scale, block)
+
+
+def merged_by_blocks(q, k, v, pos: torch.Tensor, remap: Remap, scale: float, block: int) -> torch.Tensor:
     B, H, T, _ = q.shape
     near, far = rotations(q, k, pos, remap)
     outputs = []

@@ -23,13 +23,14 @@ def stick_breaking_weights(q: torch.Tensor, k: torch.Tensor, scale: float, start
     """A_ij of queries start..start+b-1 over keys 0..end-1 (end = start + b), and the remainder
     1 − Σ_j A_ij on each query's own key. q (B, H, b, Dh), k (B, H, end, Dh) -> (B, H, b, end) fp32"""
     b, end = q.shape[-2], k.shape[-2]
-    z = (q.float() @ k.float().transpose(-2, -1)) * scale  # (B, H, b, end)
+    with torch.autocast(q.device.type, enabled=False):  # fp32 logits under bf16 autocast too
+        z = (q.float() @ k.float().transpose(-2, -1)) * scale  # (B, H, b, end)
     earlier = torch.ones(b, end, dtype=torch.bool, device=q.device).tril(start - 1)  # j < i
     log_keep = F.logsigmoid(-z).masked_fill(~earlier, 0.0)  # log(1 − β); 0 where nothing breaks
     # Σ_{j<k<i} log(1 − β_ik): the sum of log_keep over keys after j, from the right end (the query)
     after = log_keep.flip(-1).cumsum(-1).flip(-1) - log_keep
     weights = (F.logsigmoid(z) + after).exp().masked_fill(~earlier, 0.0)
-    remainder = 1 - weights.sum(-1, keepdim=True)  # (B, H, b, 1): what no earlier key took
+    remainder = (1 - weights.sum(-1, keepdim=True)).clamp(min=0)  # (B, H, b, 1): what no earlier key took
     own = torch.zeros(b, end, device=q.device)
     own[torch.arange(b), torch.arange(b) + start] = 1.0  # query i's own key
     return weights + remainder * own
@@ -41,5 +42,6 @@ def stick_breaking_attention(q, k, v, scale: float, block: int) -> torch.Tensor:
     outputs = []
     for start, end in query_blocks(T, block, B * H * TENSORS_PER_BLOCK):
         weights = stick_breaking_weights(q[:, :, start:end], k[:, :, :end], scale, start)
-        outputs.append((weights @ v[:, :, :end].float()).to(q.dtype))
+        with torch.autocast(q.device.type, enabled=False):
+            outputs.append((weights @ v[:, :, :end].float()).to(q.dtype))
     return torch.cat(outputs, dim=2)

@@ -172,7 +172,8 @@ class Trainer:
     def fit(self, tracker: Tracker) -> TrainState:
         """Step until the budget is spent, ``train.stop_after_steps``, a stop signal (after a checkpoint)
         or a divergence (without one); returns the loop state."""
-        step_fn = wrap_ddp(torch.compile(self.model) if self.cfg.compile else self.model, self.device)
+        model = torch.compile(self.model) if self.cfg.compile else self.model
+        step_fn = wrap_ddp(model, self.device, self.model.encoding.uses_every_parameter())
         bar = tqdm(
             total=self.total,
             initial=self.state.step,
