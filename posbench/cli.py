@@ -96,6 +96,11 @@ def train_job(cfg: DictConfig) -> object:
 
 @_guarded
 def eval_job(cfg: DictConfig) -> object:
+    if cfg.get("hf") is not None:  # a pretrained Hugging Face model (posbench/jobs/pretrained.py)
+        from posbench.jobs.pretrained import evaluate_pretrained
+
+        hydra_cfg = HydraConfig.get()
+        return evaluate_pretrained(cfg, hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task))
     from posbench.jobs.evaluate import evaluate_checkpoint
 
     return evaluate_checkpoint(cfg, HydraConfig.get().runtime.output_dir)
@@ -109,14 +114,15 @@ def missing_checkpoint(command: str, argv: list[str]) -> bool:
     traceback, before the job could say so."""
     if command != "eval" or any(arg in HELP_FLAGS or arg.startswith("--cfg") for arg in argv):
         return False
-    return not any(arg.lstrip("+").startswith("checkpoint=") for arg in argv)
+    return not any(arg.lstrip("+").startswith(("checkpoint=", "hf=")) for arg in argv)
 
 
 def run_hydra(command: str, argv: list[str]) -> None:
     config_name, job = COMMANDS[command]
     if missing_checkpoint(command, argv):
         _say(
-            "error: posbench eval needs a checkpoint: pass checkpoint=PATH (a run folder or a .pt file)",
+            "error: posbench eval needs a checkpoint: pass checkpoint=PATH (a run folder or a .pt file), "
+            "or hf=NAME_OR_DIR (a pretrained Llama-family model)",
             USER_ERROR,
         )
     register_schemas()

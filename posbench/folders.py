@@ -19,6 +19,7 @@ from posbench.identity import RunIdentity
 from posbench.lineage import register_parent_resolver
 
 RUN_RESOLVER, CHECKPOINT_RESOLVER = "posbench_run_folder", "posbench_checkpoint_folder"
+EVAL_RESOLVER = "posbench_eval_folder"  # configs/eval.yaml: a checkpoint's identity, or hf-<model>
 UNREADABLE = "checkpoint"  # the job itself then says, in one line, what is wrong with the file
 INVALID = "invalid-config"  # likewise for a config that does not validate
 
@@ -40,12 +41,22 @@ def checkpoint_folder(path: str) -> str:
         return UNREADABLE
 
 
+def eval_folder(checkpoint, hf) -> str:
+    """``posbench eval``'s folder name: the checkpoint's run identity, or ``hf-<model name>``."""
+    if hf is not None:
+        return "hf-" + "".join(
+            c if c.isalnum() or c in "-_." else "_" for c in str(hf).rstrip("/").split("/")[-1]
+        )
+    return checkpoint_folder(checkpoint) if checkpoint is not None else UNREADABLE
+
+
 def register_resolvers() -> None:
     register_parent_resolver()  # the config's own resolvers, for joblib workers too
     OmegaConf.register_new_resolver(
         RUN_RESOLVER, run_folder, replace=True, use_cache=False
     )  # one per sweep job
     OmegaConf.register_new_resolver(CHECKPOINT_RESOLVER, checkpoint_folder, replace=True, use_cache=True)
+    OmegaConf.register_new_resolver(EVAL_RESOLVER, eval_folder, replace=True, use_cache=True)
 
 
 class RegisterFolderResolvers(Callback):

@@ -51,7 +51,8 @@ ADDED_OPTIONS = {
         "p_rope": 1.0,
         "resonance": False,
         "remap": {"kind": "none"},
-    }
+    },
+    "data": {"pretrained_tokenizer": None, "pretrained_revision": None},
 }
 
 

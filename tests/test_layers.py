@@ -49,6 +49,7 @@ ABOVE_MODEL = (
         ("model", ABOVE_MODEL),
         ("tasks", ("posbench.encodings", "posbench.model", *ABOVE_MODEL)),  # examples know no model
         ("tracking", ("posbench.model", "posbench.training", "posbench.evaluation", "posbench.jobs")),
+        ("pretrained", ("posbench.model", "posbench.training", "posbench.evaluation", "posbench.jobs")),
     ],
 )
 def test_training_and_evaluation_do_not_import_each_other(package, forbidden):

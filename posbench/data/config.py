@@ -14,6 +14,7 @@ from posbench.checks import at_least
 class Tokenizer(str, Enum):
     bytes = "bytes"
     bpe = "bpe"
+    pretrained = "pretrained"  # a Hugging Face model's own tokenizer (data.pretrained_tokenizer)
 
 
 @dataclass
@@ -21,10 +22,17 @@ class DataConfig:
     name: str = MISSING
     tokenizer: Tokenizer = Tokenizer.bytes
     bpe_vocab_size: int = 4096
+    # tokenizer=pretrained: a Hugging Face model name or folder, and its revision
+    pretrained_tokenizer: Optional[str] = None
+    pretrained_revision: Optional[str] = None
     cache_dir: str = "${oc.env:POSBENCH_CACHE,${oc.env:HOME}/.cache/posbench}"
 
     def __post_init__(self) -> None:
         at_least("data.bpe_vocab_size", self.bpe_vocab_size, 257, "every byte plus the separator")
+        if getattr(self.tokenizer, "value", self.tokenizer) == "pretrained" and not self.pretrained_tokenizer:
+            raise ValueError(
+                "data.tokenizer=pretrained needs data.pretrained_tokenizer=NAME_OR_DIR (a Hugging Face model)"
+            )
 
 
 @dataclass

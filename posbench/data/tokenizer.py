@@ -1,4 +1,5 @@
-"""Tokenizers: raw UTF-8 bytes, or a byte-level BPE trained on the training split.
+"""Tokenizers: raw UTF-8 bytes, a byte-level BPE trained on the training split, or a pretrained
+Hugging Face model's own tokenizer.
 
 Both reserve one id as the document separator (see ``streams.py`` for where it goes) and
 encode a batch of documents to 1-D id arrays. Both are lossless and cover every byte, so
@@ -110,6 +111,41 @@ class BPETokenizer:
         self.tok.save(str(directory / TOKENIZER_FILE))
 
 
+class PretrainedTokenizer:
+    """A Hugging Face model's own tokenizer (``transformers``, the ``hf`` extra). Documents are
+    separated by the model's end-of-sequence token, as in its pretraining; no BOS is added."""
+
+    def __init__(self, tok) -> None:
+        if tok.eos_token_id is None:
+            raise DataError("the pretrained tokenizer has no eos token to separate documents with")
+        self.tok = tok
+        self.vocab_size = len(tok)
+        self.separator_id = int(tok.eos_token_id)
+
+    @classmethod
+    def load(cls, source: str | Path, revision: str | None = None) -> PretrainedTokenizer:
+        try:
+            from transformers import AutoTokenizer
+        except ImportError:
+            raise DataError(
+                "data.tokenizer=pretrained needs transformers: pip install 'posbench[hf]'"
+            ) from None
+        try:
+            return cls(AutoTokenizer.from_pretrained(str(source), revision=revision))
+        except OSError as exc:
+            raise DataError(f"cannot load the tokenizer of {source}: {str(exc).splitlines()[0]}") from None
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        ids = self.tok(texts, add_special_tokens=False)["input_ids"]
+        return [np.asarray(row, dtype=np.int64) for row in ids]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.tok.decode([int(i) for i in ids])
+
+    def save(self, directory: Path) -> None:
+        self.tok.save_pretrained(str(directory))
+
+
 def tokenizer_kind(cfg) -> str:
     return getattr(cfg.tokenizer, "value", cfg.tokenizer)
 
@@ -121,7 +157,11 @@ def tokenizer_settings(cfg) -> dict:
         return {"kind": "bytes", "strip_nul": True}
     if kind == "bpe":
         return {"kind": "bpe", "vocab_size": cfg.bpe_vocab_size, "separator": SEPARATOR_TOKEN}
-    raise DataError(f"unknown data.tokenizer {kind!r}; valid: bytes, bpe")
+    if kind == "pretrained":
+        source = cfg.pretrained_tokenizer
+        name = str(Path(source).resolve()) if Path(source).exists() else source
+        return {"kind": "pretrained", "name": name, "revision": cfg.pretrained_revision, "separator": "eos"}
+    raise DataError(f"unknown data.tokenizer {kind!r}; valid: bytes, bpe, pretrained")
 
 
 def make_tokenizer(cfg, train_texts: Iterable[str]) -> DocumentTokenizer:
@@ -129,9 +169,13 @@ def make_tokenizer(cfg, train_texts: Iterable[str]) -> DocumentTokenizer:
     if tokenizer_kind(cfg) == "bpe":
         log.info("training a %d-token byte-level BPE on the training split", cfg.bpe_vocab_size)
         return BPETokenizer.train(train_texts, cfg.bpe_vocab_size)
+    if tokenizer_kind(cfg) == "pretrained":
+        return PretrainedTokenizer.load(cfg.pretrained_tokenizer, cfg.pretrained_revision)
     return ByteTokenizer()
 
 
 def load_tokenizer(kind: str, directory: Path) -> DocumentTokenizer:
     """The tokenizer saved with a cached corpus (for decoding samples)."""
+    if kind == "pretrained":
+        return PretrainedTokenizer.load(directory)
     return BPETokenizer.load(directory) if kind == "bpe" else ByteTokenizer()

@@ -23,7 +23,15 @@ from posbench.runtime import check_precision, resolve_device
 from posbench.tasks import TEST_KEYS
 from posbench.tracking import Tracker, build_tracker
 
-EVAL_KEYS = ("checkpoint", "eval", "device", "run_root")  # the rest of an eval config are overrides
+EVAL_KEYS = (
+    "checkpoint",
+    "hf",
+    "hf_revision",
+    "passkey",
+    "eval",
+    "device",
+    "run_root",
+)  # the rest: overrides
 # group -> keys that may be overridden (None: any key but "name")
 OVERRIDABLE: dict[str, Optional[tuple[str, ...]]] = {
     "encoding": None,
