@@ -96,6 +96,8 @@ def train_job(cfg: DictConfig) -> object:
 
 @_guarded
 def eval_job(cfg: DictConfig) -> object:
+    if cfg.get("hf") is not None and cfg.get("checkpoint") is not None:
+        raise ValueError("posbench eval takes checkpoint=PATH or hf=NAME_OR_DIR, not both")
     if cfg.get("hf") is not None:  # a pretrained Hugging Face model (posbench/jobs/pretrained.py)
         from posbench.jobs.pretrained import evaluate_pretrained
 

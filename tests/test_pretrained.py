@@ -220,3 +220,22 @@ def test_the_filler_is_the_longest_that_fits_and_the_grid_is_seeded(tmp_path):
     first, again = (passkey_grid(model, tokenizer, cfg, torch.device("cpu")) for _ in range(2))
     assert first == again and [row["length"] for row in first] == [200, 260]
     assert all(len(row["by_depth"]["accuracy"]) == 3 and 0 <= row["accuracy"] <= 1 for row in first)
+
+
+def test_other_overrides_and_both_sources_are_refused_in_one_line():
+    from omegaconf import OmegaConf
+
+    from posbench.jobs.pretrained import check_overrides
+
+    for plain, named in [
+        ({"hf": "m", "encoding": {"temperature": {"kind": "logn"}}}, "encoding.temperature"),
+        ({"hf": "m", "model": {"attention": "eager"}}, "model"),
+    ]:
+        with pytest.raises(ValueError, match=f"not {named}"):
+            check_overrides(plain)
+    check_overrides({"hf": "m", "encoding": {"scaling": {"kind": "yarn"}}, "data": {"name": "hf"}})
+    from posbench.cli import eval_job
+
+    both = OmegaConf.create({"hf": "m", "checkpoint": "c"})
+    with pytest.raises(SystemExit):
+        eval_job(both)

@@ -130,6 +130,8 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: str | Path) -> dict:
     # must mean the checkpoint's training length, which only the merged config knows.
     plain = OmegaConf.to_container(cfg, resolve=False)
     checkpoint, overrides = str(cfg.checkpoint), eval_overrides(plain)
+    if (plain.get("passkey") or {}).get("lengths") or plain.get("hf_revision"):
+        raise ValueError("passkey.* and hf_revision apply to hf= evaluations, not to a checkpoint's")
     ckpt = load_checkpoint(checkpoint, require=RUN_ENTRIES)
     run = checkpoint_run_config(ckpt["config"], plain["eval"], overrides, str(cfg.device))
     device = resolve_device(run.train.device)

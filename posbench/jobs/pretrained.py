@@ -62,8 +62,23 @@ def model_label(source: str, kind: str) -> str:
     return name if kind == "none" else f"{name}+{kind}"
 
 
+HF_KEYS = ("hf", "hf_revision", "checkpoint", "eval", "passkey", "data", "logger", "device", "run_root")
+
+
+def check_overrides(plain: dict) -> None:
+    """Refuse what an hf= evaluation would silently ignore: options besides ``encoding/scaling``."""
+    extra = sorted(k for k, v in plain.items() if k not in HF_KEYS and k != "encoding" and v is not None)
+    encoding = sorted(k for k in plain.get("encoding") or {} if k != "scaling")
+    if extra or encoding:
+        named = ", ".join([*extra, *(f"encoding.{k}" for k in encoding)])
+        raise ValueError(
+            f"posbench eval hf=... takes encoding/scaling, data, eval, passkey and logger; not {named}"
+        )
+
+
 def evaluate_pretrained(cfg: DictConfig, out_dir: str | Path, command_line: list[str]) -> dict:
     plain = OmegaConf.to_container(cfg, resolve=False)
+    check_overrides(plain)
     source, revision = str(cfg.hf), cfg.get("hf_revision")
     eval_cfg = typed(EvalConfig, plain["eval"])
     eval_cfg = dataclasses.replace(eval_cfg, diagnostics_windows=0)  # they read posbench's attention
@@ -74,12 +89,13 @@ def evaluate_pretrained(cfg: DictConfig, out_dir: str | Path, command_line: list
         filler_for(tokenizer, tokens)
     device = resolve_device(str(cfg.device))
     precision = Precision.bf16 if device.type == "cuda" else Precision.fp32
+    data = corpus_config(plain, source, revision)
+    corpus = load_corpus(data)  # before the weights: a data error costs no download
     hf_model = load_model(
         source, revision, device, torch.bfloat16 if device.type == "cuda" else torch.float32
     )
     replace_rotary(hf_model, scaling)
-    corpus = load_corpus(corpus_config(plain, source, revision))
-    meta = metadata(source, revision, hf_model, scaling, corpus, precision, eval_cfg)
+    meta = metadata(source, revision, hf_model, scaling, data, corpus, precision, eval_cfg)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     logger = typed(LoggerConfig, plain.get("logger") or {"name": "jsonl"})
@@ -113,7 +129,9 @@ def typed(schema: type, values: dict) -> Any:
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))
 
 
-def metadata(source, revision, hf_model, scaling, corpus, precision: Precision, eval_cfg: EvalConfig) -> dict:
+def metadata(
+    source, revision, hf_model, scaling, data, corpus, precision: Precision, eval_cfg: EvalConfig
+) -> dict:
     """results.json's record of the model (name, revision, commit), its scaling, data and settings."""
     record = model_record(source, revision, hf_model)
     label = model_label(source, scaling.kind)
@@ -121,16 +139,23 @@ def metadata(source, revision, hf_model, scaling, corpus, precision: Precision, 
     config = {
         "encoding": {"name": "hf", "scaling": dataclasses.asdict(scaling)},
         "model": {"name": source, "revision": revision},
-        "data": corpus.info,
+        "data": {
+            k: v for k, v in OmegaConf.to_container(OmegaConf.structured(data)).items() if k != "cache_dir"
+        },
         "train": {"seq_len": train_len, "seed": 0},
         "pretrained": record,
     }
     parameters = record["parameters"]
+    embedding = hf_model.get_input_embeddings().weight.numel()
     return {
         "run_name": f"{label}-eval",
         "encoding": label,
         "train_seq_len": train_len,
-        "model": {"name": source, "parameters": parameters, "non_embedding_parameters": parameters},
+        "model": {
+            "name": source,
+            "parameters": parameters,
+            "non_embedding_parameters": parameters - embedding,
+        },
         "pretrained": record,
         "data": corpus.info,
         "precision": precision.value,

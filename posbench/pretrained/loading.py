@@ -4,9 +4,12 @@ half RoPE computed once per forward by ``model.model.rotary_emb`` and passed to 
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Optional
 
 import torch
+
+log = logging.getLogger(__name__)
 
 # model_type values with that layout (transformers' Llama, Mistral, Qwen2, Qwen3 modelling code)
 LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3")
@@ -46,6 +49,16 @@ def load_model(source: str, revision: Optional[str], device: torch.device, dtype
         )
     except (OSError, ValueError) as exc:
         raise ValueError(f"hf={source}: cannot load its weights ({str(exc).splitlines()[0]})") from None
+    window = getattr(model.config, "sliding_window", None)
+    if window and (
+        model.config.model_type == "mistral" or getattr(model.config, "use_sliding_window", False)
+    ):
+        log.warning(
+            "%s attends a sliding window of %d: transformers builds its (T, T) mask, so memory is "
+            "quadratic in length past the window",
+            source,
+            window,
+        )
     return model.to(device).eval()
 
 

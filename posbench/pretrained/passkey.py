@@ -86,13 +86,15 @@ def filler_for(tokenizer: Any, tokens: int) -> int:
 @torch.no_grad()
 def greedy_answer(model: Any, tokenizer: Any, text: str, max_new_tokens: int, device) -> str:
     ids = tokenizer(text, return_tensors="pt")["input_ids"].to(device)
-    out = model.generate(
-        input_ids=ids,
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=max_new_tokens,
+    from transformers import GenerationConfig  # greedy and nothing else: no model's penalties or limits
+
+    greedy = GenerationConfig(
         do_sample=False,
+        max_new_tokens=max_new_tokens,
         pad_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=greedy)
     return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
 

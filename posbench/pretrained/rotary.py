@@ -52,11 +52,16 @@ def model_scaling(config: Any) -> ScalingConfig:
             f"the model's rope_type {rope_type!r} has no posbench kind; supported: {', '.join(HF_KINDS)}"
         )
     kind = HF_KINDS[rope_type]
+    unsupported = sorted(k for k in ("mscale", "mscale_all_dim") if params.get(k))
+    if unsupported:
+        raise ValueError(
+            f"the model's {rope_type} scaling sets {', '.join(unsupported)}: posbench's {kind} does not take it"
+        )
     fields = kind_fields(kind)
     own = {HF_PARAMS.get(key, key): value for key, value in params.items()}
     own = {key: value for key, value in own.items() if key in fields and value is not None}
     own.setdefault("original_max_position", config.max_position_embeddings)
-    if kind == "longrope" and "factor" not in own:  # transformers: max / original
+    if kind in ("longrope", "yarn") and "factor" not in own:  # transformers: max / original
         own["factor"] = config.max_position_embeddings / own["original_max_position"]
     return scaling_config({**own, "kind": kind})
 
