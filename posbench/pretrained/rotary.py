@@ -55,7 +55,7 @@ def model_scaling(config: Any) -> ScalingConfig:
     unsupported = sorted(k for k in ("mscale", "mscale_all_dim") if params.get(k))
     if unsupported:
         raise ValueError(
-            f"the model's {rope_type} scaling sets {', '.join(unsupported)}; posbench's {kind} has no such key"
+            f"the model's {rope_type} scaling sets {', '.join(unsupported)}; posbench's {kind} lacks it"
         )
     fields = kind_fields(kind)
     own = {HF_PARAMS.get(key, key): value for key, value in params.items()}
