@@ -227,7 +227,8 @@ def test_eval_without_a_checkpoint_says_to_pass_one(tmp_path):
     done = cli("eval", "eval.lengths=[128]", cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "error: posbench eval needs a checkpoint: pass checkpoint=PATH (a run folder or a .pt file)"
+        "error: posbench eval needs a checkpoint: pass checkpoint=PATH (a run folder or a .pt file), "
+        "or hf=NAME_OR_DIR (a pretrained Llama-family model)"
     ]
 
 
