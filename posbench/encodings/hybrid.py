@@ -147,14 +147,12 @@ def position_source(members: nn.ModuleDict) -> Optional[str]:
     return own[0] if own else None
 
 
-class Hybrid(PositionalEncoding):
-    """Every member's hooks, applied in the order of ``encoding.members``."""
+class Composite(PositionalEncoding):
+    """An encoding made of member encodings (a hybrid, a per-layer schedule): builds them from
+    ``cfg.options``, takes positions from the one member that chooses them, refuses a length any
+    member refuses, and initialises them all."""
 
-    cfg: HybridConfig
-
-    def __init__(
-        self, cfg: HybridConfig, d_model: int, n_heads: int, head_dim: int, init_std: float, n_layers: int = 1
-    ):
+    def __init__(self, cfg, d_model: int, n_heads: int, head_dim: int, init_std: float, n_layers: int = 1):
         super().__init__(cfg, d_model, n_heads, head_dim, init_std, n_layers)
         build = registry()
         # a ModuleDict: the optimiser, .to(device) and checkpoints see every member's parameters and buffers
@@ -170,6 +168,24 @@ class Hybrid(PositionalEncoding):
         if self.position_source is None:
             return super().positions(seq_len, device)
         return self.members[self.position_source].positions(seq_len, device)  # (T,)
+
+    def length_limit_reason(self, seq_len: int) -> Optional[str]:
+        """The first member's refusal: a composite takes only the lengths every member takes."""
+        for member in self.members.values():
+            reason = member.length_limit_reason(seq_len)
+            if reason is not None:
+                return reason
+        return None
+
+    def reset_parameters(self) -> None:
+        for member in self.members.values():
+            member.reset_parameters()
+
+
+class Hybrid(Composite):
+    """Every member's hooks, applied in the order of ``encoding.members``."""
+
+    cfg: HybridConfig
 
     def embed_input(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         for member in self.members.values():
@@ -207,15 +223,3 @@ class Hybrid(PositionalEncoding):
             if bias is not None:
                 return bias
         return None
-
-    def length_limit_reason(self, seq_len: int) -> Optional[str]:
-        """The first member's refusal: a hybrid takes only the lengths every member takes."""
-        for member in self.members.values():
-            reason = member.length_limit_reason(seq_len)
-            if reason is not None:
-                return reason
-        return None
-
-    def reset_parameters(self) -> None:
-        for member in self.members.values():
-            member.reset_parameters()

@@ -14,14 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import groupby
-from typing import Any, Dict, List, Optional
-
-import torch
-from torch import nn
+from typing import Any, Dict, List
 
 from posbench.checks import at_least, one_of
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
-from posbench.encodings.hybrid import COMPOSITES, member_config, overrides, position_source, registry
+from posbench.encodings.hybrid import COMPOSITES, Composite, member_config, overrides, registry
 from posbench.encodings.rope import RopeConfig
 from posbench.encodings.scores import Scores, combine, local_window
 from posbench.encodings.temperature import temperature_config
@@ -90,7 +87,7 @@ def check_member(name: str) -> str:
     return name
 
 
-class LayerSchedule(PositionalEncoding):
+class LayerSchedule(Composite):
     """Layer i runs the hooks of ``pattern[i % len(pattern)]``; the planner plans each layer."""
 
     cfg: LayersConfig
@@ -99,15 +96,7 @@ class LayerSchedule(PositionalEncoding):
         self, cfg: LayersConfig, d_model: int, n_heads: int, head_dim: int, init_std: float, n_layers: int = 1
     ):
         super().__init__(cfg, d_model, n_heads, head_dim, init_std, n_layers)
-        build = registry()
-        self.members = nn.ModuleDict(
-            {
-                name: build[name][1](member_cfg, d_model, n_heads, head_dim, init_std, n_layers)
-                for name, member_cfg in cfg.options.items()
-            }
-        )
         self.layer_names = [cfg.pattern[layer % len(cfg.pattern)] for layer in range(n_layers)]
-        self.position_source = position_source(self.members)
         self.window = local_window(cfg.window_kind, cfg.window, n_heads) if cfg.window else None
 
     def uses_every_parameter(self) -> bool:
@@ -115,11 +104,6 @@ class LayerSchedule(PositionalEncoding):
 
     def for_layer(self, layer: int) -> PositionalEncoding:
         return self.members[self.layer_names[layer]]
-
-    def positions(self, seq_len: int, device: torch.device) -> torch.Tensor:
-        if self.position_source is None:
-            return super().positions(seq_len, device)
-        return self.members[self.position_source].positions(seq_len, device)  # (T,)
 
     def scores(self) -> Scores:
         """Each layer's member's scores (with the window on rotary layers); position-local when all are."""
@@ -129,14 +113,3 @@ class LayerSchedule(PositionalEncoding):
         }
         layers = tuple(own[name] for name in self.layer_names)
         return Scores(position_local=all(s.position_local for s in layers), layers=layers)
-
-    def length_limit_reason(self, seq_len: int) -> Optional[str]:
-        for member in self.members.values():
-            reason = member.length_limit_reason(seq_len)
-            if reason is not None:
-                return reason
-        return None
-
-    def reset_parameters(self) -> None:
-        for member in self.members.values():
-            member.reset_parameters()
