@@ -129,6 +129,9 @@ def run_hydra(command: str, argv: list[str]) -> None:
         )
     register_schemas()
     from posbench.distributed import hydra_overrides_for_rank
+    from posbench.launchers import quiet_schema_by_name
+
+    quiet_schema_by_name()
 
     sys.argv = [f"posbench {command}", *argv, *hydra_overrides_for_rank()]
     hydra.main(config_path=CONFIG_DIR, config_name=config_name, version_base="1.3")(job)()
