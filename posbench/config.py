@@ -96,6 +96,12 @@ class TrainConfig:
     precision: Precision = Precision.fp32
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     compile: bool = False
+    # keep only each block's input for the backward and recompute the rest: activation memory of one
+    # block, not of every layer, for about one more forward per step; the same losses and gradients
+    activation_checkpointing: bool = False
+    # tokens whose (tokens, vocabulary) logits exist at once in the loss, each chunk recomputed in the
+    # backward (model/loss.py); 0 = the whole batch's logits at once. The same loss up to fp32 rounding
+    loss_chunk: int = 0
     seed: int = 0
     log_every: int = 10
     val_every: int = 200  # steps between validation losses at the training length; 0 = never
@@ -142,6 +148,7 @@ class TrainConfig:
             "train.stop_after_steps", self.stop_after_steps, 1, "stop early after this many", allow_none=True
         )
         at_least("train.skip_nonfinite_steps", self.skip_nonfinite_steps, 0, "0 = stop at the first one")
+        at_least("train.loss_chunk", self.loss_chunk, 0, "tokens per chunk of the loss; 0 = no chunks")
 
     def total_steps(self) -> int:
         if self.max_tokens is not None:

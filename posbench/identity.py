@@ -34,6 +34,8 @@ NOT_EXPERIMENT = {
         "val_tokens",
         "device",
         "compile",
+        "activation_checkpointing",  # recomputes the same activations
+        "loss_chunk",  # the same loss, a chunk of tokens at a time
         "init_from",  # a path: the parent counts by its record below
     ),
     "task": TEST_KEYS,  # how a trained model is tested

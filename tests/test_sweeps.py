@@ -238,6 +238,8 @@ def test_identity_splits_experiment_keys_from_execution_keys():
         "train.val_every=0",
         "train.val_tokens=64",
         "train.compile=true",
+        "train.activation_checkpointing=true",
+        "train.loss_chunk=64",
         "eval.lengths=[64]",
         "logger=none",
         "experiment_name=x",

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from functools import partial
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from posbench.encodings import EncodingConfig, build_encoding
 from posbench.encodings.temperature import Temperature
@@ -130,11 +132,19 @@ class Transformer(nn.Module):
         ) or self.encoding.length_limit_reason(seq_len)
 
     def forward(
-        self, tokens: torch.Tensor, pos: Optional[torch.Tensor] = None, probe: Optional[AttentionProbe] = None
+        self,
+        tokens: torch.Tensor,
+        pos: Optional[torch.Tensor] = None,
+        probe: Optional[AttentionProbe] = None,
+        *,
+        hidden: bool = False,
+        activation_checkpointing: bool = False,
     ) -> torch.Tensor:
-        """tokens (B, T) -> logits (B, T, V); ``pos`` (T,) defaults to the encoding's positions
-        (0..T-1, or sampled ones for randomized positions); a ``probe`` collects every layer's
-        attention entropy and sink weight (``diagnostics.py``)."""
+        """tokens (B, T) -> logits (B, T, V), or with ``hidden`` the final hidden states (B, T, D) after
+        the last norm, for a loss that applies ``lm_head`` itself (``loss.py``). ``pos`` (T,) defaults to
+        the encoding's positions (0..T-1, or sampled ones for randomized positions); a ``probe`` collects
+        every layer's attention entropy and sink weight (``diagnostics.py``); ``activation_checkpointing``
+        keeps only each block's input for the backward and recomputes the rest (``checkpointed_blocks``)."""
         T = tokens.shape[1]
         reason = self.length_limit_reason(T)
         if (
@@ -143,38 +153,54 @@ class Transformer(nn.Module):
             raise ValueError(reason)
         if pos is None:
             pos = self.encoding.positions(T, tokens.device)
-        device = tokens.device.type
-        backend = self.attention_plan(
-            T,
-            pos,
-            needs_grad=torch.is_grad_enabled(),
-            autocast=torch.is_autocast_enabled(device),
-            whole_window=probe is not None,  # the probe sees each layer's whole window
-        )
+        needs_grad, autocast = torch.is_grad_enabled(), torch.is_autocast_enabled(tokens.device.type)
+        plan = partial(self.attention_plan, T, pos, needs_grad=needs_grad, autocast=autocast)
+        backend = plan(whole_window=probe is not None)  # the probe sees each layer's whole window
         if isinstance(backend, ByBlocks):
-            return self.forward_by_blocks(tokens, backend)
+            return self.forward_by_blocks(tokens, backend, hidden)
         if probe is not None:
             probe.begin(self.encoding.scores(), pos, self.cfg.n_layers)
         x = self.encoding.embed_input(self.embed(tokens), pos)  # (B, T, D)
-        ctx = AttentionContext(self.encoding, pos, backend, probe)
-        for block in self.blocks:
-            x = block(x, ctx)
-        return self.lm_head(self.final_norm(x))
+        if activation_checkpointing and needs_grad and probe is None:
+            x = self.checkpointed_blocks(x, pos, plan)
+        else:
+            ctx = AttentionContext(self.encoding, pos, backend, probe)
+            for block in self.blocks:
+                x = block(x, ctx)
+        x = self.final_norm(x)
+        return x if hidden else self.lm_head(x)
 
-    def forward_by_blocks(self, tokens: torch.Tensor, plan: ByBlocks) -> torch.Tensor:
+    def checkpointed_blocks(
+        self, x: torch.Tensor, pos: torch.Tensor, plan: Callable[[], Backend]
+    ) -> torch.Tensor:
+        """The blocks with activation checkpointing: each keeps only its input and recomputes its
+        forward in the backward (dropout's RNG state restored). Each run of a block, the recomputation
+        too, gets a fresh backend from ``plan``: a backend caches what its first call builds (SDPA's
+        mask of a learned bias), and a cache built in one block's first run would be missing from the
+        recomputation that its gradient needs."""
+
+        def run(block: Block, x: torch.Tensor) -> torch.Tensor:
+            return block(x, AttentionContext(self.encoding, pos, plan()))
+
+        for block in self.blocks:
+            x = checkpoint(run, block, x, use_reentrant=False)
+        return x
+
+    def forward_by_blocks(self, tokens: torch.Tensor, plan: ByBlocks, hidden: bool = False) -> torch.Tensor:
         """The forward one query block at a time, every layer keeping its keys and values so far:
         the same function as ``forward``, with each block's (H, rows, prefix) bias built once and
-        shared by the layers. -> logits (B, T, V)"""
+        shared by the layers. -> logits (B, T, V), or the final hidden states (B, T, D)"""
         B, T = tokens.shape
         H, Dh = self.cfg.n_heads, self.head_dim
         param = self.embed.weight
         cache = [(param.new_empty(B, H, T, Dh), param.new_empty(B, H, T, Dh)) for _ in self.blocks]
-        logits = param.new_empty(B, T, self.lm_head.out_features)
+        out = param.new_empty(B, T, self.cfg.d_model if hidden else self.lm_head.out_features)
         for start, end in plan.spans():
             rows = plan.pos[start:end]
             x = self.encoding.embed_input(self.embed(tokens[:, start:end]), rows)  # (B, b, D)
             ctx = AttentionContext(self.encoding, rows, plan.for_block(cache, start, end, x.dtype))
             for block in self.blocks:
                 x = block(x, ctx)
-            logits[:, start:end] = self.lm_head(self.final_norm(x))
-        return logits
+            x = self.final_norm(x)
+            out[:, start:end] = x if hidden else self.lm_head(x)
+        return out

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from posbench.checkpoint import RESUME_ENTRIES, load_checkpoint, save_checkpoint
@@ -23,6 +22,7 @@ from posbench.config import RunConfig, TrainConfig, to_plain_dict
 from posbench.distributed import any_rank, mean_across_ranks, no_sync, wrap_ddp
 from posbench.identity import experiment_config
 from posbench.model.legacy import fuse_optimizer_state
+from posbench.model.loss import NextTokenLoss
 from posbench.runtime import Dist, autocast, rng_state, set_rng_state
 from posbench.tracking import Tracker
 from posbench.training.optim import build_optimizer, lr_at, parameter_groups
@@ -86,24 +86,25 @@ def all_finite(tensors) -> bool:
 
 
 def train_step(
-    model, optimizer, batches: Batches, cfg: TrainConfig, device: torch.device, lr: float
+    objective, optimizer, batches: Batches, cfg: TrainConfig, device: torch.device, lr: float
 ) -> tuple[float, float, int]:
     """Gradients over ``grad_accum`` micro-batches, clipped -> (this rank's mean loss, gradient norm,
-    this rank's input tokens, padding included). The update is not applied: the caller steps the
-    optimiser once the loss proves finite. Targets of -100 (a task's inputs and padding) carry no loss."""
+    this rank's input tokens, padding included). ``objective``: (inputs, targets) -> mean NLL
+    (``model/loss.py``'s ``NextTokenLoss``, or DDP around it). The update is not applied: the caller
+    steps the optimiser once the loss proves finite. Targets of -100 (a task's inputs and padding)
+    carry no loss."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     total, tokens, accum = 0.0, 0, cfg.grad_accum
     for micro in range(accum):
         x, y = (t.to(device, non_blocking=True) for t in batches.next())
-        with no_sync(model, skip=micro < accum - 1), autocast(device, cfg.precision):
-            logits = model(x)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / accum
+        with no_sync(objective, skip=micro < accum - 1), autocast(device, cfg.precision):
+            loss = objective(x, y) / accum
             loss.backward()
         total += loss.item()
         tokens += x.numel()
     clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf  # inf: only measured (grads times 1.0)
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    grad_norm = torch.nn.utils.clip_grad_norm_(objective.parameters(), clip)
     return total, float(grad_norm), tokens
 
 
@@ -173,7 +174,8 @@ class Trainer:
         """Step until the budget is spent, ``train.stop_after_steps``, a stop signal (after a checkpoint)
         or a divergence (without one); returns the loop state."""
         model = torch.compile(self.model) if self.cfg.compile else self.model
-        step_fn = wrap_ddp(model, self.device, self.model.encoding.uses_every_parameter())
+        objective = NextTokenLoss(model, self.cfg.loss_chunk, self.cfg.activation_checkpointing)
+        step_fn = wrap_ddp(objective, self.device, self.model.encoding.uses_every_parameter())
         bar = tqdm(
             total=self.total,
             initial=self.state.step,
