@@ -15,7 +15,8 @@ The parts:
   the same bias for one (head, query, key) in ops FlexAttention can compile.
 - ``decay``: per-channel factors that multiply q and divide k (xPos), with the longest window
   whose factors, centred on it, stay finite in fp32.
-- ``score_mod``: logits that depend on the scores themselves (CoPE), so they must be explicit.
+- ``score_mod``: logits that depend on the scores themselves (CoPE), so they must be explicit; a
+  ``RelativeTerm`` (Transformer-XL: a term of the query and the distance) has its own blockwise path.
 - ``position_local``: every hook treats each position on its own (no rotation that reads the
   whole window, no explicit scores), so a window may run one query block at a time through
   all layers.
@@ -100,6 +101,21 @@ class Remap:
     rotate: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]  # (x (B, H, T, Dh), pos, window length)
     far: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # q_pos, k_pos -> float64
     window: int
+
+
+@dataclass(frozen=True)
+class RelativeTerm:
+    """A score modifier that adds (q_i + c_h)·r_{h, i−j}: a term of the query and the distance alone
+    (Transformer-XL's (b) + (d)). ``queries(q, layer)``: q + c from q scaled like the logits;
+    ``table(distances, layer)``: r (H, D, Dh) at the given distances (D,); calling it adds the term
+    to explicit scores pair by pair (the eager path's score_mod). Its own path: ``model/relative.py``."""
+
+    fn: ScoreMod
+    queries: Callable[[torch.Tensor, int], torch.Tensor]
+    table: Callable[[torch.Tensor, int], torch.Tensor]
+
+    def __call__(self, scores: torch.Tensor, q: torch.Tensor, layer: int) -> torch.Tensor:
+        return self.fn(scores, q, layer)
 
 
 @dataclass(frozen=True)

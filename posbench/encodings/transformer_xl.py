@@ -9,8 +9,9 @@ shared by all layers (``r_w_bias``, ``r_r_bias``); the sum is scaled by 1/√d_h
 baseline of the DeepMind (Ruoss et al. 2023) and DAPE comparisons.
 
 Here (a) + (c) = (q + u)·k: ``rotate_qk`` adds u to the queries; (b) + (d) = (q + v)·W_R R_{i−j}
-is a score modifier on the explicit logits of each query block (the query it receives already
-holds u, so it adds v − u), evaluated once per distance and gathered by i − j.
+is a ``RelativeTerm`` (the query it receives already holds u, so it adds v − u): on its own path,
+``model/relative.py``, evaluated once per (query, distance) and read by (query, key) through the
+paper's relative shift (Appendix B); on the eager reference, gathered pair by pair by i − j.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
-from posbench.encodings.scores import Scores
+from posbench.encodings.scores import RelativeTerm, Scores
 
 
 @dataclass
@@ -71,17 +72,27 @@ class TransformerXl(PositionalEncoding):
         return q + self.u[None, :, None, :].to(q.dtype), k  # (a) + (c): (q + u)·k
 
     def scores(self) -> Scores:
-        return Scores(score_mod=self.score_mod, position_local=False)
+        term = RelativeTerm(self.score_mod, self.relative_queries, self.relative_table)
+        return Scores(score_mod=term, position_local=False)
+
+    def relative_queries(self, q: torch.Tensor, layer: int) -> torch.Tensor:
+        """q + v − u (the query holds u), scaled as q is: (b) + (d)'s query. q (B, H, b, Dh), scaled"""
+        shift = (self.v - self.u)[None, :, None, :] * self.head_dim**-0.5
+        return q + shift.to(q.dtype)
+
+    def relative_table(self, distances: torch.Tensor, layer: int) -> torch.Tensor:
+        """W_R R_d per head. distances (D,) -> (H, D, Dh)"""
+        r = self.relative[layer](relative_sinusoids(distances, self.d_model, self.cfg.base))  # (D, H·Dh)
+        return r.view(-1, self.n_heads, self.head_dim).transpose(0, 1)
 
     def score_mod(self, scores: torch.Tensor, q: torch.Tensor, layer: int) -> torch.Tensor:
         """scores + (q + v)·W_R R_{i−j} for a block of the last b queries of a prefix of ``end`` keys
-        (the explicit paths' layout). scores (B, H, b, end); q (B, H, b, Dh), scaled, holding u."""
+        (the explicit paths' layout), pair by pair. scores (B, H, b, end); q (B, H, b, Dh), scaled,
+        holding u."""
         b, end = scores.shape[-2:]
         distances = torch.arange(end, device=q.device)
-        r = self.relative[layer](relative_sinusoids(distances, self.d_model, self.cfg.base))  # (end, H·Dh)
-        r = r.view(end, self.n_heads, self.head_dim).transpose(0, 1)  # (H, D, Dh)
-        shift = (self.v - self.u)[None, :, None, :] * self.head_dim**-0.5  # v − u, scaled as q is
-        by_distance = (q + shift.to(q.dtype)) @ r.transpose(-2, -1).to(q.dtype)  # (B, H, b, D)
+        r = self.relative_table(distances, layer)  # (H, D, Dh)
+        by_distance = self.relative_queries(q, layer) @ r.transpose(-2, -1).to(q.dtype)  # (B, H, b, D)
         rows = torch.arange(end - b, end, device=q.device)
         distance = (rows[:, None] - distances[None, :]).clamp(min=0)  # (b, end); the future is -inf anyway
         return scores + by_distance.gather(-1, distance.expand(*by_distance.shape[:2], b, end))

@@ -12,6 +12,8 @@ a ``name`` that results record. Which path runs where is decided in ``planner.py
 - ``Linear``: a bias linear in distance through the flash kernel with no mask (``linear_bias.py``).
 - ``Flex``: FlexAttention with the bias as an elementwise ``score_mod`` or a distance-table lookup.
 - ``Explicit``: explicit fp32 scores with the encoding's score modifier (CoPE), whole or by blocks.
+- ``RelativeBlockwise``: a term of the query and the distance (Transformer-XL) as a mask per query
+  block read through the relative shift, into the flash kernel (``relative.py``).
 - ``DecayedBlockwise``: a q/k decay (xPos) re-centred per query block; ``WindowCentred``: the decay
   centred on the window, then another path.
 - ``KeyBiasBlockwise``: a bias per key from the layer input (FoX), query blocks each re-centred on
@@ -30,11 +32,12 @@ from typing import Iterator, Optional, Protocol
 import torch
 import torch.nn.functional as F
 
-from posbench.encodings.scores import BiasFn, Decay, Elementwise, Remap, ScoreMod
+from posbench.encodings.scores import BiasFn, Decay, Elementwise, RelativeTerm, Remap, ScoreMod
 from posbench.model import bias_grad, blocks
 from posbench.model.flex import distance_bias_table, flex_attend
 from posbench.model.linear_bias import linear_bias_attention
 from posbench.model.masks import block_causal_bias, causal_bias, full_mask
+from posbench.model.relative import relative_term_attention
 from posbench.model.remap import remapped_attention
 from posbench.model.stick_breaking import stick_breaking_attention
 
@@ -162,6 +165,19 @@ class Explicit:
     def __call__(self, q, k, v, scale: float, layer: int) -> torch.Tensor:
         block = q.shape[-2] if self.block is None else self.block
         return blocks.explicit(q, k, v, self.pos, self.bias_fn, scale, block, self.score_mod, layer)
+
+
+class RelativeBlockwise:
+    """A term of the query and the distance (Transformer-XL) by query blocks, its mask read through
+    the relative shift (``relative.py``)."""
+
+    name = "blockwise"
+
+    def __init__(self, term: RelativeTerm, block: int):
+        self.term, self.block = term, block
+
+    def __call__(self, q, k, v, scale: float, layer: int) -> torch.Tensor:
+        return relative_term_attention(q, k, v, self.term, scale, self.block, layer)
 
 
 class DecayedBlockwise:

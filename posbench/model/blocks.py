@@ -20,17 +20,21 @@ from posbench.model.masks import block_causal_bias, causal_bias, distance_table
 BLOCK_BIAS_BYTES = 8 * 2**20  # one blockwise step's (H, rows, prefix) bias stays under this
 
 
-def block_rows(block: int, n_heads: int, end: int) -> int:
+def block_rows(block: int, n_heads: int, end: int, budget: Optional[int] = None) -> int:
     """Query rows of one ``blockwise`` step ending near ``end``: ``block``, fewer where its
-    (H, rows, end) fp32 bias would pass BLOCK_BIAS_BYTES (memory stays linear in length)."""
-    return max(1, min(block, BLOCK_BIAS_BYTES // (4 * n_heads * end)))
+    (H, rows, end) fp32 bias would pass ``budget`` bytes (default BLOCK_BIAS_BYTES; memory stays
+    linear in length)."""
+    budget = BLOCK_BIAS_BYTES if budget is None else budget
+    return max(1, min(block, budget // (4 * n_heads * end)))
 
 
-def query_blocks(seq_len: int, block: int, n_heads: int) -> Iterator[tuple[int, int]]:
+def query_blocks(
+    seq_len: int, block: int, n_heads: int, budget: Optional[int] = None
+) -> Iterator[tuple[int, int]]:
     """(start, end) of each query block, rows from ``block_rows``: shrinking as the prefix grows."""
     start = 0
     while start < seq_len:
-        end = min(start + block_rows(block, n_heads, min(start + block, seq_len)), seq_len)
+        end = min(start + block_rows(block, n_heads, min(start + block, seq_len), budget), seq_len)
         yield start, end
         start = end
 

@@ -7,6 +7,8 @@ record. ``refusal`` says which lengths no path can take. The rules:
 
 - explicit scores (a score modifier, CoPE) run whole (``eager``) while the (H, T, T) square is
   small and by query blocks above that, whatever path was requested, since no kernel takes them;
+  a term of the query and the distance alone (Transformer-XL's ``RelativeTerm``) runs by query
+  blocks at every length (``RelativeBlockwise``), whole only on request (``eager``);
 - ``auto``: causal SDPA without a bias; with one, the full mask while it is at most
   MASK_BYTES_LIMIT, above that query blocks, or the mask-free ``linear`` path for a linear bias
   where the flash kernel may run without a mask (``mask_free_ok``: CPU, fp32, no autograd: its
@@ -39,7 +41,7 @@ from typing import Optional
 
 import torch
 
-from posbench.encodings.scores import DistanceBias, LinearBias, PairBias, Scores
+from posbench.encodings.scores import DistanceBias, LinearBias, PairBias, RelativeTerm, Scores
 from posbench.model import backends
 from posbench.model.backends import Backend
 from posbench.model.config import Attention
@@ -131,7 +133,8 @@ def choose_path(scores: Scores, seq_len: int, n_heads: int, settings: Settings) 
     requested, bias = settings.requested, scores.bias
     fits = n_heads * seq_len * seq_len * 4 <= MASK_BYTES_LIMIT
     if scores.score_mod is not None:
-        whole = requested == "eager" or (requested != "blockwise" and fits)
+        own_path = isinstance(scores.score_mod, RelativeTerm) and bias is None  # at every length
+        whole = requested == "eager" or (requested != "blockwise" and fits and not own_path)
         return "eager" if whole else "blockwise"
     linear_ok = isinstance(bias, LinearBias) and mask_free_ok(settings)
     if requested == "auto":
@@ -195,6 +198,8 @@ def backend_for(
     bias = scores.bias
     bias_fn = None if bias is None else bias.fn
     shared_table = scores.distance_only and consecutive(pos)
+    if isinstance(scores.score_mod, RelativeTerm) and bias is None and path == "blockwise":
+        return backends.RelativeBlockwise(scores.score_mod, block)
     if scores.score_mod is not None:
         return backends.Explicit(pos, bias_fn, scores.score_mod, block if path == "blockwise" else None)
     if path == "eager":
