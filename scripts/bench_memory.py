@@ -5,8 +5,12 @@ trainer's own step (``train_step`` through ``NextTokenLoss``, then AdamW's updat
 Usage:
     python scripts/bench_memory.py                          # model=tiny, 8K, batch 1, vocab 256 and 32K
     python scripts/bench_memory.py --seq-len 16384 --vocabs 32768 --encoding t5 --loss-chunk 2048
-``step MB`` is the growth of peak RSS during the step (what the step needs beyond the model and the
-batch); ``peak MB`` is the process's whole peak. The times are one step each, on a shared machine.
+``step MB`` is the growth of peak RSS over the steps (what a step needs beyond the model and the batch,
+AdamW's state included); ``peak MB`` is the process's whole peak; ``time s`` is the last step's (the first
+carries one-time set-up), ``loss`` the first step's. Times are of one step on a possibly shared machine.
+With glibc's default allocator RSS includes heap kept after frees, more so for the many smaller buffers
+of a recomputed block; run with MALLOC_MMAP_THRESHOLD_=1048576 (children inherit it) to see what the
+step itself needs.
 """
 
 from __future__ import annotations
@@ -30,6 +34,16 @@ CONFIGURATIONS = {  # name -> (train.activation_checkpointing, use the chunked l
 def rss_mb() -> float:
     pages = int(Path("/proc/self/statm").read_text().split()[1])
     return pages * resource.getpagesize() / 2**20
+
+
+def reset_peak() -> None:
+    """Start the peak RSS (VmHWM) afresh at the current RSS (Linux's clear_refs)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_since_reset_mb() -> float:
+    line = next(ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024  # kB
 
 
 class OneBatch:
@@ -66,14 +80,24 @@ def measure_one(args: argparse.Namespace, vocab: int, configuration: str) -> dic
     tokens = torch.randint(0, vocab, (args.batch, args.seq_len + 1))
     batches = OneBatch(tokens[:, :-1], tokens[:, 1:])
     objective = NextTokenLoss(model, cfg.loss_chunk, cfg.activation_checkpointing)  # as Trainer.fit has it
-    before = rss_mb()
-    start = time.perf_counter()
-    loss, _, _ = train_step(objective, optimizer, batches, cfg, torch.device("cpu"), cfg.lr)
-    optimizer.step()
-    seconds = time.perf_counter() - start
+    reset_peak()  # from here on, the peak is the steps'
+    before, losses = rss_mb(), []
+    for _ in range(args.steps):  # the same peak each step; the first also allocates AdamW's state
+        start = time.perf_counter()
+        losses.append(train_step(objective, optimizer, batches, cfg, torch.device("cpu"), cfg.lr)[0])
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        seconds = time.perf_counter() - start
+    step_mb = peak_since_reset_mb() - before
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     backend = model.attention_plan(args.seq_len, needs_grad=True).name
-    return {"loss": loss, "seconds": seconds, "step_mb": peak - before, "peak_mb": peak, "backend": backend}
+    return {
+        "loss": losses[0],
+        "seconds": seconds,
+        "step_mb": step_mb,
+        "peak_mb": peak,
+        "backend": backend,
+    }
 
 
 def run_child(args: argparse.Namespace, vocab: int, configuration: str) -> dict:
@@ -87,7 +111,7 @@ def run_child(args: argparse.Namespace, vocab: int, configuration: str) -> dict:
 def passed_on(args: argparse.Namespace) -> list[str]:
     return [
         *("--seq-len", str(args.seq_len), "--batch", str(args.batch)),
-        *("--encoding", args.encoding, "--loss-chunk", str(args.loss_chunk)),
+        *("--encoding", args.encoding, "--loss-chunk", str(args.loss_chunk), "--steps", str(args.steps)),
     ]
 
 
@@ -100,9 +124,10 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--vocabs", type=int, nargs="+", default=[256, 32768])
     parser.add_argument("--encoding", default="rope", choices=names(training=True))
     parser.add_argument("--loss-chunk", type=int, default=1024, help="train.loss_chunk of the chunked runs")
+    parser.add_argument("--steps", type=int, default=2, help="steps per process; the last one is timed")
     parser.add_argument("--child", nargs=2, metavar=("VOCAB", "CONFIGURATION"))
     args = parser.parse_args()
-    for name in ("seq_len", "batch", "loss_chunk"):
+    for name in ("seq_len", "batch", "loss_chunk", "steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if min(args.vocabs) < 2:
@@ -129,11 +154,10 @@ def main() -> None:
                 print(f"{vocab:>6} {name:>14}  failed: {r['error']}")
                 continue
             plain = r if name == "plain" else plain
+            mb, peak, seconds = (ratio(r, plain, key) for key in ("step_mb", "peak_mb", "seconds"))
             print(
-                f"{vocab:>6} {name:>14} {r['step_mb']:>8.0f} {ratio(r, plain, 'step_mb')} "
-                f"{r['peak_mb']:>8.0f} "
-                f"{ratio(r, plain, 'peak_mb')} {r['seconds']:>7.2f} {ratio(r, plain, 'seconds')} "
-                f"{r['loss']:>8.4f}  {r['backend']}",
+                f"{vocab:>6} {name:>14} {r['step_mb']:>8.0f} {mb} {r['peak_mb']:>8.0f} {peak} "
+                f"{r['seconds']:>7.2f} {seconds} {r['loss']:>8.4f}  {r['backend']}",
                 flush=True,
             )
 

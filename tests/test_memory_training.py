@@ -3,6 +3,7 @@ plain losses and gradients for every encoding, keep less for the backward, and t
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import pytest
@@ -17,6 +18,7 @@ from posbench.jobs.train import train
 from posbench.model.backends import ByBlocks
 from posbench.model.loss import IGNORE, NextTokenLoss, token_nll
 from posbench.model.transformer import Transformer
+from tests.conftest import REPO
 from tests.test_distributed import SMOKE, losses
 from tests.test_distributed import run as run_cli
 
@@ -209,3 +211,21 @@ def test_torchrun_two_ranks_with_the_options_equal_one_plain_process(tmp_path):
     assert sorted(one) == sorted(two) == [1, 2, 3, 4, 5]
     for step in one:
         assert two[step] == pytest.approx(one[step], abs=1e-4), step
+
+
+@pytest.mark.slow
+def test_bench_memory_prints_every_configuration_with_ratios_to_plain():
+    args = ["--seq-len", "64", "--vocabs", "64", "--loss-chunk", "16", "--steps", "1"]
+    out = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bench_memory.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    rows = {line.split()[1]: line.split() for line in out.stdout.splitlines()[2:]}
+    assert sorted(rows) == ["both", "checkpointing", "chunked", "plain"]
+    assert rows["plain"][3] == rows["plain"][5] == rows["plain"][7] == "1.00"
+    assert len({row[8] for row in rows.values()}) == 1  # the same first loss
+    assert all(float(row[2]) > 0 and row[-1] == "sdpa" for row in rows.values())
