@@ -11,13 +11,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from posbench.config import Attention, ModelConfig
 from posbench.distributed import wrap_ddp
 from posbench.encodings import ENCODINGS
 from posbench.jobs.train import train
 from posbench.model.backends import ByBlocks
 from posbench.model.loss import IGNORE, NextTokenLoss, token_nll
 from posbench.model.transformer import Transformer
+from tests import test_model
 from tests.conftest import REPO
 from tests.test_distributed import SMOKE, losses
 from tests.test_distributed import run as run_cli
@@ -27,24 +27,8 @@ OPTIONS = {"checkpointing": (0, True), "chunked": (7, False), "both": (7, True)}
 
 
 def tiny_model(encoding: str, attention: str = "auto", dropout: float = 0.1) -> Transformer:
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        name="test",
-        n_layers=2,
-        d_model=32,
-        n_heads=4,
-        attention=Attention(attention),
-        attention_block=16,
-        dropout=dropout,
-    )
-    enc_cfg = ENCODINGS[encoding][0]()
-    if encoding == "learned":
-        enc_cfg.max_positions = 512
-    model = Transformer(cfg, enc_cfg, VOCAB)
-    with torch.no_grad():  # learned encoding parameters away from their init, so their gradients show
-        for p in model.encoding.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return model
+    """test_model's model (learned encoding parameters away from their init), in training mode: dropout on."""
+    return test_model.tiny_model(encoding, attention, dropout=dropout).train()
 
 
 def batch() -> tuple[torch.Tensor, torch.Tensor]:
