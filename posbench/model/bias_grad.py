@@ -70,17 +70,36 @@ def blockwise_backward(q, k, v, mask, out, lse, grad_out, scale: float):
     for s in range(0, T, GRAD_BLOCK):
         e = min(s + GRAD_BLOCK, T)  # keys after e are in every row's future: no gradient there
         q_b, do_b = q[:, :, s:e], grad_out[:, :, s:e]
-        probs = torch.matmul(q_b, k_t[..., :e]).mul_(scale)
-        probs.add_(mask[:, :, s:e, :e]).sub_(lse[:, :, s:e, None])
-        F.threshold_(probs.clamp_(min=EXP_FLOOR).exp_(), PROB_FLOOR, 0.0)  # P (B, H, b, e)
-        dv[:, :, :e] += torch.matmul(probs.transpose(-2, -1), do_b)
-        d_scores = torch.matmul(do_b, v_t[..., :e]).sub_(row_term[:, :, s:e]).mul_(probs)  # dS
+        dv_b, d_scores = block_gradients(
+            q_b,
+            k_t[..., :e],
+            v_t[..., :e],
+            mask[:, :, s:e, :e],
+            lse[:, :, s:e],
+            do_b,
+            row_term[:, :, s:e],
+            scale,
+        )
+        dv[:, :, :e] += dv_b
         dmask[:, :, s:e, :e] = d_scores.sum(0, keepdim=True)
         dmask[:, :, s:e, e:] = 0
         d_scores.mul_(scale)
         dq[:, :, s:e] = torch.matmul(d_scores, k[:, :, :e])
         dk[:, :, :e] += torch.matmul(d_scores.transpose(-2, -1), q_b)
     return dq, dk, dv, dmask
+
+
+def block_gradients(q_b, k_t, v_t, mask_b, lse_b, do_b, row_term_b, scale: float):
+    """One query block's share of a softmax attention's backward, its probabilities recomputed from the
+    forward's log-sum-exp: q_b, do_b (B, H, b, Dh); k_t, v_t (B, H, Dh, e), the keys and values it
+    attends, transposed; mask_b its (…, b, e) logit bias (-inf on the future); lse_b (B, H, b);
+    row_term_b rowsum(dO ⊙ O) (B, H, b, 1). -> (dV's share (B, H, e, Dh), dS (B, H, b, e) unscaled)"""
+    probs = torch.matmul(q_b, k_t).mul_(scale)
+    probs.add_(mask_b).sub_(lse_b[..., None])
+    F.threshold_(probs.clamp_(min=EXP_FLOOR).exp_(), PROB_FLOOR, 0.0)  # P (B, H, b, e)
+    dv_b = torch.matmul(probs.transpose(-2, -1), do_b)
+    d_scores = torch.matmul(do_b, v_t).sub_(row_term_b).mul_(probs)  # dS
+    return dv_b, d_scores
 
 
 def flash_bias_attention(q, k, v, mask, scale: float) -> torch.Tensor:

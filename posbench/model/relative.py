@@ -8,7 +8,8 @@ pairs through a strided view (row stride W − 1: the paper's "relative shift", 
 copy). The mask view goes straight to the CPU flash kernel with the block's queries and its causal
 key prefix, so no (b, end) score tensor is formed in the forward. The backward recomputes each
 block's mask and probabilities from the kernel's log-sum-exp (Dao et al. 2022, Appendix B.2):
-memory stays linear in the window, training too.
+memory stays linear in the window, training too; each block's share is ``bias_grad.block_gradients``,
+as for a learned bias.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from posbench.encodings.scores import RelativeTerm
+from posbench.model.bias_grad import block_gradients
 from posbench.model.blocks import query_blocks
 
 _flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
@@ -70,12 +72,11 @@ class RelativeAttention(torch.autograd.Function):
         for start, end in spans(q, ctx.block, BACKWARD_TENSORS):
             q_b, do_b, qr_b = q[:, :, start:end], grad_out[:, :, start:end], qr[:, :, start:end]
             bd, mask, rel = shifted_mask(qr_b, r_rev, start, end, T)
-            probs = torch.matmul(q_b, k[:, :, :end].transpose(-2, -1)).mul_(scale).add_(mask)
-            probs.sub_(lse[:, :, start:end, None]).exp_()  # P (B, H, b, end); the future is exp(−inf) = 0
-            dv[:, :, :end] += torch.matmul(probs.transpose(-2, -1), do_b)
-            d_scores = torch.matmul(do_b, v[:, :, :end].transpose(-2, -1))
-            d_scores.sub_(row_term[:, :, start:end]).mul_(probs)  # dS, also d(mask)
-            del probs
+            keys_t, values_t = (x[:, :, :end].transpose(-2, -1) for x in (k, v))
+            dv_b, d_scores = block_gradients(
+                q_b, keys_t, values_t, mask, lse[:, :, start:end], do_b, row_term[:, :, start:end], scale
+            )  # d_scores: dS, also d(mask)
+            dv[:, :, :end] += dv_b
             d_bd = bd.zero_()  # the same layout: dS written back through the shifted view
             mask.copy_(d_scores)  # mask views bd, now d_bd; the future's columns get dS = 0
             dqr[:, :, start:end] = torch.matmul(d_bd, rel)
