@@ -71,3 +71,18 @@ def test_a_temperature_is_refused():
 
     with pytest.raises(ValueError, match="Transformer-XL's biases have no tempered form"):
         ENCODINGS["transformer_xl"][0](temperature=LogNConfig())
+
+
+def test_the_blockwise_gradients_equal_the_eager_ones():
+    """The relative path's own backward (every parameter, W_R, u and v included) against autograd
+    through the eager reference, over several query blocks."""
+    tokens = torch.randint(0, VOCAB, (2, 27), generator=torch.Generator().manual_seed(1))
+    grads = {}
+    for attention in ("eager", "blockwise"):
+        net = model(attention, block=5).train()
+        assert net.attention_plan(27, needs_grad=True).name == attention
+        net(tokens).logsumexp(-1).sum().backward()
+        grads[attention] = {name: p.grad for name, p in net.named_parameters() if p.grad is not None}
+    assert grads["eager"].keys() == grads["blockwise"].keys()
+    for name, grad in grads["eager"].items():
+        torch.testing.assert_close(grads["blockwise"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
