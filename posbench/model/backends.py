@@ -17,7 +17,8 @@ a ``name`` that results record. Which path runs where is decided in ``planner.py
 - ``DecayedBlockwise``: a q/k decay (xPos) re-centred per query block; ``WindowCentred``: the decay
   centred on the window, then another path.
 - ``KeyBiasBlockwise``: a bias per key from the layer input (FoX), query blocks each re-centred on
-  their first query (``blocks.key_bias_blockwise``); the eager reference takes it too.
+  their first query, the bias as extra q/k channels through the kernels (with another bias: a mask
+  per block) (``blocks.key_bias_blockwise``); the eager reference takes it too.
 - ``Remapped``: an inference-time remap (Self-Extend, ReRoPE): two rotations merged by distance,
   by query blocks (``remap.py``).
 - ``StickBreakingBackend``: stick-breaking weights in place of the softmax (``stick_breaking.py``).
@@ -62,10 +63,9 @@ class Sdpa:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
         if self.mask is None:
             self.mask = full_mask(self.bias_fn, self.pos, torch.float32, self.shared_table)
-        mask = self.mask.to(q.dtype)
-        if bias_grad.applies(q, mask):  # CPU: the fused kernel, causal-skipping, with the bias gradient
-            return bias_grad.flash_bias_attention(q, k, v, mask, scale)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        if bias_grad.applies(q, self.mask):  # CPU: the fused kernel, causal-skipping, with the bias gradient
+            return bias_grad.flash_bias_attention(q, k, v, self.mask, scale)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask.to(q.dtype), scale=scale)
 
 
 class Eager:
@@ -98,11 +98,13 @@ class Blockwise:
 class KeyBiasBlockwise:
     name = "blockwise"
 
-    def __init__(self, pos: torch.Tensor, bias_fn: Optional[BiasFn], block: int):
-        self.pos, self.bias_fn, self.block = pos, bias_fn, block
+    def __init__(self, pos: torch.Tensor, bias_fn: Optional[BiasFn], block: int, mask_free: bool):
+        self.pos, self.bias_fn, self.block, self.mask_free = pos, bias_fn, block, mask_free
 
     def __call__(self, q, k, v, scale: float, layer: int, key_bias: Optional[torch.Tensor] = None):
-        return blocks.key_bias_blockwise(q, k, v, self.pos, self.bias_fn, key_bias, scale, self.block)
+        return blocks.key_bias_blockwise(
+            q, k, v, self.pos, self.bias_fn, key_bias, scale, self.block, self.mask_free
+        )
 
 
 class Remapped:

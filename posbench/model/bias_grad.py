@@ -27,10 +27,12 @@ EXP_FLOOR, PROB_FLOOR = -87.0, 2e-38  # exp(-87) = 1.6e-38
 
 
 def applies(q: torch.Tensor, mask: torch.Tensor) -> bool:
-    """CPU and fp32. Fixed biases (ALiBi) gain too: the kernel is called with its causal flag as
-    well as the mask (which ``F.scaled_dot_product_attention`` does not allow), so it skips the
-    key blocks above the diagonal."""
-    return q.device.type == "cpu" and q.dtype == torch.float32 and mask.dtype == torch.float32
+    """CPU, q in fp32 or bf16, the mask in fp32. Fixed biases (ALiBi) gain too: the kernel is called
+    with its causal flag as well as the mask (which ``F.scaled_dot_product_attention`` does not
+    allow), so it skips the key blocks above the diagonal."""
+    return (
+        q.device.type == "cpu" and q.dtype in (torch.float32, torch.bfloat16) and mask.dtype == torch.float32
+    )
 
 
 class FlashBiasAttention(torch.autograd.Function):
@@ -103,5 +105,14 @@ def block_gradients(q_b, k_t, v_t, mask_b, lse_b, do_b, row_term_b, scale: float
 
 
 def flash_bias_attention(q, k, v, mask, scale: float) -> torch.Tensor:
-    """q, k, v (B, H, T, Dh); mask (1, H, T, T) with -inf on the future. -> (B, H, T, Dh)"""
-    return FlashBiasAttention.apply(q, k, v, mask, scale)
+    """q, k, v (B, H, T, Dh); mask (1, H, T, T) fp32 with -inf on the future. -> (B, H, T, Dh)
+
+    With a learned bias, bf16 q, k, v (under autocast too) are attended in fp32 and the output cast
+    back: the CPU kernel is barely faster in bf16, and bf16 logits and dS would cost the bias
+    gradient, a sum of dS over queries and batch whose terms cancel (a softmax's dS sums to 0 along
+    a row), most of its digits. A fixed bias runs the kernel in q's dtype."""
+    if not mask.requires_grad:
+        return FlashBiasAttention.apply(q, k, v, mask, scale)
+    with torch.autocast(q.device.type, enabled=False):
+        out = FlashBiasAttention.apply(q.float(), k.float(), v.float(), mask, scale)
+    return out.to(q.dtype)

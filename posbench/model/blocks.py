@@ -74,30 +74,83 @@ def toeplitz_blockwise(q, k, v, pos, bias_fn: BiasFn, scale: float, block: int) 
 
 
 def key_bias_blockwise(
-    q, k, v, pos, bias_fn: Optional[BiasFn], key_bias: torch.Tensor, scale: float, block: int
+    q,
+    k,
+    v,
+    pos,
+    bias_fn: Optional[BiasFn],
+    key_bias: torch.Tensor,
+    scale: float,
+    block: int,
+    mask_free: bool = False,
 ) -> torch.Tensor:
-    """Causal attention plus a bias per key, key_bias (B, H, T) (FoX's −c_j), by query blocks. A row
-    constant does not change a softmax, so query i adds key_bias_j − key_bias_i (FoX: c_i − c_j =
-    D_ij, the paper's own form), computed in fp32: 0 on the diagonal and small near it, where the
-    weights are, so it keeps its precision in bf16, and very negative far behind, where the weights
-    vanish anyway. A block's (B, H, rows, prefix) mask stays under BLOCK_BIAS_BYTES."""
+    """Causal attention plus a bias per key, key_bias (B, H, T) (FoX's −c_j), by query blocks: alone,
+    through the kernels with the bias as q/k channels (``key_bias_channels``); with another bias,
+    one mask per block: a row constant does not change a softmax, so query i adds key_bias_j −
+    key_bias_i (FoX: c_i − c_j = D_ij, the paper's own form), computed in fp32: 0 on the diagonal
+    and small near it, where the weights are, so it keeps its precision in bf16, and very negative
+    far behind, where the weights vanish anyway. A block's (B, H, rows, prefix) mask stays under
+    BLOCK_BIAS_BYTES."""
+    if bias_fn is None:
+        return key_bias_channels(q, k, v, key_bias, scale, block, mask_free)
     B, H, T, _ = q.shape
     outputs = []
     for start, end in query_blocks(T, block, B * H):
         shifted = key_bias[:, :, None, :end] - key_bias[:, :, start:end, None]  # (B, H, b, end): D_ij
-        if bias_fn is None:
-            causal = torch.zeros(end - start, end, device=q.device).masked_fill(
-                torch.ones(end - start, end, dtype=torch.bool, device=q.device).triu(start + 1), float("-inf")
-            )
-            mask = shifted + causal
-        else:
-            mask = shifted + block_causal_bias(bias_fn, pos, start, end, torch.float32)
+        mask = shifted + block_causal_bias(bias_fn, pos, start, end, torch.float32)
         outputs.append(
             F.scaled_dot_product_attention(
                 q[:, :, start:end], k[:, :, :end], v[:, :, :end], attn_mask=mask.to(q.dtype), scale=scale
             )
         )
     return torch.cat(outputs, dim=2)
+
+
+def key_bias_channels(
+    q, k, v, key_bias: torch.Tensor, scale: float, block: int, mask_free: bool
+) -> torch.Tensor:
+    """Causal attention plus a bias per key, key_bias (B, H, T), with no float mask: the bias rides
+    in an extra q/k channel (q gets 1, k gets the bias over ``scale``; v gets 0), so the kernels'
+    fused forward and backward run, its gradient reaching key_bias through k's channel. Per query
+    block s..e the bias is re-centred on the block's first query, key_bias_j − key_bias_s, which
+    keeps the channel values near the block's queries (where the weights are) within the block's
+    own decay, not the window's. A block attends its causal key prefix through a boolean mask
+    (rows shrink so its (rows, prefix) float form stays under BLOCK_BIAS_BYTES; the first block
+    takes the causal flag), or, ``mask_free`` (CPU fp32 evaluation), as the flash calls of
+    ``linear_bias.prefix_and_diagonal``. It runs in fp32 under bf16 autocast too: the kernels'
+    bf16 backward rounds dS to bf16, and the bias gradient, a sum of dS over queries whose terms
+    cancel, would lose most of its digits (the CPU kernel is barely faster in bf16). Off CPU the
+    head dimension is padded to a multiple of 8 for the fused kernels."""
+    T, D = q.shape[-2:]
+    spans = ((s, min(s + block, T)) for s in range(0, T, block)) if mask_free else query_blocks(T, block, 1)
+    with torch.autocast(q.device.type, enabled=False):
+        q32, k32, v32 = q.float(), k.float(), v.float()
+        out = [key_bias_block(q32, k32, v32, key_bias, scale, s, e, mask_free) for s, e in spans]
+    return torch.cat(out, dim=2)[..., :D].to(q.dtype)
+
+
+def key_bias_block(q, k, v, key_bias, scale: float, start: int, end: int, mask_free: bool) -> torch.Tensor:
+    """One query block of ``key_bias_channels``. -> (B, H, end − start, Dh + its channel width)"""
+    shifted = (key_bias[:, :, :end] - key_bias[:, :, start : start + 1]).float() / scale
+    q_b, k_b, v_b = with_bias_channel(q[:, :, start:end], k[:, :, :end], v[:, :, :end], shifted)
+    if mask_free:
+        return linear_bias.prefix_and_diagonal(q_b, k_b, v_b, scale)
+    if start == 0:
+        return F.scaled_dot_product_attention(q_b, k_b, v_b, is_causal=True, scale=scale)
+    causal = torch.ones(end - start, end, dtype=torch.bool, device=q.device).tril(start)
+    return F.scaled_dot_product_attention(q_b, k_b, v_b, attn_mask=causal, scale=scale)
+
+
+def with_bias_channel(q_b, k_b, v_b, bias: torch.Tensor):
+    """q_b (B, H, b, Dh), k_b, v_b (B, H, e, Dh) with the key bias (B, H, e) as an extra channel:
+    q's 1, k's the bias, v's 0; off CPU padded to a multiple of 8 wide."""
+    width = 1 + (0 if q_b.device.type == "cpu" else -(q_b.shape[-1] + 1) % 8)
+    ones = F.pad(q_b.new_ones(1), (0, width - 1)).expand(*q_b.shape[:-1], width)
+    return (
+        torch.cat((q_b, ones), dim=-1),
+        torch.cat((k_b, F.pad(bias[..., None], (0, width - 1))), dim=-1),
+        F.pad(v_b, (0, width)),
+    )
 
 
 def scale_qk(

@@ -107,7 +107,7 @@ def plan_attention(scores: Scores, pos: torch.Tensor, n_heads: int, settings: Se
         bias_fn = None if scores.bias is None else scores.bias.fn
         if settings.requested == "eager":
             return backends.Eager(pos, bias_fn)
-        return backends.KeyBiasBlockwise(pos, bias_fn, settings.block)
+        return backends.KeyBiasBlockwise(pos, bias_fn, settings.block, mask_free_ok(settings))
     path = choose_path(scores, pos.numel(), n_heads, settings)
     check_path(scores, pos.numel(), settings, path)
     if scores.decay is None:
