@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from posbench.config import Attention, EvalConfig, ModelConfig
+from posbench.config import Attention, EvalConfig, ModelConfig, Precision
 from posbench.encodings import ENCODINGS
 from posbench.encodings.remap import SelfExtendConfig
 from posbench.encodings.schedule import LayersConfig
@@ -87,6 +87,12 @@ def test_entropy_and_sink_equal_the_eager_probabilities(case):
     with torch.no_grad():
         net(torch.randint(0, VOCAB, (2, 23)), probe=probe)
     assert probe.checked == net.cfg.n_layers
+    scores = net.encoding.scores()
+    kernel = [
+        diagnostics.kernel_applies(torch.zeros(1), layer, torch.zeros(1) if layer.key_bias else None)
+        for layer in scores.layers or (scores,)
+    ]
+    assert any(kernel) == (case in ("nope", "rope", "alibi", "learned", "layers", "rope+logn"))  # flash
     entropy, sink = probe.mean()
     assert entropy[:, 0].abs().max() < 1e-6 and (sink[:, 0] - 1).abs().max() < 1e-6  # one key: certain
     assert (entropy <= torch.log(torch.arange(23.0) + 1)[None] + 1e-5).all()  # at most uniform's
@@ -103,7 +109,7 @@ def test_the_probe_never_holds_the_square(monkeypatch):
     monkeypatch.setattr(diagnostics, "causal_bias", recording)
     B, H, T = 1, 4, 4096
     q, k = torch.randn(B, H, T, 8), torch.randn(B, H, T, 8)
-    scores = encoding_cases()["alibi"]
+    scores = encoding_cases()["t5"]  # explicit logits (ALiBi takes the kernel: no (rows, prefix) tensor)
     net = model(scores)
     attention_statistics(q, k, torch.arange(T), net.encoding.scores(), 0.3, 0, 256)
     assert sum(rows for rows, _ in shapes) == T
@@ -155,3 +161,23 @@ def test_no_diagnostics_when_asked_for_none():
     stream = np.random.default_rng(0).integers(0, VOCAB, 200)
     cfg = EvalConfig(lengths=[32], max_tokens=64, diagnostics_windows=0)
     assert evaluate_length(net, stream, 32, cfg, torch.device("cpu"), progress=False).attention is None
+
+
+@pytest.mark.parametrize("encoding", ["alibi", "rope", "fire"])
+def test_diagnostics_riding_the_scoring_forwards_equal_their_own_forwards(encoding, monkeypatch):
+    """The probe rides the scoring forwards (FIRE's by-blocks evaluation excepted) and sees exactly
+    the first eval.diagnostics_windows windows, also when a batch carries more: the curves equal
+    those of forwards of its own; its time is kept apart from the scoring time."""
+    from posbench.evaluation import evaluator
+
+    net = model(ENCODINGS[encoding][0](), "blockwise")  # FIRE: by query blocks through all layers
+    stream = np.random.default_rng(0).integers(0, VOCAB, 400)
+    cfg = EvalConfig(lengths=[64], max_tokens=320, batch_size=3, position_buckets=4, diagnostics_windows=2)
+    riding = evaluate_length(net, stream, 64, cfg, torch.device("cpu"), progress=False)
+    assert evaluator.probe_rides_along(net, 64, Precision.fp32) == (encoding != "fire")
+    monkeypatch.setattr(evaluator, "probe_rides_along", lambda *a: False)
+    own = evaluate_length(net, stream, 64, cfg, torch.device("cpu"), progress=False)
+    assert riding.windows == 5 and riding.attention["windows"] == own.attention["windows"] == 2
+    for key in ("entropy", "sink"):
+        np.testing.assert_allclose(riding.attention[key], own.attention[key], rtol=1e-5, atol=1e-6)
+    assert riding.nll == own.nll and riding.diagnostics_wall_time_s > 0 and riding.wall_time_s > 0

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from posbench.config import EvalConfig, Precision
 from posbench.evaluation.buckets import attention_curves, position_curve
 from posbench.evaluation.protocol import Window, resolve_stride, windows
+from posbench.model.backends import ByBlocks
 from posbench.model.diagnostics import AttentionProbe
 from posbench.model.transformer import Transformer
 from posbench.runtime import autocast
@@ -32,7 +33,8 @@ class LengthResult:
     tokens_scored: int = 0
     windows: int = 0
     backend: Optional[str] = None
-    wall_time_s: float = 0.0
+    wall_time_s: float = 0.0  # scoring the windows, the attention diagnostics' own work left out
+    diagnostics_wall_time_s: float = 0.0  # the attention diagnostics' own work
     position_curve: Optional[dict] = None  # {"start", "end", "nll", "tokens"} per bucket
     attention: Optional[dict] = None  # per layer and bucket: entropy and sink weight (diagnostics.py)
 
@@ -55,12 +57,17 @@ def perplexity(nll: float) -> float:
 
 @torch.no_grad()
 def score_windows(
-    model: Transformer, stream: np.ndarray, length: int, batch: list[Window], device: torch.device
+    model: Transformer,
+    stream: np.ndarray,
+    length: int,
+    batch: list[Window],
+    device: torch.device,
+    probe: Optional[AttentionProbe] = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """NLL of every target of a batch of windows and which of them are scored.
-    -> (b, L) float64, (b, L) bool"""
+    """NLL of every target of a batch of windows and which of them are scored; a ``probe`` rides
+    along the forward. -> (b, L) float64, (b, L) bool"""
     tokens = window_tokens(stream, length, batch, device)
-    logits = model(tokens[:, :-1])  # (b, L, V)
+    logits = model(tokens[:, :-1], probe=probe)  # (b, L, V)
     nll = F.cross_entropy(logits.float().transpose(1, 2), tokens[:, 1:], reduction="none")  # (b, L)
     # A separate mask, not NaN sentinels: a diverged model's NaN losses must count, not vanish.
     scored = np.arange(length)[None, :] >= np.array([w.score_from for w in batch])[:, None]
@@ -73,21 +80,38 @@ def window_tokens(stream: np.ndarray, length: int, batch: list[Window], device: 
     return torch.from_numpy(rows).to(device)
 
 
+def diagnostics_probe(model: Transformer, length: int, cfg: EvalConfig) -> Optional[AttentionProbe]:
+    """The probe of the first ``eval.diagnostics_windows`` windows; None when that is 0."""
+    if not cfg.diagnostics_windows:
+        return None
+    return AttentionProbe(model.cfg.n_layers, length, windows=cfg.diagnostics_windows)
+
+
+def probe_rides_along(model: Transformer, length: int, precision: Precision) -> bool:
+    """Whether the scoring forwards can carry the probe: not where evaluation runs the window one
+    query block at a time through all layers (``ByBlocks``), which the probe cannot see whole."""
+    plan = model.attention_plan(length, needs_grad=False, autocast=precision == Precision.bf16)
+    return not isinstance(plan, ByBlocks)
+
+
 @torch.no_grad()
 def attention_diagnostics(
-    model: Transformer, stream: np.ndarray, length: int, plan: list[Window], cfg: EvalConfig, device
-) -> Optional[dict]:
-    """Entropy and sink weight of every layer's attention, by bucket of query position, over the
-    first ``eval.diagnostics_windows`` windows; None when that is 0."""
+    model: Transformer, stream: np.ndarray, length: int, plan: list[Window], cfg: EvalConfig, device, probe
+) -> None:
+    """Fills ``probe`` with forwards of its own over the first ``eval.diagnostics_windows`` windows
+    (where the scoring forwards cannot carry it)."""
     chosen = plan[: cfg.diagnostics_windows]
-    if not chosen:
-        return None
-    probe = AttentionProbe(model.cfg.n_layers, length)
     for i in range(0, len(chosen), cfg.batch_size):
         model(window_tokens(stream, length, chosen[i : i + cfg.batch_size], device)[:, :-1], probe=probe)
+
+
+def diagnostics_curves(probe: Optional[AttentionProbe], cfg: EvalConfig) -> Optional[dict]:
+    """Entropy and sink weight of every layer's attention, by bucket of query position."""
+    if probe is None:
+        return None
     entropy, sink = probe.mean()
     return attention_curves(
-        entropy.numpy(), sink.numpy(), len(chosen), cfg.position_buckets, bucket_kind(cfg)
+        entropy.numpy(), sink.numpy(), probe.seen[0], cfg.position_buckets, bucket_kind(cfg)
     )
 
 
@@ -117,16 +141,23 @@ def evaluate_length(
     plan = list(windows(len(stream), length, protocol, cfg.stride, cfg.max_tokens))
     nll_sum, counts = np.zeros(length), np.zeros(length, dtype=np.int64)  # per position in the window
     model.eval()
+    probe = diagnostics_probe(model, length, cfg)
+    rider = probe if probe is not None and probe_rides_along(model, length, precision) else None
     bar = tqdm(total=len(plan), desc=f"eval L={length}", unit="win", disable=not progress, leave=False)
     for i in range(0, len(plan), cfg.batch_size):
+        riding = rider if rider is not None and rider.wants_more() else None
         with autocast(device, precision):
-            nll, scored = score_windows(model, stream, length, plan[i : i + cfg.batch_size], device)
+            nll, scored = score_windows(model, stream, length, plan[i : i + cfg.batch_size], device, riding)
         nll_sum += np.where(scored, nll, 0.0).sum(axis=0)
         counts += scored.sum(axis=0)
         bar.update(len(scored))
     bar.close()
-    with autocast(device, precision):
-        attention = attention_diagnostics(model, stream, length, plan, cfg, device)
+    scoring_s = time.perf_counter() - started - (0.0 if probe is None else probe.seconds)
+    diagnostics_started = time.perf_counter()
+    if probe is not None and rider is None:
+        with autocast(device, precision):
+            attention_diagnostics(model, stream, length, plan, cfg, device, probe)
+    diagnostics_s = time.perf_counter() - diagnostics_started + (0.0 if rider is None else rider.seconds)
     total = int(counts.sum())
     mean = float(nll_sum.sum() / total)  # token-weighted: every scored target counts once
     return LengthResult(
@@ -139,9 +170,10 @@ def evaluate_length(
         tokens_scored=total,
         windows=len(plan),
         backend=model.attention_plan(length, needs_grad=False, autocast=precision == Precision.bf16).name,
-        wall_time_s=time.perf_counter() - started,
+        wall_time_s=scoring_s,
+        diagnostics_wall_time_s=diagnostics_s,
         position_curve=position_curve(nll_sum, counts, cfg.position_buckets, bucket_kind(cfg)),
-        attention=attention,
+        attention=diagnostics_curves(probe, cfg),
     )
 
 

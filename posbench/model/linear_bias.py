@@ -58,19 +58,28 @@ def prefix_and_diagonal(
     """Causal attention of the last b queries of a prefix over all its keys, with no mask tensor:
     the keys before the block (every one visible) and the block's own causal square, two flash
     calls merged by their log-sum-exps. q_block (B, H, b, D); k, v (B, H, e, D). -> (B, H, b, D)"""
+    return prefix_and_diagonal_lse(q_block, k, v, scale)[0]
+
+
+def prefix_and_diagonal_lse(
+    q_block: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``prefix_and_diagonal`` with its log-sum-exp. -> (B, H, b, D), (B, H, b)"""
     s, e = k.shape[-2] - q_block.shape[-2], k.shape[-2]
     out, lse = _flash(q_block, k[:, :, s:e], v[:, :, s:e], 0.0, True, scale=scale)
     if s == 0:
-        return out
+        return out, lse
     out_a, lse_a = _flash(q_block, k[:, :, :s], v[:, :, :s], 0.0, False, scale=scale)
     return merge_partials(out_a, lse_a, out, lse)
 
 
 def merge_partials(
     out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Two softmaxes over disjoint sets of keys, merged into the softmax over both by their
-    log-sum-exps: out (B, H, b, D), lse (B, H, b); an lse of -inf is a part with no keys."""
+    log-sum-exps: out (B, H, b, D), lse (B, H, b); an lse of -inf is a part with no keys.
+    -> the merged out and lse"""
     top = torch.maximum(lse_a, lse_b)
     w_a, w_b = (lse_a - top).exp().unsqueeze(-1), (lse_b - top).exp().unsqueeze(-1)
-    return (w_a * out_a + w_b * out_b) / (w_a + w_b)
+    total = w_a + w_b
+    return (w_a * out_a + w_b * out_b) / total, top + total.squeeze(-1).log()

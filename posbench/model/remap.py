@@ -63,5 +63,5 @@ def merged_by_blocks(q, k, v, pos: torch.Tensor, remap: Remap, scale: float, blo
         far_logits = far_logits.masked_fill(~(distance >= remap.window), float("-inf"))
         out_near, lse_near = partial_softmax(near_logits * scale, v[:, :, lo:end])
         out_far, lse_far = partial_softmax(far_logits * scale, v[:, :, :end])
-        outputs.append(merge_partials(out_near, lse_near, out_far, lse_far).to(q.dtype))
+        outputs.append(merge_partials(out_near, lse_near, out_far, lse_far)[0].to(q.dtype))
     return torch.cat(outputs, dim=2)
