@@ -89,3 +89,10 @@ def test_bench_eval_prints_time_and_memory_ratios_to_nope():
     assert rows["nope"][3] == "1.00" and rows["nope"][5] == "1.00"
     assert rows["alibi"][1] == "256" and float(rows["alibi"][3]) > 0 and rows["alibi"][-1] == "sdpa"
     assert rows["rope+self_extend"][-1] == "remap" and rows["layers"][-1] == "sdpa"
+
+
+def test_bench_diagnostics_prints_the_probe_against_explicit_logits():
+    rows = {row[0]: row for row in run("bench_diagnostics", "--length", "256", "--encodings", "rope", "t5")}
+    for name in ("rope", "t5"):
+        forward, probe, explicit, ratio = (float(x) for x in rows[name][1:])
+        assert forward > 0 and probe > 0 and explicit > 0 and ratio > 0

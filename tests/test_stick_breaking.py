@@ -80,3 +80,31 @@ def test_long_evaluation_is_by_blocks_and_a_bias_is_refused():
     torch.manual_seed(0)
     net = Transformer(model().cfg, cfg, VOCAB)
     assert "stick-breaking attention takes no positional bias" in net.length_limit_reason(64)
+
+
+def test_the_blocks_own_backward_equals_autograd_through_the_weights():
+    """StickBreakingBlock's backward (weights recomputed, dz = G − β·C) against autograd through
+    stick_breaking_weights, for q, k and v, over several blocks of a window."""
+    from posbench.model.blocks import query_blocks
+    from posbench.model.stick_breaking import stick_breaking_attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 37, 8, requires_grad=True) for _ in range(3))
+    weights = torch.randn(2, 3, 37, 8)
+
+    def grads(attention):
+        for t in (q, k, v):
+            t.grad = None
+        (attention() * weights).sum().backward()
+        return [t.grad.clone() for t in (q, k, v)]
+
+    def by_autograd():
+        spans = query_blocks(37, 5, 2 * 3 * 4)
+        blocks = [
+            stick_breaking_weights(q[:, :, s:e] * 2, k[:, :, :e], 0.4, s) @ v[:, :, :e] for s, e in spans
+        ]
+        return torch.cat(blocks, dim=2)
+
+    got = grads(lambda: stick_breaking_attention(q * 2, k, v, 0.4, 5))
+    for a, b in zip(got, grads(by_autograd)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

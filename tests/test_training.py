@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -216,3 +217,31 @@ def test_a_checkpoint_of_an_unknown_schema_is_refused_naming_it(tmp_path):
     torch.save({"schema_version": 99, "model": {}}, path)
     with pytest.raises(CheckpointError, match="schema 99, this posbench reads 1 and 2"):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("encoding", ["t5", "fox", "alibi"])
+def test_bf16_loss_curves_stay_within_seed_noise_of_fp32(encoding, smoke_run, tmp_path, monkeypatch):
+    """The bf16 paths of the learned biases, FoX and ALiBi train as fp32 does: over 40 steps the bf16
+    curve's mean distance from fp32's (same seed) is below the distance between two fp32 seeds, and
+    both learn."""
+    import posbench.runtime as runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)  # tiny shapes: quick either way
+
+    def curve(precision: str, seed: int) -> np.ndarray:
+        run = smoke_run(
+            f"encoding={encoding}",
+            f"train.precision={precision}",
+            f"train.seed={seed}",
+            "train.max_steps=40",
+            "train.warmup_steps=4",
+            "train.lr=3e-3",
+            "train.val_every=0",
+            "eval.enabled=false",
+        )
+        losses = train(run, tmp_path / f"{precision}{seed}")["losses"]
+        return np.array([losses[step] for step in sorted(losses, key=int)])
+
+    fp32, bf16, other_seed = curve("fp32", 0), curve("bf16", 0), curve("fp32", 1)
+    assert fp32[-5:].mean() < fp32[:5].mean() - 0.3 and bf16[-5:].mean() < bf16[:5].mean() - 0.3
+    assert np.abs(bf16 - fp32).mean() < np.abs(other_seed - fp32).mean()

@@ -6,7 +6,8 @@ at a time over its causal key prefix, in log space with explicit fp32 logits:
 the inner sum a cumulative sum taken from the query backwards (the nearest keys first, where the
 weights are, so fp32 keeps them exact; far keys' sums grow large and negative, where the weights
 vanish). A block's (B, H, rows, prefix) tensors stay under the blockwise budget, so memory is
-linear in the window; autograd runs through it for training.
+linear in the window; in training too: each block's backward recomputes its weights
+(``StickBreakingBlock``).
 """
 
 from __future__ import annotations
@@ -36,12 +37,49 @@ def stick_breaking_weights(q: torch.Tensor, k: torch.Tensor, scale: float, start
     return weights + remainder * own
 
 
+class StickBreakingBlock(torch.autograd.Function):
+    """One query block's stick-breaking attention, fp32, with its own backward: the weights are
+    recomputed from q and k, so nothing (rows, prefix)-sized is kept between forward and backward.
+    With G = dA ⊙ A and C its cumulative sum over keys (j ≤ k), differentiating log A_ij =
+    log σ(z_ij) + Σ_{j<k<i} log σ(−z_ik) gives dz_ik = G_ik − β_ik·C_ik; dA_ij = dO_i·v_j minus
+    dO_i·v_i (the remainder, 1 − Σ_j A_ij, while it is not clamped at 0)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, scale: float, start: int):
+        ctx.save_for_backward(q, k, v)
+        ctx.scale, ctx.start = scale, start
+        return stick_breaking_weights(q, k, scale, start) @ v
+
+    @staticmethod
+    def backward(ctx, d_out):
+        q, k, v = ctx.saved_tensors
+        scale, start = ctx.scale, ctx.start
+        b, end = q.shape[-2], k.shape[-2]
+        z = torch.matmul(q, k.transpose(-2, -1)).mul_(scale)  # (B, H, b, end)
+        earlier = torch.ones(b, end, dtype=torch.bool, device=q.device).tril(start - 1)
+        log_keep = F.logsigmoid(-z).masked_fill_(~earlier, 0.0)
+        after = log_keep.flip(-1).cumsum(-1).flip(-1).sub_(log_keep)
+        weights = after.add_(F.logsigmoid(z)).exp_().masked_fill_(~earlier, 0.0)  # A
+        remainder = 1 - weights.sum(-1, keepdim=True)  # (B, H, b, 1)
+        own_term = (d_out * v[:, :, start:end]).sum(-1, keepdim=True) * (remainder > 0)
+        grads = torch.matmul(d_out, v.transpose(-2, -1)).sub_(own_term).mul_(weights)  # G = dA ⊙ A
+        d_z = grads - torch.sigmoid(z).mul_(grads.cumsum(-1))  # G − β·C (0 where no key breaks)
+        d_z.masked_fill_(~earlier, 0.0).mul_(scale)
+        dq, dk = torch.matmul(d_z, k), torch.matmul(d_z.transpose(-2, -1), q)
+        dv = torch.matmul(weights.transpose(-2, -1), d_out)
+        dv[:, :, start:end] += remainder.clamp(min=0) * d_out  # each query's own value
+        return dq, dk, dv, None, None
+
+
 def stick_breaking_attention(q, k, v, scale: float, block: int) -> torch.Tensor:
     """q, k, v (B, H, T, Dh) -> (B, H, T, Dh)"""
     B, H, T, _ = q.shape
     outputs = []
-    for start, end in query_blocks(T, block, B * H * TENSORS_PER_BLOCK):
-        weights = stick_breaking_weights(q[:, :, start:end], k[:, :, :end], scale, start)
-        with torch.autocast(q.device.type, enabled=False):
-            outputs.append((weights @ v[:, :, :end].float()).to(q.dtype))
+    with torch.autocast(q.device.type, enabled=False):
+        q32, k32, v32 = q.float(), k.float(), v.float()
+        for start, end in query_blocks(T, block, B * H * TENSORS_PER_BLOCK):
+            block_out = StickBreakingBlock.apply(
+                q32[:, :, start:end], k32[:, :, :end], v32[:, :, :end], scale, start
+            )
+            outputs.append(block_out.to(q.dtype))
     return torch.cat(outputs, dim=2)
