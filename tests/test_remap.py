@@ -132,3 +132,25 @@ def test_posbench_eval_applies_a_remap_and_a_temperature_to_a_rope_checkpoint(sm
         row = document["results"][0]
         assert document["encoding"] == label and row["backend"] == backend and row["status"] == "ok"
         assert row["nll"] != plain["results"][0]["nll"]  # it changed the numbers (slightly: 2 steps)
+
+
+@pytest.mark.parametrize(
+    "remap",
+    [SelfExtendConfig(window=6, group=3), ReropeConfig(window=5), LeakyReropeConfig(window=4, k=3.0)],
+    ids=["self_extend", "rerope", "leaky_rerope"],
+)
+def test_the_cpu_kernel_path_equals_the_explicit_one(remap):
+    """kernel_by_blocks (CPU: flash-kernel calls with masks) against merged_by_blocks (explicit logits,
+    the path off CPU), with queries whose first rows have no far key yet."""
+    from posbench.model.remap import kernel_by_blocks, merged_by_blocks
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 41, 8) for _ in range(3))
+    scores = model(remap).encoding.scores()
+    pos = torch.arange(41)
+    torch.testing.assert_close(
+        kernel_by_blocks(q, k, v, pos, scores.remap, 0.35, 8),
+        merged_by_blocks(q, k, v, pos, scores.remap, 0.35, 8),
+        rtol=1e-5,
+        atol=1e-6,
+    )

@@ -3,10 +3,12 @@ two rotations of the same queries and keys, exact for the neighbours (distance <
 beyond, one query block at a time.
 
 For each block the neighbours' softmax and the far keys' softmax are computed apart, each over
-its own keys with explicit fp32 logits, and merged by their log-sum-exps (``merge_partials``,
-which the mask-free ALiBi path shares): exactly the softmax over the merged map that Self-Extend
-and ReRoPE write (LongLM: ``torch.where`` of the two maps). Memory is one block's (B, H, rows,
-prefix) logits, linear in the window. Evaluation only: the remaps are for trained models.
+its own keys in fp32, and merged by their log-sum-exps (``merge_partials``, which the mask-free
+ALiBi path shares): exactly the softmax over the merged map that Self-Extend and ReRoPE write
+(LongLM: ``torch.where`` of the two maps). On CPU each part is one flash-kernel call with a
+(rows, keys) mask of which keys it takes (``kernel_by_blocks``); elsewhere explicit logits
+(``merged_by_blocks``: one block's (B, H, rows, prefix) logits). Memory is linear in the window
+either way. Evaluation only: the remaps are for trained models.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import torch
 from posbench.encodings.scores import Remap
 from posbench.model.blocks import query_blocks
 from posbench.model.linear_bias import merge_partials
+
+_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 
 
 def rotations(q, k, pos: torch.Tensor, remap: Remap):
@@ -45,8 +49,52 @@ def partial_softmax(logits: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor
 
 def remapped_attention(q, k, v, pos: torch.Tensor, remap: Remap, scale: float, block: int) -> torch.Tensor:
     """q, k (B, H, T, Dh) unrotated; pos (T,) increasing. -> (B, H, T, Dh)"""
-    with torch.autocast(q.device.type, enabled=False):  # explicit fp32 logits under autocast too
+    with torch.autocast(q.device.type, enabled=False):  # fp32 logits under autocast too
+        if q.device.type == "cpu":
+            return kernel_by_blocks(q, k, v, pos, remap, scale, block)
         return merged_by_blocks(q, k, v, pos, remap, scale, block)
+
+
+def allowed(keys: torch.Tensor) -> torch.Tensor:
+    """A boolean (rows, keys) choice as the kernel's additive mask: 0 where taken, -inf elsewhere."""
+    return torch.zeros(keys.shape, device=keys.device).masked_fill_(~keys, float("-inf"))
+
+
+def kernel_by_blocks(q, k, v, pos: torch.Tensor, remap: Remap, scale: float, block: int) -> torch.Tensor:
+    """``merged_by_blocks`` through the CPU flash kernel: per query block, the neighbours (keys lo..end)
+    and the far keys (0..end) are each one kernel call with a (rows, keys) mask, merged by their
+    log-sum-exps; a row with no far key yet gets lse -inf (the kernel returns 0 for it). The masks
+    bound the rows (``query_blocks``), with no (B, H, rows, prefix) tensor."""
+    T = q.shape[-2]
+    near, far = rotations(q.float(), k.float(), pos, remap)
+    v = v.float()
+    outputs = []
+    for start, end in query_blocks(T, block, 1):
+        distance = pos[start:end, None] - pos[None, :end]  # (b, end)
+        lo = max(0, start - remap.window + 1)  # the first key any of these queries may see as a neighbour
+        neighbours = ((distance >= 0) & (distance < remap.window))[:, lo:]
+        out_near, lse_near = _flash(
+            near[0][:, :, start:end],
+            near[1][:, :, lo:end],
+            v[:, :, lo:end],
+            0.0,
+            False,
+            attn_mask=allowed(neighbours),
+            scale=scale,
+        )
+        far_keys = distance >= remap.window
+        out_far, lse_far = _flash(
+            far[0][:, :, start:end],
+            far[1][:, :, :end],
+            v[:, :, :end],
+            0.0,
+            False,
+            attn_mask=allowed(far_keys),
+            scale=scale,
+        )
+        lse_far = lse_far.masked_fill(~far_keys.any(-1), float("-inf"))
+        outputs.append(merge_partials(out_near, lse_near, out_far, lse_far)[0].to(q.dtype))
+    return torch.cat(outputs, dim=2)
 
 
 def merged_by_blocks(q, k, v, pos: torch.Tensor, remap: Remap, scale: float, block: int) -> torch.Tensor:
