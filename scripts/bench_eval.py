@@ -8,7 +8,9 @@ Memory is the growth of peak RSS during the forward; total peak RSS is printed t
 default allocator RSS includes heap kept after frees; run with MALLOC_MMAP_THRESHOLD_=1048576
 (children inherit it) to see what the forward itself needs (times are then not comparable). A
 length the encoding refuses (the evaluator's n/a) and a forward with non-finite logits are
-reported instead of timed.
+reported instead of timed. With --out FILE.jsonl every row is appended to FILE as it is measured,
+and rows already there (same encoding, length, attention and repeats) are read back instead of
+measured again: a long run (128K rows) resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 
 def rss_mb() -> float:
@@ -79,6 +82,28 @@ def run_child(encoding: str, length: int, attention: str, repeats: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def stored_rows(path: Optional[Path]) -> dict:
+    """Rows already measured into ``path``, by (encoding, length, attention, repeats)."""
+    if path is None or not path.exists():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {(r["encoding"], r["length"], r["attention"], r["repeats"]): r for r in rows}
+
+
+def measured(name: str, length: int, args, stored: dict) -> dict:
+    """The row of (name, length): from --out when it is there, else measured and appended to it."""
+    key = (name, length, args.attention, args.repeats)
+    if key in stored:
+        return stored[key]
+    row = {**run_child(name, length, args.attention, args.repeats), "attention": args.attention}
+    row["repeats"] = args.repeats
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with args.out.open("a") as f:  # one whole line per row: a stop loses at most the row under way
+            f.write(json.dumps(row) + "\n")
+    return row
+
+
 def main() -> None:
     from bench_variants import names as encoding_names
 
@@ -88,6 +113,7 @@ def main() -> None:
     parser.add_argument("--attention", default="auto")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--child", nargs=2, metavar=("ENCODING", "LENGTH"))
+    parser.add_argument("--out", type=Path, help="append each row to this JSONL file; resume from it")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(measure_one(args.child[0], int(args.child[1]), args.attention, args.repeats)))
@@ -97,10 +123,11 @@ def main() -> None:
         f"{'encoding':>14} {'length':>7} {'time s':>8} {'x nope':>7} {'fwd MB':>8} {'x nope':>7} "
         f"{'peak MB':>8}  backend"
     )
+    stored = stored_rows(args.out)
     for length in args.lengths:
         base = None
         for name in names:
-            r = run_child(name, length, args.attention, args.repeats)
+            r = measured(name, length, args, stored)
             if "error" in r:
                 print(f"{name:>14} {length:>7}  failed: {r['error']}")
                 continue

@@ -96,3 +96,15 @@ def test_bench_diagnostics_prints_the_probe_against_explicit_logits():
     for name in ("rope", "t5"):
         forward, probe, explicit, ratio = (float(x) for x in rows[name][1:])
         assert forward > 0 and probe > 0 and explicit > 0 and ratio > 0
+
+
+def test_bench_eval_appends_its_rows_and_resumes_from_them(tmp_path):
+    """--out: every row lands in the file as it is measured; a second run reads them back (the file
+    keeps one row per encoding) and prints the same table; a new encoding is measured and added."""
+    out = tmp_path / "rows.jsonl"
+    args = ("bench_eval", "--lengths", "128", "--repeats", "1", "--out", str(out), "--encodings")
+    first = run(*args, "alibi")
+    assert len(out.read_text().splitlines()) == 2  # nope and alibi
+    assert run(*args, "alibi") == first and len(out.read_text().splitlines()) == 2
+    third = {row[0]: row for row in run(*args, "alibi", "t5")}
+    assert len(out.read_text().splitlines()) == 3 and third["alibi"] == first[-1]
