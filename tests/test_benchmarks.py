@@ -108,3 +108,20 @@ def test_bench_eval_appends_its_rows_and_resumes_from_them(tmp_path):
     assert run(*args, "alibi") == first and len(out.read_text().splitlines()) == 2
     third = {row[0]: row for row in run(*args, "alibi", "t5")}
     assert len(out.read_text().splitlines()) == 3 and third["alibi"] == first[-1]
+
+
+def percent(cell: str) -> float:
+    return float(cell.rstrip("%")) / 100
+
+
+def test_bench_tasks_prints_throughput_and_where_a_step_goes():
+    """--quick: each batch's row has tokens/s, MFU and a step breakdown whose shares add up, and the
+    profiled forward+backward's shares add up too."""
+    rows = [row for row in run("bench_tasks", "--quick") if row[0] == "toy-2x32"]
+    eager, kernels = rows[:2], rows[2:]
+    assert [row[1] for row in eager] == ["4", "16"] and len(kernels) == 1
+    for row in eager:
+        tokens_per_s, mfu, step_ms = float(row[3].replace(",", "")), percent(row[5]), float(row[6])
+        assert tokens_per_s > 0 and 0 < mfu < 1 and step_ms > 0
+        assert abs(sum(map(percent, row[7:12])) - 1) < 0.005  # data, fwd+bwd, clip, host, optim
+    assert abs(sum(map(percent, kernels[0][2:6])) - 1) < 0.005  # attention, matmuls, other, outside

@@ -92,20 +92,24 @@ def train_step(
     this rank's input tokens, padding included). ``objective``: (inputs, targets) -> mean NLL
     (``model/loss.py``'s ``NextTokenLoss``, or DDP around it). The update is not applied: the caller
     steps the optimiser once the loss proves finite. Targets of -100 (a task's inputs and padding)
-    carry no loss."""
+    carry no loss. The loss and the gradient norm reach the host together, once per step: one device
+    sync, not one per micro-batch (the loss is summed in float64 on the device, the same additions as
+    summing the micro-batches' Python floats)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
-    total, tokens, accum = 0.0, 0, cfg.grad_accum
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    tokens, accum = 0, cfg.grad_accum
     for micro in range(accum):
         x, y = (t.to(device, non_blocking=True) for t in batches.next())
         with no_sync(objective, skip=micro < accum - 1), autocast(device, cfg.precision):
             loss = objective(x, y) / accum
             loss.backward()
-        total += loss.item()
+        total += loss.detach().double()
         tokens += x.numel()
     clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf  # inf: only measured (grads times 1.0)
     grad_norm = torch.nn.utils.clip_grad_norm_(objective.parameters(), clip)
-    return total, float(grad_norm), tokens
+    loss_value, norm_value = torch.stack((total, grad_norm.double())).tolist()
+    return loss_value, norm_value, tokens
 
 
 def check_resumable(saved: dict, run: RunConfig) -> None:
@@ -186,8 +190,8 @@ class Trainer:
         self.model.train()
         while not self.finished:
             loss, grad_norm, lr, tok_s = self.step(step_fn)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}")
+            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}", refresh=False)  # drawn by update,
+            bar.update(1)  # at most every tqdm's mininterval, not on every step
             self.log(tracker, loss, lr, tok_s, grad_norm)
             if self.state.diverged is None:
                 self.validate_now(tracker)  # when due, a signalled step too: a resume must not miss it
