@@ -50,24 +50,15 @@ class Cope(PositionalEncoding):
     def positions_from_gates(self, scores: torch.Tensor) -> torch.Tensor:
         """p_ij = sum_{t >= j} g_it with g = sigmoid(scores), 0 on future keys (their score is -inf);
         clipped to npos_max - 1. -> (B, H, Tq, Tk)"""
-        gates = torch.sigmoid(scores).flip(-1)
-        return gates.cumsum_(-1).flip(-1).clamp_(max=self.cfg.npos_max - 1)
+        gates = torch.sigmoid(scores)
+        return gates.flip(-1).cumsum(-1).flip(-1).clamp(max=self.cfg.npos_max - 1)
 
     def score_mod(self, scores: torch.Tensor, q: torch.Tensor, layer: int) -> torch.Tensor:
-        """scores + q_i·e[p_ij], with q already scaled like the logits: e[p] interpolated between its
-        integers floor p and floor p + 1 (the upper one clipped to npos_max - 1, where the weight
-        of it is 0). In place where autograd allows, so few (B, H, Tq, Tk) tensors live at once.
+        """scores + q_i·e[p_ij], with q already scaled like the logits.
         scores (B, H, Tq, Tk), q (B, H, Tq, Dh)"""
         p = self.positions_from_gates(scores)
         at_integers = q @ self.embeddings[layer].to(q.dtype)  # (B, H, Tq, npos_max)
-        floor = p.floor()
-        index = floor.long()
-        weight = p - floor if torch.is_grad_enabled() else p.sub_(floor)
-        del floor
-        low = at_integers.gather(-1, index)
-        upper = (index + 1) if torch.is_grad_enabled() else index.add_(1)  # gather keeps its index
-        high = at_integers.gather(-1, upper.clamp_(max=self.cfg.npos_max - 1))
-        del index, upper
-        if torch.is_grad_enabled():
-            return scores + low + weight * (high - low)
-        return high.sub_(low).mul_(weight).add_(low).add_(scores)
+        floor, ceil = p.floor(), p.ceil()
+        weight = p - floor
+        low, high = at_integers.gather(-1, floor.long()), at_integers.gather(-1, ceil.long())
+        return scores + weight * high + (1 - weight) * low

@@ -78,8 +78,10 @@ def stick_breaking_attention(q, k, v, scale: float, block: int) -> torch.Tensor:
     with torch.autocast(q.device.type, enabled=False):
         q32, k32, v32 = q.float(), k.float(), v.float()
         for start, end in query_blocks(T, block, B * H * TENSORS_PER_BLOCK):
-            block_out = StickBreakingBlock.apply(
-                q32[:, :, start:end], k32[:, :, :end], v32[:, :, :end], scale, start
-            )
+            q_b, k_b, v_b = q32[:, :, start:end], k32[:, :, :end], v32[:, :, :end]
+            if torch.is_grad_enabled():
+                block_out = StickBreakingBlock.apply(q_b, k_b, v_b, scale, start)
+            else:  # evaluation: the weights alone, no autograd record
+                block_out = stick_breaking_weights(q_b, k_b, scale, start) @ v_b
             outputs.append(block_out.to(q.dtype))
     return torch.cat(outputs, dim=2)
