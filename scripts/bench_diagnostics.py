@@ -47,7 +47,7 @@ def main() -> None:
             diagnostics.kernel_applies = lambda *a: False
             explicit = probe_seconds(model, tokens, args.length)
             diagnostics.kernel_applies = kernel_applies
-        print(f"{name:>10} {forward:>8.1f} {now:>7.1f} {explicit:>9.1f} {explicit / now:>9.2f}", flush=True)
+        print(f"{name:>10} {forward:>8.3f} {now:>7.3f} {explicit:>9.3f} {explicit / now:>9.2f}", flush=True)
 
 
 if __name__ == "__main__":

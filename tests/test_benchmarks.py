@@ -92,7 +92,7 @@ def test_bench_eval_prints_time_and_memory_ratios_to_nope():
 
 
 def test_bench_diagnostics_prints_the_probe_against_explicit_logits():
-    rows = {row[0]: row for row in run("bench_diagnostics", "--length", "256", "--encodings", "rope", "t5")}
+    rows = {row[0]: row for row in run("bench_diagnostics", "--length", "512", "--encodings", "rope", "t5")}
     for name in ("rope", "t5"):
         forward, probe, explicit, ratio = (float(x) for x in rows[name][1:])
         assert forward > 0 and probe > 0 and explicit > 0 and ratio > 0

@@ -50,7 +50,7 @@ def partial_softmax(logits: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor
 def remapped_attention(q, k, v, pos: torch.Tensor, remap: Remap, scale: float, block: int) -> torch.Tensor:
     """q, k (B, H, T, Dh) unrotated; pos (T,) increasing. -> (B, H, T, Dh)"""
     with torch.autocast(q.device.type, enabled=False):  # fp32 logits under autocast too
-        if q.device.type == "cpu":
+        if q.device.type == "cpu" and v.shape[-1] == q.shape[-1]:  # the kernel's own requirement
             return kernel_by_blocks(q, k, v, pos, remap, scale, block)
         return merged_by_blocks(q, k, v, pos, remap, scale, block)
 
