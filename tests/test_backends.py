@@ -189,18 +189,27 @@ def test_learned_bias_gradients_through_the_flash_kernel_equal_the_unfused_ones(
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("encoding", ["t5", "fire"])
-def test_model_training_takes_the_fused_bias_gradient(encoding, monkeypatch):
+def counted_fused_calls(encoding: str, length: int, monkeypatch):
+    """A 2-layer model of ``encoding``, tokens of ``length`` + 1, and the list that each call of
+    bias_grad's fused attention appends to."""
     from posbench.model import bias_grad
 
     torch.manual_seed(0)
     model = Transformer(
         ModelConfig(name="t", n_layers=2, d_model=32, n_heads=4), ENCODINGS[encoding][0](), 64
     )
-    tokens = torch.randint(0, 64, (2, 41))
+    tokens = torch.randint(0, 64, (2, length))
     calls = []
     original = bias_grad.FlashBiasAttention.apply
     monkeypatch.setattr(bias_grad.FlashBiasAttention, "apply", lambda *a: calls.append(1) or original(*a))
+    return model, tokens, calls
+
+
+@pytest.mark.parametrize("encoding", ["t5", "fire"])
+def test_model_training_takes_the_fused_bias_gradient(encoding, monkeypatch):
+    from posbench.model import bias_grad
+
+    model, tokens, calls = counted_fused_calls(encoding, 41, monkeypatch)
 
     def parameter_grads(fused: bool):
         model.zero_grad()
@@ -294,18 +303,9 @@ def test_learned_bias_attention_in_bf16_follows_fp32_within_bf16_rounding():
 def test_bf16_training_takes_the_fused_bias_gradient_at_fp32_precision(encoding, monkeypatch):
     """Under bf16 autocast a learned bias still trains through bias_grad.py (in fp32 inside): every
     gradient within 1% of fp32's in norm, the bias parameters' within 3%. FIRE is left out: its MLP
-    itself runs in bf16 under autocast, and two of its
-    gradients here are ~1e-8, all rounding."""
-    from posbench.model import bias_grad
+    itself runs in bf16 under autocast, and two of its gradients here are ~1e-8, all rounding."""
 
-    torch.manual_seed(0)
-    model = Transformer(
-        ModelConfig(name="t", n_layers=2, d_model=32, n_heads=4), ENCODINGS[encoding][0](), 64
-    )
-    tokens = torch.randint(0, 64, (2, 301))
-    calls = []
-    original = bias_grad.FlashBiasAttention.apply
-    monkeypatch.setattr(bias_grad.FlashBiasAttention, "apply", lambda *a: calls.append(1) or original(*a))
+    model, tokens, calls = counted_fused_calls(encoding, 301, monkeypatch)
 
     def parameter_grads(bf16: bool):
         model.zero_grad()

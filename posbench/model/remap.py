@@ -60,6 +60,15 @@ def allowed(keys: torch.Tensor) -> torch.Tensor:
     return torch.zeros(keys.shape, device=keys.device).masked_fill_(~keys, float("-inf"))
 
 
+def block_keys(pos: torch.Tensor, remap: Remap, start: int, end: int):
+    """Which keys queries start..end-1 take as neighbours and which as far ones: lo, the first key
+    any of them may see as a neighbour; (b, end - lo) neighbours (0 <= i - j < w); (b, end) far
+    keys (i - j >= w)."""
+    distance = pos[start:end, None] - pos[None, :end]  # (b, end)
+    lo = max(0, start - remap.window + 1)
+    return lo, ((distance >= 0) & (distance < remap.window))[:, lo:], distance >= remap.window
+
+
 def kernel_by_blocks(q, k, v, pos: torch.Tensor, remap: Remap, scale: float, block: int) -> torch.Tensor:
     """``merged_by_blocks`` through the CPU flash kernel: per query block, the neighbours (keys lo..end)
     and the far keys (0..end) are each one kernel call with a (rows, keys) mask, merged by their
@@ -70,9 +79,7 @@ def kernel_by_blocks(q, k, v, pos: torch.Tensor, remap: Remap, scale: float, blo
     v = v.float()
     outputs = []
     for start, end in query_blocks(T, block, 1):
-        distance = pos[start:end, None] - pos[None, :end]  # (b, end)
-        lo = max(0, start - remap.window + 1)  # the first key any of these queries may see as a neighbour
-        neighbours = ((distance >= 0) & (distance < remap.window))[:, lo:]
+        lo, neighbours, far_keys = block_keys(pos, remap, start, end)
         out_near, lse_near = _flash(
             near[0][:, :, start:end],
             near[1][:, :, lo:end],
@@ -82,7 +89,6 @@ def kernel_by_blocks(q, k, v, pos: torch.Tensor, remap: Remap, scale: float, blo
             attn_mask=allowed(neighbours),
             scale=scale,
         )
-        far_keys = distance >= remap.window
         out_far, lse_far = _flash(
             far[0][:, :, start:end],
             far[1][:, :, :end],
@@ -102,13 +108,11 @@ def merged_by_blocks(q, k, v, pos: torch.Tensor, remap: Remap, scale: float, blo
     near, far = rotations(q, k, pos, remap)
     outputs = []
     for start, end in query_blocks(T, block, B * H):
-        distance = pos[start:end, None] - pos[None, :end]  # (b, end)
-        causal = distance >= 0
-        lo = max(0, start - remap.window + 1)  # the first key any of these queries may see as a neighbour
+        lo, neighbours, far_keys = block_keys(pos, remap, start, end)
         near_logits = near[0][:, :, start:end].float() @ near[1][:, :, lo:end].float().transpose(-2, -1)
-        near_logits = near_logits.masked_fill(~(causal & (distance < remap.window))[:, lo:], float("-inf"))
+        near_logits = near_logits.masked_fill(~neighbours, float("-inf"))
         far_logits = far[0][:, :, start:end].float() @ far[1][:, :, :end].float().transpose(-2, -1)
-        far_logits = far_logits.masked_fill(~(distance >= remap.window), float("-inf"))
+        far_logits = far_logits.masked_fill(~far_keys, float("-inf"))
         out_near, lse_near = partial_softmax(near_logits * scale, v[:, :, lo:end])
         out_far, lse_far = partial_softmax(far_logits * scale, v[:, :, :end])
         outputs.append(merge_partials(out_near, lse_near, out_far, lse_far)[0].to(q.dtype))

@@ -20,9 +20,9 @@ from posbench.model.blocks import query_blocks
 TENSORS_PER_BLOCK = 4  # (B, H, rows, prefix) fp32 tensors alive at once, for the block budget
 
 
-def stick_breaking_weights(q: torch.Tensor, k: torch.Tensor, scale: float, start: int) -> torch.Tensor:
-    """A_ij of queries start..start+b-1 over keys 0..end-1 (end = start + b), and the remainder
-    1 − Σ_j A_ij on each query's own key. q (B, H, b, Dh), k (B, H, end, Dh) -> (B, H, b, end) fp32"""
+def broken_sticks(q: torch.Tensor, k: torch.Tensor, scale: float, start: int):
+    """The logits z, the mask of earlier keys (j < i) and A_ij of queries start..start+b-1 over keys
+    0..end-1, in fp32 (autocast off). -> (B, H, b, end) fp32, (b, end) bool, (B, H, b, end) fp32"""
     b, end = q.shape[-2], k.shape[-2]
     with torch.autocast(q.device.type, enabled=False):  # fp32 logits under bf16 autocast too
         z = (q.float() @ k.float().transpose(-2, -1)) * scale  # (B, H, b, end)
@@ -30,7 +30,14 @@ def stick_breaking_weights(q: torch.Tensor, k: torch.Tensor, scale: float, start
     log_keep = F.logsigmoid(-z).masked_fill(~earlier, 0.0)  # log(1 − β); 0 where nothing breaks
     # Σ_{j<k<i} log(1 − β_ik): the sum of log_keep over keys after j, from the right end (the query)
     after = log_keep.flip(-1).cumsum(-1).flip(-1) - log_keep
-    weights = (F.logsigmoid(z) + after).exp().masked_fill(~earlier, 0.0)
+    return z, earlier, (F.logsigmoid(z) + after).exp().masked_fill(~earlier, 0.0)
+
+
+def stick_breaking_weights(q: torch.Tensor, k: torch.Tensor, scale: float, start: int) -> torch.Tensor:
+    """A_ij of queries start..end-1 (end = start + b) over keys 0..end-1, and the remainder
+    1 − Σ_j A_ij on each query's own key. q (B, H, b, Dh), k (B, H, end, Dh) -> (B, H, b, end) fp32"""
+    b, end = q.shape[-2], k.shape[-2]
+    _, _, weights = broken_sticks(q, k, scale, start)
     remainder = (1 - weights.sum(-1, keepdim=True)).clamp(min=0)  # (B, H, b, 1): what no earlier key took
     own = torch.zeros(b, end, device=q.device)
     own[torch.arange(b), torch.arange(b) + start] = 1.0  # query i's own key
@@ -53,13 +60,8 @@ class StickBreakingBlock(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_out):
         q, k, v = ctx.saved_tensors
-        scale, start = ctx.scale, ctx.start
-        b, end = q.shape[-2], k.shape[-2]
-        z = torch.matmul(q, k.transpose(-2, -1)).mul_(scale)  # (B, H, b, end)
-        earlier = torch.ones(b, end, dtype=torch.bool, device=q.device).tril(start - 1)
-        log_keep = F.logsigmoid(-z).masked_fill_(~earlier, 0.0)
-        after = log_keep.flip(-1).cumsum(-1).flip(-1).sub_(log_keep)
-        weights = after.add_(F.logsigmoid(z)).exp_().masked_fill_(~earlier, 0.0)  # A
+        scale, start, end = ctx.scale, ctx.start, ctx.start + q.shape[-2]
+        z, earlier, weights = broken_sticks(q, k, scale, start)  # recomputed: nothing kept
         remainder = 1 - weights.sum(-1, keepdim=True)  # (B, H, b, 1)
         own_term = (d_out * v[:, :, start:end]).sum(-1, keepdim=True) * (remainder > 0)
         grads = torch.matmul(d_out, v.transpose(-2, -1)).sub_(own_term).mul_(weights)  # G = dA ⊙ A

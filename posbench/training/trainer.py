@@ -101,8 +101,9 @@ def train_step(
     tokens, accum = 0, cfg.grad_accum
     for micro in range(accum):
         x, y = (t.to(device, non_blocking=True) for t in batches.next())
-        with no_sync(objective, skip=micro < accum - 1), autocast(device, cfg.precision):
-            loss = objective(x, y) / accum
+        with no_sync(objective, skip=micro < accum - 1):
+            with autocast(device, cfg.precision):  # the forward only: a backward under autocast
+                loss = objective(x, y) / accum  # would recast the matmuls of custom backwards
             loss.backward()
         total += loss.detach().double()
         tokens += x.numel()
