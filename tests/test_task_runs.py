@@ -28,7 +28,7 @@ COPY = [
     "train.batch_size=32",
     "train.lr=3e-3",
     "train.warmup_steps=10",
-    "train.val_every=0",
+    "train.val_every=100",  # at step 100 and at the last
     "train.ckpt_every=0",
     "encoding=rope",
 ]
@@ -79,6 +79,20 @@ def test_task_results_files_and_metrics(copy_run):
     eval_rows = [json.loads(line)["eval"] for line in (run_dir / "metrics.jsonl").open() if '"eval"' in line]
     assert [row["length"] for row in eval_rows] == [6, 12]
     assert all("accuracy" in row and "by_depth" not in row for row in eval_rows)
+
+
+def test_validation_scores_the_training_range_as_its_final_result_does(copy_run):
+    """The trainer's validation of a task logs the in-range exact match and per-token accuracy; at the
+    last step (the same weights) they equal the first test bucket's, whose lengths are the training
+    range's, and the answer loss falls from the first validation to the last."""
+    _, run_dir, metrics = copy_run
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+    validations = [r for r in records if "val/exact_match" in r]
+    assert [r["step"] for r in validations] == [100, 150]
+    inside = metrics["results"]["results"][0]
+    assert validations[-1]["val/exact_match"] == pytest.approx(inside["accuracy"], abs=1e-12)
+    assert validations[-1]["val/token_accuracy"] == pytest.approx(inside["token_accuracy"], abs=1e-6)
+    assert validations[-1]["val/loss"] < validations[0]["val/loss"]
 
 
 def test_identity_of_a_task_run_ignores_the_corpus_and_the_test_settings():

@@ -142,22 +142,30 @@ def evaluate_task(
 
 
 @torch.no_grad()
-def answer_loss(
+def answer_metrics(
     model: Transformer,
     examples: list[Example],
     device,
     batch_size: int,
     precision: Precision = Precision.fp32,
-) -> float:
-    """Mean cross-entropy over the answer tokens of ``examples`` (the trainer's validation)."""
-    total, count = 0.0, 0
+) -> dict[str, float]:
+    """The trainer's validation of a task, over the answer tokens of ``examples`` teacher-forced and
+    batched as ``evaluate_bucket`` batches them: the mean cross-entropy per answer token, and the
+    exact-match and per-token accuracy as a bucket's result states them (module docstring)."""
+    nll, tokens, shares = 0.0, 0, []
     model.eval()
-    for i in range(0, len(examples), batch_size):
-        x, y = (t.to(device) for t in collate(examples[i : i + batch_size]))
+    ordered = sorted(examples, key=lambda e: len(e.tokens))
+    for batch in equal_length_batches(ordered, batch_size):
+        x, y = (t.to(device) for t in collate(batch))
         with autocast(device, precision):
-            logits = model(x)
-        total += float(
-            torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum")
-        )
-        count += int((y != IGNORE).sum())
-    return total / count
+            logits = model(x).float()
+        scored = y != IGNORE
+        nll += float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum"))
+        tokens += int(scored.sum())
+        shares.append((((logits.argmax(-1) == y) & scored).sum(1) / scored.sum(1)).cpu())
+    share = torch.cat(shares)
+    return {
+        "val/loss": nll / tokens,
+        "val/exact_match": float((share == 1).float().mean()),
+        "val/token_accuracy": float(share.mean()),
+    }

@@ -17,7 +17,7 @@ from posbench.encodings.positions import PosePositions, RandomPositions
 from posbench.evaluation.evaluator import LengthResult, bucket_kind, evaluate_length
 from posbench.evaluation.protocol import protocol_statement
 from posbench.evaluation.run import evaluate_and_report, evaluate_task_and_report, task_statement
-from posbench.evaluation.tasks import TaskResult, answer_loss
+from posbench.evaluation.tasks import TaskResult, answer_metrics
 from posbench.identity import digest
 from posbench.model.transformer import Transformer
 from posbench.runtime import Dist
@@ -54,13 +54,13 @@ class CorpusWorkload:
             lengths=[run.train.seq_len], protocol=Protocol.nonoverlapping, max_tokens=run.train.val_tokens
         )
 
-        def validate(model) -> float:
+        def validate(model) -> dict[str, float]:
             result = evaluate_length(
                 model, self.corpus.val, run.train.seq_len, cfg, device, run.train.precision, progress=False
             )
             if result.nll is None:
                 raise ValueError(f"cannot validate at train.seq_len={run.train.seq_len}: {result.reason}")
-            return result.nll
+            return {"val/loss": result.nll}
 
         return validate
 
@@ -113,12 +113,12 @@ class TaskWorkload:
         return TrainingData(batches, self.vocab_size, self.fingerprint)
 
     def validation(self, device: torch.device) -> Validate:
-        """Mean cross-entropy of the answer tokens of the first test bucket's examples (lengths in the
-        training range)."""
+        """The answer tokens' mean cross-entropy, exact match and per-token accuracy (teacher-forced) on the
+        fixed examples of the training range's lengths (the first test bucket's when they coincide)."""
         lo, hi = self.task.cfg.train_lengths
         examples = fixed_examples(self.task, Bucket(lo, hi))
         batch, precision = self.task.cfg.test_batch_size, self.run.train.precision
-        return lambda model: answer_loss(model, examples, device, batch, precision)
+        return lambda model: answer_metrics(model, examples, device, batch, precision)
 
     def unavailable(self, reason: str) -> tuple[list[dict], dict[str, Any]]:
         rows = [TaskResult(b.hi, b.lo, "n/a", reason=reason).to_dict() for b in length_buckets(self.task.cfg)]

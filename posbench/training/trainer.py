@@ -30,7 +30,8 @@ from posbench.training.signals import StopRequests
 
 log = logging.getLogger(__name__)
 
-Validate = Callable[[torch.nn.Module], float]  # the model -> validation loss at the training length
+# the model -> its validation metrics, named as logged ("val/loss", a task's "val/exact_match", ...)
+Validate = Callable[[torch.nn.Module], dict[str, float]]
 
 
 class Batches(Protocol):
@@ -272,7 +273,7 @@ class Trainer:
 
     def validate_now(self, tracker: Tracker) -> None:
         if self.validate is not None and self.dist.is_main and self.due(self.cfg.val_every):
-            tracker.log({"val/loss": self.validate(self.model)}, self.state.step)
+            tracker.log(self.validate(self.model), self.state.step)
             self.model.train()
 
     def checkpoint(self, force: bool = False) -> None:
