@@ -106,6 +106,9 @@ class TrainConfig:
     log_every: int = 10
     val_every: int = 200  # steps between validation losses at the training length; 0 = never
     val_tokens: int = 65536  # tokens scored by each periodic validation
+    # more lengths validated with it (corpus runs), logged as val/loss@<length>: a fine-tuning's
+    # steps-to-quality curve at the lengths it extends to
+    val_lengths: List[int] = field(default_factory=list)
     ckpt_every: int = 200  # steps between checkpoints; 0 = only at the end
     # true = this run's latest checkpoint; auto = the same, or a fresh start without one (and nothing to
     # do when its results are final: resumable sweeps); or a path to a run folder or .pt file
@@ -143,6 +146,8 @@ class TrainConfig:
         at_least("train.log_every", self.log_every, 1, "steps between logged losses")
         at_least("train.val_every", self.val_every, 0, "steps between validations; 0 = never")
         at_least("train.val_tokens", self.val_tokens, 1, "tokens scored by each validation")
+        for length in self.val_lengths:
+            at_least("train.val_lengths[]", length, 1, "window lengths in tokens")
         at_least("train.ckpt_every", self.ckpt_every, 0, "steps between checkpoints; 0 = only at the end")
         at_least(
             "train.stop_after_steps", self.stop_after_steps, 1, "stop early after this many", allow_none=True

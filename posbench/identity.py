@@ -32,6 +32,7 @@ NOT_EXPERIMENT = {
         "ckpt_every",
         "val_every",
         "val_tokens",
+        "val_lengths",
         "device",
         "compile",
         "activation_checkpointing",  # recomputes the same activations

@@ -91,7 +91,7 @@ def test_validation_scores_the_training_range_as_its_final_result_does(copy_run)
     assert [r["step"] for r in validations] == [100, 150]
     inside = metrics["results"]["results"][0]
     assert validations[-1]["val/exact_match"] == pytest.approx(inside["accuracy"], abs=1e-12)
-    assert validations[-1]["val/token_accuracy"] == pytest.approx(inside["token_accuracy"], abs=1e-6)
+    assert validations[-1]["val/token_accuracy"] == pytest.approx(inside["token_accuracy"], abs=1e-12)
     assert validations[-1]["val/loss"] < validations[0]["val/loss"]
 
 
@@ -236,3 +236,6 @@ def test_what_a_task_run_cannot_honour_is_refused_before_training(tmp_path):
     padded = compose_run("task=copy", "encoding=rope_randpos", "task.length_sampling=per_sequence")
     with pytest.raises(ValueError, match="use per_batch"):
         workload_of(padded)
+    more_lengths = compose_run("task=copy", "train.val_lengths=[64]")
+    with pytest.raises(ValueError, match="leave train.val_lengths empty"):
+        workload_of(more_lengths)

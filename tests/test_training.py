@@ -245,3 +245,22 @@ def test_bf16_loss_curves_stay_within_seed_noise_of_fp32(encoding, smoke_run, tm
     fp32, bf16, other_seed = curve("fp32", 0), curve("bf16", 0), curve("fp32", 1)
     assert fp32[-5:].mean() < fp32[:5].mean() - 0.3 and bf16[-5:].mean() < bf16[:5].mean() - 0.3
     assert np.abs(bf16 - fp32).mean() < np.abs(other_seed - fp32).mean()
+
+
+def test_validation_at_more_lengths_equals_the_final_evaluation_there(smoke_run, tmp_path):
+    """train.val_lengths logs val/loss@<length>; at the last step (the final weights, the same protocol
+    and tokens) it equals the evaluation's NLL at that length."""
+    run = smoke_run("train.val_lengths=[512]", "eval.max_tokens=1024", "eval.protocol=nonoverlapping")
+    out = train(run, tmp_path / "run")
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    validations = [r for r in records if "val/loss@512" in r]
+    assert [r["step"] for r in validations] == [3, 6] and all("val/loss" in r for r in validations)
+    evaluated = {row["length"]: row["nll"] for row in out["results"]["results"]}
+    assert validations[-1]["val/loss@512"] == pytest.approx(evaluated[512], rel=1e-6)
+    assert validations[-1]["val/loss"] == pytest.approx(evaluated[128], rel=1e-6)
+
+
+def test_a_validation_length_past_the_split_is_refused_before_training(smoke_run, tmp_path):
+    with pytest.raises(ValueError, match=r"cannot validate at 100000000 tokens .*lower train.val_lengths"):
+        train(smoke_run("train.val_lengths=[100000000]"), tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -162,10 +162,10 @@ def answer_metrics(
         scored = y != IGNORE
         nll += float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum"))
         tokens += int(scored.sum())
-        shares.append((((logits.argmax(-1) == y) & scored).sum(1) / scored.sum(1)).cpu())
+        shares.append((((logits.argmax(-1) == y) & scored).sum(1).double() / scored.sum(1)).cpu())
     share = torch.cat(shares)
     return {
         "val/loss": nll / tokens,
-        "val/exact_match": float((share == 1).float().mean()),
+        "val/exact_match": float((share == 1).double().mean()),
         "val/token_accuracy": float(share.mean()),
     }

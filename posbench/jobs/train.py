@@ -117,9 +117,8 @@ def _train(
     if resume_from is None and run.parent is not None:  # a resumed run has its own weights
         initialise_from_parent(model, run, work.vocab_size, work.fingerprint)
     with StopRequests() as stops:
-        trainer = Trainer(
-            run, model, work.training_data(d), run_dir, device, d, work.validation(device), resume_from, stops
-        )
+        validate = work.validation(model, device)
+        trainer = Trainer(run, model, work.training_data(d), run_dir, device, d, validate, resume_from, stops)
         identity = RunIdentity.of(run)
         config = {**to_plain_dict(run), "choices": choices or {}, "identity": identity.to_dict()}
         restart = resume_from is None and restarts_in_place(run, run_dir, None)  # metrics start afresh

@@ -14,7 +14,7 @@ from posbench.config import EvalConfig, Protocol, RunConfig
 from posbench.data import TokenizedCorpus, TrainBatches, load_corpus
 from posbench.distributed import barrier
 from posbench.encodings.positions import PosePositions, RandomPositions
-from posbench.evaluation.evaluator import LengthResult, bucket_kind, evaluate_length
+from posbench.evaluation.evaluator import LengthResult, bucket_kind, evaluate_length, unavailable_reason
 from posbench.evaluation.protocol import protocol_statement
 from posbench.evaluation.run import evaluate_and_report, evaluate_task_and_report, task_statement
 from posbench.evaluation.tasks import TaskResult, answer_metrics
@@ -47,20 +47,29 @@ class CorpusWorkload:
         )
         return TrainingData(batches, self.vocab_size, self.fingerprint)
 
-    def validation(self, device: torch.device) -> Validate:
-        """Mean NLL at the training length over ``train.val_tokens``."""
-        run = self.run
-        cfg = EvalConfig(
-            lengths=[run.train.seq_len], protocol=Protocol.nonoverlapping, max_tokens=run.train.val_tokens
-        )
+    def validation(self, model: Transformer, device: torch.device) -> Validate:
+        """Mean NLL over ``train.val_tokens`` at the training length ("val/loss") and at each of
+        ``train.val_lengths`` ("val/loss@<length>"); a length ``model`` or the validation split cannot
+        take is refused here, before any step."""
+        train = self.run.train
+        names = {
+            train.seq_len: "val/loss",
+            **{n: f"val/loss@{n}" for n in train.val_lengths if n != train.seq_len},
+        }
+        for length in names if train.val_every else ():
+            reason = unavailable_reason(model, len(self.corpus.val), length)
+            if reason is not None:
+                raise ValueError(f"cannot validate at {length} tokens ({reason}): lower train.val_lengths")
+        cfg = EvalConfig(lengths=list(names), protocol=Protocol.nonoverlapping, max_tokens=train.val_tokens)
 
         def validate(model) -> dict[str, float]:
-            result = evaluate_length(
-                model, self.corpus.val, run.train.seq_len, cfg, device, run.train.precision, progress=False
-            )
-            if result.nll is None:
-                raise ValueError(f"cannot validate at train.seq_len={run.train.seq_len}: {result.reason}")
-            return {"val/loss": result.nll}
+            metrics = {}
+            for length, name in names.items():
+                result = evaluate_length(
+                    model, self.corpus.val, length, cfg, device, train.precision, progress=False
+                )
+                metrics[name] = result.nll
+            return metrics
 
         return validate
 
@@ -112,7 +121,7 @@ class TaskWorkload:
         )
         return TrainingData(batches, self.vocab_size, self.fingerprint)
 
-    def validation(self, device: torch.device) -> Validate:
+    def validation(self, model: Transformer, device: torch.device) -> Validate:
         """The answer tokens' mean cross-entropy, exact match and per-token accuracy (teacher-forced) on the
         fixed examples of the training range's lengths (the first test bucket's when they coincide)."""
         lo, hi = self.task.cfg.train_lengths
@@ -139,6 +148,11 @@ def check_task_encoding(run: RunConfig) -> None:
         raise ValueError(
             f"encoding/scaling={scaling.kind} with a task: RoPE scaling reads a training length in tokens, "
             "which task lengths are not; use encoding/scaling=none"
+        )
+    if run.train.val_lengths:
+        raise ValueError(
+            "train.val_lengths validates a corpus run at more lengths; a task run validates its training "
+            "range: leave train.val_lengths empty"
         )
     label = run.encoding.label()
     drawn = any(suffix in label for suffix in (RandomPositions.label_suffix, PosePositions.label_suffix))
