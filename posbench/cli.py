@@ -8,11 +8,12 @@ from typing import Callable
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from posbench.config import register_schemas, to_run_config
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+HYDRA_RECORD = ".hydra"  # where a job's Hydra record goes in its folder (hydra_record)
 
 
 USER_ERROR, DIVERGED = 2, 3  # exit codes; a stop signal exits 128 + its number (SIGTERM: 143)
@@ -42,8 +43,15 @@ def _guarded(job: Callable[[DictConfig], object]) -> Callable[[DictConfig], obje
         from posbench.jobs.train import TrainingDiverged
         from posbench.training.signals import Interrupted
 
+        from posbench.run_lock import FolderInUse
+
         try:
             return job(cfg)
+        except FolderInUse as exc:
+            if in_multirun():  # the sweep goes on: that job is another process's now
+                print(f"error: {exc}; this sweep goes on without it", file=sys.stderr, flush=True)
+                return None
+            _say(f"error: {exc}", USER_ERROR)
         except _user_errors() as exc:
             _say(f"error: {exc}", USER_ERROR)
         except TrainingDiverged as exc:
@@ -84,6 +92,23 @@ def _choices() -> dict:
     }
 
 
+def hydra_record(cfg: DictConfig) -> Callable[[Path], None]:
+    """What Hydra would write into ``<folder>/.hydra/`` (the job's config, Hydra's own, the overrides),
+    written by posbench once the job holds its folder: the configs set ``hydra.output_subdir: null``,
+    since Hydra writes before any job code runs, and a job refused a folder must not overwrite the
+    record of the run that holds it."""
+
+    def write(folder: Path) -> None:
+        hydra_cfg = HydraConfig.get()
+        record = Path(folder) / HYDRA_RECORD
+        record.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, record / "config.yaml")
+        OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), record / "hydra.yaml")
+        OmegaConf.save(hydra_cfg.overrides.task, record / "overrides.yaml")
+
+    return write
+
+
 @_guarded
 def train_job(cfg: DictConfig) -> object:
     from posbench.distributed import adopt_slurm_environment
@@ -91,21 +116,25 @@ def train_job(cfg: DictConfig) -> object:
 
     adopt_slurm_environment()
     run = to_run_config(cfg)
-    return train(run, HydraConfig.get().runtime.output_dir, _choices())
+    return train(run, HydraConfig.get().runtime.output_dir, _choices(), on_held=hydra_record(cfg))
 
 
 @_guarded
 def eval_job(cfg: DictConfig) -> object:
+    from posbench.jobs.evaluate import check_eval_folder, evaluate_checkpoint
+    from posbench.run_lock import hold_folder
+
     if cfg.get("hf") is not None and cfg.get("checkpoint") is not None:
         raise ValueError("posbench eval takes checkpoint=PATH or hf=NAME_OR_DIR, not both")
-    if cfg.get("hf") is not None:  # a pretrained Hugging Face model (posbench/jobs/pretrained.py)
-        from posbench.jobs.pretrained import evaluate_pretrained
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    with hold_folder(out_dir, "eval"):
+        check_eval_folder(out_dir)
+        hydra_record(cfg)(out_dir)
+        if cfg.get("hf") is not None:  # a pretrained Hugging Face model (posbench/jobs/pretrained.py)
+            from posbench.jobs.pretrained import evaluate_pretrained
 
-        hydra_cfg = HydraConfig.get()
-        return evaluate_pretrained(cfg, hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task))
-    from posbench.jobs.evaluate import evaluate_checkpoint
-
-    return evaluate_checkpoint(cfg, HydraConfig.get().runtime.output_dir)
+            return evaluate_pretrained(cfg, out_dir, list(HydraConfig.get().overrides.task))
+        return evaluate_checkpoint(cfg, out_dir)
 
 
 COMMANDS = {"train": ("train", train_job), "eval": ("eval", eval_job)}

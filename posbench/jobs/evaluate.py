@@ -22,6 +22,7 @@ from posbench.model.transformer import Transformer
 from posbench.runtime import check_precision, resolve_device
 from posbench.tasks import TEST_KEYS
 from posbench.tracking import Tracker, build_tracker
+from posbench.training.resume import RUN_FILES
 
 EVAL_KEYS = (
     "checkpoint",
@@ -102,6 +103,18 @@ def load_model(run: RunConfig, ckpt: dict, work: Workload, device) -> Transforme
             f"options may change ({' '.join(str(exc).split()[:40])})"
         ) from None
     return model
+
+
+def check_eval_folder(out_dir: Path) -> None:
+    """An evaluation writes into a folder of its own: never one holding a training run or another
+    evaluation (their results.json and metrics.jsonl would be replaced or mixed)."""
+    held = [name for name in (*RUN_FILES, EVAL_CONFIG_YAML) if (out_dir / name).exists()]
+    if held:
+        what = "another evaluation" if EVAL_CONFIG_YAML in held else "a training run"
+        raise ValueError(
+            f"{out_dir} holds {what} ({', '.join(held)}); an evaluation writes into a new folder of its "
+            "own: leave hydra.run.dir unset, or point it at an empty folder"
+        )
 
 
 def save_eval_config(out_dir: Path, checkpoint: str, overrides: dict, run: RunConfig) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -15,6 +15,7 @@ from posbench.identity import RunIdentity
 from posbench.jobs.workload import Workload, workload_of
 from posbench.model.transformer import Transformer
 from posbench.results import format_table, format_task_table, write_results
+from posbench.run_lock import held_by_main
 from posbench.runtime import (
     Dist,
     check_precision,
@@ -38,12 +39,19 @@ class TrainingDiverged(RuntimeError):
     """The run stopped on a non-finite loss or gradient norm; its results say so."""
 
 
-def train(run: RunConfig, run_dir: str | Path, choices: Optional[dict] = None) -> dict[str, Any]:
+def train(
+    run: RunConfig,
+    run_dir: str | Path,
+    choices: Optional[dict] = None,
+    on_held: Optional[Callable[[Path], None]] = None,
+) -> dict[str, Any]:
     """Train ``run`` in ``run_dir``, evaluate it at ``eval.lengths``; returns the final metrics.
 
     Under torchrun each rank trains its slice of every global batch (DDP); only rank 0 logs,
-    validates, checkpoints and evaluates, into rank 0's ``run_dir``. A divergence raises
-    ``TrainingDiverged`` and a stop signal ``Interrupted``, once their files are written.
+    validates, checkpoints and evaluates, into rank 0's ``run_dir``, which it holds for the whole
+    job (``posbench/run_lock.py``; ``on_held(run_dir)`` is called once it does, before anything is
+    written there). A divergence raises ``TrainingDiverged`` and a stop signal ``Interrupted``,
+    once their files are written.
     """
     if run.task is not None and run.train.max_tokens is not None:
         raise ValueError(
@@ -61,13 +69,19 @@ def train(run: RunConfig, run_dir: str | Path, choices: Optional[dict] = None) -
         )
     with process_group(d, device):
         run_dir = Path(broadcast_from_main(str(run_dir)))
-        done = broadcast_from_main(finished_results(run, run_dir) if d.is_main else None)
-        if done is not None:
-            if d.is_main:
-                name = RunIdentity.of(run).name
-                print(f"{name}: already finished in {run_dir} (train.resume=auto); nothing to do", flush=True)
-            return {"step": done.get("step"), "results": done, "skipped": True}
-        return _train(run, run_dir, choices, d, device)
+        with held_by_main(run_dir, "train", d):
+            done = broadcast_from_main(finished_results(run, run_dir) if d.is_main else None)
+            if done is not None:
+                if d.is_main:
+                    name = RunIdentity.of(run).name
+                    print(
+                        f"{name}: already finished in {run_dir} (train.resume=auto); nothing to do",
+                        flush=True,
+                    )
+                return {"step": done.get("step"), "results": done, "skipped": True}
+            if d.is_main and on_held is not None:
+                on_held(run_dir)
+            return _train(run, run_dir, choices, d, device)
 
 
 def claim_run_folder(run: RunConfig, run_dir: Path, d: Dist) -> Optional[Path]:
