@@ -41,9 +41,8 @@ def _guarded(job: Callable[[DictConfig], object]) -> Callable[[DictConfig], obje
     def wrapper(cfg: DictConfig) -> object:
         from posbench.atomic import disk_full_cause
         from posbench.jobs.train import TrainingDiverged
-        from posbench.training.signals import Interrupted
-
         from posbench.run_lock import FolderInUse
+        from posbench.training.signals import Interrupted
 
         try:
             return job(cfg)

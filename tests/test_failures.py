@@ -303,7 +303,7 @@ def test_a_signal_during_the_last_checkpoint_stops_before_the_evaluation(smoke_r
 def test_an_in_place_resume_with_another_config_is_refused(smoke_run, tmp_path):
     steps = ["train.max_steps=4", *QUICK]
     train(smoke_run(*steps, "train.stop_after_steps=2"), tmp_path / "a")
-    with pytest.raises(ValueError, match="another experiment's run"):
+    with pytest.raises(ValueError, match=r"another experiment than this config \(train\.lr: "):
         train(smoke_run(*steps, "train.lr=1e-4", f"train.resume={tmp_path / 'a'}"), tmp_path / "a")
 
 

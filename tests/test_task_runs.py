@@ -237,5 +237,5 @@ def test_what_a_task_run_cannot_honour_is_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match="use per_batch"):
         workload_of(padded)
     more_lengths = compose_run("task=copy", "train.val_lengths=[64]")
-    with pytest.raises(ValueError, match="leave train.val_lengths empty"):
+    with pytest.raises(ValueError, match=r"leave train\.val_lengths empty"):
         workload_of(more_lengths)

@@ -43,7 +43,7 @@ def test_resume_true_finds_the_latest_run_of_its_kind(smoke_run, tmp_path):
 
 def test_resume_refuses_a_checkpoint_of_another_model(smoke_run, tmp_path):
     train(smoke_run("train.max_steps=2", "eval.enabled=false", "train.val_every=0"), tmp_path / "a")
-    with pytest.raises(ValueError, match="encoding config differs"):
+    with pytest.raises(ValueError, match=r"another experiment .*encoding\.name: alibi -> rope"):
         train(
             smoke_run("encoding=rope", "train.max_steps=2", f"train.resume={tmp_path / 'a'}"), tmp_path / "b"
         )
@@ -264,3 +264,15 @@ def test_a_validation_length_past_the_split_is_refused_before_training(smoke_run
     with pytest.raises(ValueError, match=r"cannot validate at 100000000 tokens .*lower train.val_lengths"):
         train(smoke_run("train.val_lengths=[100000000]"), tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_resume_that_changes_an_experiment_key_is_refused_naming_it(smoke_run, tmp_path):
+    """train.resume into a new folder with another learning rate would record the new lr and digest
+    for weights trained at the old one: refused, naming the key, before any step."""
+    first = tmp_path / "first"
+    train(smoke_run("train.lr=2e-3"), first)
+    with pytest.raises(ValueError, match=r"train.lr: 0.002 -> 0.005.*train.init_from="):
+        train(smoke_run("train.lr=5e-3", f"train.resume={first}"), tmp_path / "second")
+    assert not (tmp_path / "second" / "metrics.jsonl").exists()
+    resumed = train(smoke_run("train.lr=2e-3", f"train.resume={first}"), tmp_path / "third")
+    assert resumed["step"] == 6  # the same experiment resumes (here: nothing left to train)

@@ -26,6 +26,7 @@ from posbench.runtime import (
 from posbench.tracking import Tracker, build_tracker
 from posbench.training.init_from import initialise_from_parent
 from posbench.training.resume import (
+    check_resume_identity,
     check_run_folder,
     find_resume_checkpoint,
     finished_results,
@@ -91,6 +92,8 @@ def claim_run_folder(run: RunConfig, run_dir: Path, d: Dist) -> Optional[Path]:
     refusal = None
     if d.is_main:
         try:
+            if resume_from is not None:
+                check_resume_identity(run, resume_from)
             check_run_folder(run, run_dir, resume_from)
         except ValueError as exc:
             refusal = str(exc)

@@ -7,7 +7,7 @@ from typing import Optional
 
 from posbench.checkpoint import CheckpointError, saved_config
 from posbench.config import RunConfig, to_plain_dict
-from posbench.identity import RunIdentity
+from posbench.identity import RunIdentity, experiment_config
 from posbench.results import RESULTS_JSON, load_results
 
 TRUE_WORDS = {"true", "yes", "1", "latest"}
@@ -91,6 +91,46 @@ def restarts_in_place(run: RunConfig, run_dir: Path, resume_from: Optional[Path]
     return auto and resume_from is None and run_dir.name.endswith(RunIdentity.of(run).folder)
 
 
+def flat(values: dict, prefix: str = "") -> dict:
+    """``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def experiment_changes(saved: dict, run: RunConfig) -> list[str]:
+    """The experiment keys whose values differ between a saved config and ``run``: ``key: old -> new``."""
+    old, new = flat(experiment_config(saved)), flat(experiment_config(to_plain_dict(run)))
+    missing = "(absent)"
+    return [
+        f"{key}: {old.get(key, missing)} -> {new.get(key, missing)}"
+        for key in sorted(set(old) | set(new))
+        if old.get(key, missing) != new.get(key, missing)
+    ]
+
+
+def check_resume_identity(run: RunConfig, resume_from: Path) -> None:
+    """A resume continues the experiment its checkpoint trained: one that changes an experiment key
+    (the learning rate, the budget, the encoding...) would record the new config for the old weights."""
+    saved = saved_config(resume_from)
+    if saved is None or same_run(saved, RunIdentity.of(run)):
+        return  # (an unusable file: the trainer's load says what is wrong with it)
+    try:
+        changes = experiment_changes(saved, run)
+    except (KeyError, TypeError, ValueError):
+        changes = []
+    changed = "; ".join(changes[:4]) + ("; ..." if len(changes) > 4 else "") if changes else "its identity"
+    raise ValueError(
+        f"train.resume={resume_from} holds another experiment than this config ({changed}): a resume "
+        "continues the run it was; drop those overrides, or start a new run from its weights with "
+        f"train.init_from={resume_from}"
+    )
+
+
 def check_run_folder(run: RunConfig, run_dir: Path, resume_from: Optional[Path]) -> None:
     """Refuse a folder that already holds a run (its checkpoints, metrics or results), unless this
     command resumes that very run from it (or restarts it there: ``restarts_in_place``): a second
@@ -100,12 +140,7 @@ def check_run_folder(run: RunConfig, run_dir: Path, resume_from: Optional[Path])
         return
     elsewhere = "run in another folder (leave hydra.run.dir unset for a fresh one)"
     if resume_from is not None and run_dir.resolve() in Path(resume_from).resolve().parents:
-        if same_run(saved_config(resume_from), RunIdentity.of(run)):
-            return
-        raise ValueError(
-            f"{run_dir} holds another experiment's run than this command's: a run resumes in its folder "
-            f"only with its own config; drop the changed overrides, or {elsewhere}"
-        )
+        return  # this run itself, resumed in its folder (check_resume_identity: with its own config)
     if not (run_dir / "checkpoints" / "last.pt").is_file():
         raise ValueError(
             f"{run_dir} already holds a run ({', '.join(found)}) with no checkpoint; {elsewhere}"
