@@ -28,13 +28,23 @@ def main(argv: list[str] | None = None) -> None:
 
     if command not in COMMANDS:
         print(
-            f"error: unknown command {command!r}; valid commands: "
-            f"{', '.join([*COMMANDS, 'compare'])}\n\n{USAGE}",
+            f"error: unknown command {command!r}; valid commands: {', '.join([*COMMANDS, 'compare'])} "
+            "(python -m posbench --help says what each does)",
             file=sys.stderr,
         )
         sys.exit(2)
     run_hydra(command, rest)
 
 
+def run() -> None:
+    """``main``, with a Ctrl-C that arrives before any job code (while torch and Hydra import) ending
+    in one line: nothing has been written yet."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C) before anything was written; run the command again", file=sys.stderr)
+        sys.exit(130)
+
+
 if __name__ == "__main__":
-    main()
+    run()

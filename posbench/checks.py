@@ -6,6 +6,7 @@ made typed (``config.to_run_config``): before any data is read or any step is ta
 
 from __future__ import annotations
 
+import re
 from typing import Optional
 
 
@@ -46,3 +47,10 @@ def _number(bound: float) -> str:
 
 def _why(meaning: str) -> str:
     return f" ({meaning})" if meaning else ""
+
+
+def one_line(exc: BaseException) -> str:
+    """An error a user can fix, in one line; an OmegaConf error raised while resolving a value (e.g. a
+    resolver's own ValueError for ``train.init_from=/missing``) says only its cause."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return re.sub(r"^\w+ raised while resolving interpolation: ", "", text)

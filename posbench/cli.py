@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -34,46 +36,63 @@ def _say(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def failure(exc: BaseException) -> Optional[tuple[str, int]]:
+    """(the one line, the exit code) of an error that ends a job in one line, or None (a bug)."""
+    from posbench.atomic import disk_full_cause
+    from posbench.checks import one_line
+    from posbench.jobs.train import TrainingDiverged
+    from posbench.training.signals import Interrupted
+
+    if isinstance(exc, TrainingDiverged):
+        return (f"error: {exc}" if str(exc) else ""), DIVERGED
+    if isinstance(exc, Interrupted):
+        return str(exc), exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):  # before the trainer's own handler: nothing written yet
+        return "interrupted (Ctrl-C) before anything of this run was written; run the command again", 130
+    if isinstance(exc, _user_errors()):
+        return f"error: {one_line(exc)}", USER_ERROR
+    if isinstance(exc, PermissionError):
+        return f"error: permission denied: {exc.filename}; make it readable (or writable), or use another", 2
+    if isinstance(exc, OSError) and disk_full_cause(exc) is not None:  # outside an atomic write
+        where = f" writing {exc.filename}" if exc.filename else ""
+        return f"error: no space left on the device{where}; free space or point run_root=... elsewhere", 2
+    return None
+
+
+SWEEP_PROBLEMS: list[tuple[int, str]] = []  # this process's sweep jobs that did not finish: (code, line)
+
+
+def remove_if_empty(folder: Path) -> None:
+    """A job refused before it wrote anything leaves no folder behind (Hydra made it)."""
+    with contextlib.suppress(OSError):
+        folder.rmdir()  # only an empty folder
+
+
 def _guarded(job: Callable[[DictConfig], object]) -> Callable[[DictConfig], object]:
-    """Errors a user can fix (bad config, missing data, corrupt checkpoint, full disk), a divergence
-    and a stop signal end in one line, with an exit code that tells them apart."""
+    """Errors a user can fix (bad config, missing data, corrupt checkpoint, full disk, a folder in use),
+    a divergence and a stop signal end in one line, with an exit code that tells them apart. In a
+    sweep, a job that fails so (but for a stop signal) prints its line and the sweep goes on; the sweep
+    then ends with a summary and that exit code (``run_hydra``)."""
 
     def wrapper(cfg: DictConfig) -> object:
-        from posbench.atomic import disk_full_cause
-        from posbench.jobs.train import TrainingDiverged
         from posbench.run_lock import FolderInUse
-        from posbench.training.signals import Interrupted
 
         try:
             return job(cfg)
-        except FolderInUse as exc:
-            if in_multirun():  # the sweep goes on: that job is another process's now
-                print(f"error: {exc}; this sweep goes on without it", file=sys.stderr, flush=True)
-                return None
-            _say(f"error: {exc}", USER_ERROR)
-        except _user_errors() as exc:
-            _say(f"error: {exc}", USER_ERROR)
-        except TrainingDiverged as exc:
-            if in_multirun():  # the sweep goes on: the run's results say it diverged, compare lists it
-                print(f"error: {exc}", file=sys.stderr, flush=True)
-                return None
-            _say(f"error: {exc}" if str(exc) else "", DIVERGED)
-        except Interrupted as exc:
-            _say(str(exc), exc.exit_code)
-        except KeyboardInterrupt:  # before the trainer's own handler is installed: nothing written yet
-            _say("interrupted (Ctrl-C) before anything of this run was written; run the command again", 130)
-        except PermissionError as exc:
-            _say(
-                f"error: permission denied: {exc.filename}; make it readable (or writable), or use another", 2
-            )
-        except OSError as exc:  # a full disk outside an atomic write (metrics.jsonl, W&B files)
-            if disk_full_cause(exc) is None:
+        except BaseException as exc:  # sorted by failure(); anything else is re-raised
+            said = failure(exc)
+            if said is None:
                 raise
-            where = f" writing {exc.filename}" if exc.filename else ""
-            _say(
-                f"error: no space left on the device{where}; free space or point run_root=... elsewhere",
-                USER_ERROR,
-            )
+            message, code = said
+            if HydraConfig.initialized():
+                remove_if_empty(Path(HydraConfig.get().runtime.output_dir))
+            if in_multirun() and code in (USER_ERROR, DIVERGED):
+                if message:
+                    print(message, file=sys.stderr, flush=True)
+                if message and not isinstance(exc, FolderInUse):  # a held job is another sweep's
+                    SWEEP_PROBLEMS.append((code, f"{HydraConfig.get().job.override_dirname}: {message}"))
+                return None
+            _say(message, code)
 
     wrapper.__name__ = job.__name__
     return wrapper
@@ -98,12 +117,13 @@ def hydra_record(cfg: DictConfig) -> Callable[[Path], None]:
     record of the run that holds it."""
 
     def write(folder: Path) -> None:
+        from posbench.atomic import atomic_write_text
+
         hydra_cfg = HydraConfig.get()
         record = Path(folder) / HYDRA_RECORD
-        record.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, record / "config.yaml")
-        OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), record / "hydra.yaml")
-        OmegaConf.save(hydra_cfg.overrides.task, record / "overrides.yaml")
+        atomic_write_text(record / "config.yaml", OmegaConf.to_yaml(cfg))
+        atomic_write_text(record / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})))
+        atomic_write_text(record / "overrides.yaml", OmegaConf.to_yaml(hydra_cfg.overrides.task))
 
     return write
 
@@ -162,4 +182,66 @@ def run_hydra(command: str, argv: list[str]) -> None:
     quiet_schema_by_name()
 
     sys.argv = [f"posbench {command}", *argv, *hydra_overrides_for_rank()]
-    hydra.main(config_path=CONFIG_DIR, config_name=config_name, version_base="1.3")(job)()
+    with composition_errors_in_one_line():
+        hydra.main(config_path=CONFIG_DIR, config_name=config_name, version_base="1.3")(job)()
+    if SWEEP_PROBLEMS:
+        lines = "\n".join(f"  {line}" for _, line in SWEEP_PROBLEMS)
+        code = USER_ERROR if any(c == USER_ERROR for c, _ in SWEEP_PROBLEMS) else DIVERGED
+        _say(f"sweep finished; {len(SWEEP_PROBLEMS)} job(s) did not:\n{lines}", code)
+
+
+@contextlib.contextmanager
+def composition_errors_in_one_line() -> Iterator[None]:
+    """Hydra reports a config it cannot compose (an unknown key, group or option; a bad override) with
+    a traceback or a multi-line message and exit code 1: say it in one line, exit 2 (a user error).
+    Hydra's own reporting (``hydra._internal.utils.run_and_report``) is kept for everything else."""
+    from hydra._internal import utils
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+    from omegaconf.errors import ConfigKeyError, ValidationError
+
+    original = utils.run_and_report
+
+    def run_and_report(func: Callable[[], object]) -> object:
+        def composed() -> object:
+            try:
+                return func()
+            except (ConfigCompositionException, MissingConfigException, OverrideParseException) as exc:
+                _say(f"error: {composition_message(exc)}", USER_ERROR)
+            except (ConfigKeyError, ValidationError) as exc:  # a schema's merge while composing
+                _say(f"error: {composition_message(exc)}", USER_ERROR)
+
+        return original(composed)
+
+    utils.run_and_report = run_and_report
+    try:
+        yield
+    finally:
+        utils.run_and_report = original
+
+
+def composition_message(exc: BaseException) -> str:
+    """The key or option at fault and what to do, from Hydra's or OmegaConf's message."""
+    from omegaconf.errors import ConfigKeyError
+
+    chain = [exc]
+    while chain[-1].__cause__ is not None:
+        chain.append(chain[-1].__cause__)
+    unknown = next((e for e in chain if isinstance(e, ConfigKeyError) and getattr(e, "full_key", None)), None)
+    if unknown is not None:
+        return (
+            f"{unknown.full_key} is not an option of this config; check its spelling "
+            "(--cfg job prints every key with its value)"
+        )
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    overridden = re.match(r"Could not override '([^']+)'", lines[0]) if lines else None
+    if overridden:
+        return (
+            f"{overridden.group(1)} is not an option of this config; check its spelling "
+            "(--cfg job prints every key with its value)"
+        )
+    options = next((i for i, line in enumerate(lines) if line.startswith("Available options")), None)
+    if options is not None:  # an unknown option of a group: name them all
+        names = [line for line in lines[options + 1 :] if ":" not in line and "=" not in line]
+        return f"{' '.join(lines[:options])}; {lines[options].rstrip(':').lower()}: {', '.join(names)}"
+    causes = [str(e).strip().splitlines()[0] for e in chain[1:] if str(e).strip()]
+    return "; ".join([*lines[:1], *causes[-1:]]) or type(exc).__name__

@@ -19,6 +19,7 @@ from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
 
 from posbench.checks import above, at_least, within
 from posbench.data.config import (
@@ -36,6 +37,7 @@ from posbench.encodings import (
     register_scaling_schemas,
     register_temperature_schemas,
 )
+from posbench.evaluation.protocol import resolve_stride
 from posbench.lineage import register_parent_resolver
 from posbench.model.config import Attention, Mlp, ModelConfig, Norm
 from posbench.runtime import Precision
@@ -184,6 +186,14 @@ class EvalConfig:
             )
         if self.stride is not None and self.stride < 1:
             raise ValueError("eval.stride must be at least 1")
+        repeated = sorted({n for n in self.lengths if list(self.lengths).count(n) > 1})
+        if repeated:
+            raise ValueError(
+                f"eval.lengths={list(self.lengths)} names {', '.join(map(str, repeated))} more than once; "
+                "each length is evaluated once (list it once)"
+            )
+        for length in self.lengths:  # here, not after training: a stride longer than a window skips tokens
+            resolve_stride(length, Protocol(self.protocol).value, self.stride)
         if self.position_buckets < 1:
             raise ValueError("eval.position_buckets must be at least 1")
         if self.max_tokens is not None and self.max_tokens < 1:
@@ -264,7 +274,15 @@ def to_run_config(cfg: DictConfig | dict) -> RunConfig:
     schema.data = _schema_for(DATA_SCHEMAS, plain["data"]["name"], "data")
     if plain.get("task") is not None:
         schema.task = _schema_for(TASK_SCHEMAS, plain["task"]["name"], "task")
-    merged = OmegaConf.merge(schema, plain)
+    try:
+        merged = OmegaConf.merge(schema, plain)
+    except ConfigKeyError as exc:  # a key no schema has, e.g. +train.lrr=0.1
+        raise ValueError(
+            f"{exc.full_key} is not an option of this config; check its spelling (--cfg job prints every "
+            "key with its value)"
+        ) from None
+    except ValidationError as exc:  # a value of the wrong type, e.g. train.lr=fast
+        raise ValueError(f"{exc.full_key}: {str(exc).strip().splitlines()[0]}") from None
     return OmegaConf.to_object(merged)  # type: ignore[return-value]
 
 

@@ -10,10 +10,15 @@ workers receive the callback pickled; unpickling builds it again, so they regist
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from posbench.checkpoint import saved_config
+from posbench.checks import one_line
 from posbench.config import to_run_config
 from posbench.identity import RunIdentity
 from posbench.lineage import register_parent_resolver
@@ -67,3 +72,44 @@ class RegisterFolderResolvers(Callback):
 
     def __reduce__(self) -> tuple:
         return (type(self), ())  # unpickling calls __init__ again
+
+
+def output_folder_problem(folder: Path) -> Optional[str]:
+    """Why Hydra could not make ``folder`` (one line), or None; it is made here when it can be."""
+    if folder.exists() and not folder.is_dir():
+        return f"{folder} is a file, not a folder: point hydra.run.dir (or run_root=...) elsewhere"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return (
+            f"cannot make the folder {folder} ({exc.strerror}): point run_root=... (or hydra.run.dir, "
+            "hydra.sweep.dir) at a place you can write"
+        )
+    return None
+
+
+class CheckOutputFolder(Callback):
+    """Hydra callback: before Hydra makes the job's folder (and would fail in a traceback), a config
+    that does not validate or a folder that cannot be made ends in one line, exit 2, with no folder
+    left behind."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        folder = Path(str(config.hydra.run.dir))
+        if folder.name.endswith(INVALID):
+            try:  # the job would say the same, after Hydra made an empty folder for it
+                to_run_config(OmegaConf.create({k: config[k] for k in config if k != "hydra"}))
+            except Exception as exc:  # the schema's own message
+                stop(f"error: {one_line(exc)}")
+        problem = output_folder_problem(folder)
+        if problem:
+            stop(f"error: {problem}")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        problem = output_folder_problem(Path(str(config.hydra.sweep.dir)))
+        if problem:
+            stop(f"error: {problem}")
+
+
+def stop(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+    sys.exit(2)

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -327,10 +328,73 @@ def test_resume_auto_restarts_a_job_killed_before_its_first_checkpoint_in_its_ow
 
 
 @pytest.mark.slow
-def test_a_diverging_job_does_not_stop_the_sweep(tmp_path):
-    args = ["train", "-m", "debug=smoke", "logger=jsonl", "train.lr=1e4,1e-3", "train.max_steps=6"]
-    result = posbench_cli(*args, "eval.lengths=[128]", f"run_root={tmp_path}", cwd=tmp_path, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "diverged" in result.stderr and len(list(tmp_path.rglob("results.json"))) == 2
-    diverged = [load_results(p).get("diverged") for p in tmp_path.rglob("results.json")]
-    assert sum(d is not None for d in diverged) == 1
+def test_a_diverging_or_bad_job_does_not_stop_the_sweep_and_the_sweep_says_so(tmp_path):
+    """The sweep goes on past a diverging job and past a job refused for a user error (here a
+    validation length past the split), then ends with one line per such job and a non-zero code: 3
+    when only divergence, 2 when a job was refused. The bad job leaves no folder."""
+    args = ["train", "-m", "debug=smoke", "logger=jsonl", "train.max_steps=6", "eval.lengths=[128]"]
+    diverging = posbench_cli(*args, "train.lr=1e4,1e-3", f"run_root={tmp_path / 'a'}", timeout=300)
+    assert diverging.returncode == 3, diverging.stderr[-2000:]
+    assert "sweep finished; 1 job(s) did not:" in diverging.stderr and "train.lr=10000.0" in diverging.stderr
+    results = list((tmp_path / "a").rglob("results.json"))
+    assert len(results) == 2 and sum(load_results(p).get("diverged") is not None for p in results) == 1
+    bad = posbench_cli(*args, "train.val_lengths=[100000000],[]", f"run_root={tmp_path / 'b'}", timeout=300)
+    assert bad.returncode == 2, bad.stderr[-2000:]
+    assert "cannot validate at 100000000 tokens" in bad.stderr.splitlines()[-1]
+    runs = [p for p in (tmp_path / "b").rglob("*_L128_*") if p.is_dir()]
+    assert [(p / "results.json").is_file() for p in runs] == [True]  # the good job ran; the bad left nothing
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["+train.lrr=0.1"], "train.lrr is not an option of this config"),
+        (["train.lrr=0.1"], "train.lrr is not an option of this config"),
+        (["train.lr=fast"], "could not be converted to Float"),
+        (["train.init_from=/missing"], "error: train.init_from=/missing: no checkpoint at /missing"),
+        (["train.min_lr_ratio=-1"], "train.min_lr_ratio=-1.0 must be in [0, 1]"),
+        (["eval.protocol=sliding", "eval.stride=100000"], "exceeds the window length 128"),
+        (["eval.lengths=[128,128]"], "names 128 more than once"),
+    ],
+)
+def test_a_bad_config_ends_in_one_line_exit_2_before_any_folder(args, expected, tmp_path):
+    result = posbench_cli("train", "debug=smoke", "logger=jsonl", f"run_root={tmp_path}", *args)
+    assert result.returncode == 2 and expected in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not list(tmp_path.rglob("*")), list(tmp_path.rglob("*"))  # no folder, empty or not
+
+
+def test_a_folder_that_cannot_be_made_ends_in_one_line(tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    for args, expected in (
+        ([f"hydra.run.dir={a_file}"], "is a file, not a folder"),
+        ([f"run_root={a_file / 'below'}"], "cannot make the folder"),
+        (["-m", f"hydra.sweep.dir={a_file / 'sweep'}"], "cannot make the folder"),
+    ):
+        result = posbench_cli("train", *args, "debug=smoke", "logger=jsonl")
+        assert result.returncode == 2 and expected in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_truncated_checkpoint_in_its_own_folder_is_said_to_be_unreadable(smoke_run, tmp_path):
+    run_dir = tmp_path / "run"
+    train(smoke_run("train.max_steps=3", *QUICK), run_dir)
+    last = run_dir / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="it may be truncated"):
+        train(smoke_run("train.max_steps=3", f"train.resume={run_dir}", *QUICK), run_dir)
+    with pytest.raises(ValueError, match=r"checkpoint .*last.pt cannot be read \(truncated"):
+        train(smoke_run("train.max_steps=3", "train.resume=auto", *QUICK), run_dir)
+
+
+def test_ctrl_c_while_posbench_imports_ends_in_one_line(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    command = [sys.executable, "-m", "posbench", "train", "debug=smoke", f"run_root={tmp_path}"]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # torch and Hydra take seconds to import
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("interrupted (Ctrl-C) before anything"), err
+    assert not list(tmp_path.rglob("*.pt"))

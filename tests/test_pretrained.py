@@ -239,3 +239,13 @@ def test_other_overrides_and_both_sources_are_refused_in_one_line():
     both = OmegaConf.create({"hf": "m", "checkpoint": "c"})
     with pytest.raises(SystemExit):
         eval_job(both)
+
+
+def test_a_model_folder_without_a_tokenizer_is_refused_in_one_line_naming_it(tmp_path):
+    from posbench.data import DataError
+    from posbench.data.tokenizer import PretrainedTokenizer
+
+    tiny_llama().save_pretrained(tmp_path)
+    with pytest.raises(DataError, match=f"cannot load the tokenizer of {tmp_path} .*tokenizer files") as info:
+        PretrainedTokenizer.load(tmp_path)
+    assert "\n" not in str(info.value)

@@ -239,3 +239,6 @@ def test_what_a_task_run_cannot_honour_is_refused_before_training(tmp_path):
     more_lengths = compose_run("task=copy", "train.val_lengths=[64]")
     with pytest.raises(ValueError, match=r"leave train\.val_lengths empty"):
         workload_of(more_lengths)
+    sliding = compose_run("task=copy", "eval.protocol=sliding", "eval.stride=4")
+    with pytest.raises(ValueError, match=r"scored by accuracy .*drop them"):
+        workload_of(sliding)

@@ -132,8 +132,12 @@ class PretrainedTokenizer:
             ) from None
         try:
             return cls(AutoTokenizer.from_pretrained(str(source), revision=revision))
-        except OSError as exc:
-            raise DataError(f"cannot load the tokenizer of {source}: {str(exc).splitlines()[0]}") from None
+        except (OSError, ValueError, TypeError) as exc:  # a folder without tokenizer files: ValueError
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(": ")
+            raise DataError(
+                f"cannot load the tokenizer of {source} ({first}): the folder needs the model's tokenizer "
+                "files (tokenizer.json or tokenizer.model), or pass hf= a hub name"
+            ) from None
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
         ids = self.tok(texts, add_special_tokens=False)["input_ids"]

@@ -149,6 +149,12 @@ def check_task_encoding(run: RunConfig) -> None:
             f"encoding/scaling={scaling.kind} with a task: RoPE scaling reads a training length in tokens, "
             "which task lengths are not; use encoding/scaling=none"
         )
+    perplexity = EvalConfig()
+    if run.eval.protocol != perplexity.protocol or run.eval.stride is not None:
+        raise ValueError(
+            "eval.protocol and eval.stride say how perplexity is measured; a task is scored by accuracy "
+            "on its test buckets (task.test_lengths): drop them"
+        )
     if run.train.val_lengths:
         raise ValueError(
             "train.val_lengths validates a corpus run at more lengths; a task run validates its training "

@@ -145,6 +145,11 @@ def check_run_folder(run: RunConfig, run_dir: Path, resume_from: Optional[Path])
         raise ValueError(
             f"{run_dir} already holds a run ({', '.join(found)}) with no checkpoint; {elsewhere}"
         )
+    if saved_config(run_dir / "checkpoints" / "last.pt") is None:
+        raise ValueError(
+            f"{run_dir} holds a run whose checkpoint {run_dir / 'checkpoints' / 'last.pt'} cannot be read "
+            f"(truncated, or not posbench's); move that folder away, or {elsewhere}"
+        )
     raise ValueError(
         f"{run_dir} already holds a run ({', '.join(found)}); continue it with train.resume={run_dir} "
         f"hydra.run.dir={run_dir}, or {elsewhere}"
