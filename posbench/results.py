@@ -161,11 +161,30 @@ def validate_results(document: dict) -> None:
         )
 
 
+def consistency_problem(document: dict) -> Optional[str]:
+    """What a results document says against itself (a hand edit, a merge gone wrong), or None: a
+    length listed twice for one protocol (it would count as a second seed), a perplexity that is not
+    exp of its NLL (a negative one among them)."""
+    seen: set[tuple] = set()
+    for row in document.get("results") or []:
+        key = (row.get("protocol"), row.get("length_min"), row["length"])
+        if key in seen:
+            return f"length {row['length']} appears twice" + (f" ({key[0]})" if key[0] else "")
+        seen.add(key)
+        nll, ppl = row.get("nll"), row.get("ppl")
+        if nll is not None and ppl is not None and not math.isclose(ppl, math.exp(min(nll, 700)), rel_tol=1e-6):
+            return f"at length {row['length']} ppl {ppl} is not exp(nll {nll})"
+    return None
+
+
 def load_results(path: str | Path) -> dict:
     """A results.json (or the folder holding it), checked against the schema."""
     path = Path(path)
     document = json.loads((path / RESULTS_JSON if path.is_dir() else path).read_text())
     validate_results(document)
+    problem = consistency_problem(document)
+    if problem:
+        raise ValueError(f"the results contradict themselves: {problem}")
     return document
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import errno
 import json
+import math
+import re
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -26,7 +28,7 @@ def row(length: int, ppl: float | None, protocol: str, stride: int | None) -> di
         "stride": stride,
         "status": "ok",
         "reason": None,
-        "nll": None if ppl is None else 1.0,
+        "nll": None if ppl is None else math.log(ppl),
         "ppl": ppl,
         "tokens_scored": length,
         "windows": 1,
@@ -267,3 +269,20 @@ def test_an_override_counts_by_the_value_it_resolved_to(tmp_path):
         put(tmp_path, f"s{seed}", doc)
     table = gather(find_results([tmp_path])).table
     assert len(table) == 1 and next(iter(table.values()))[128].values == [10.0, 11.0]
+
+
+@pytest.mark.parametrize(
+    "edit,expected",
+    [
+        (lambda d: d["results"][0].update(ppl=-3.0), "at length 128 ppl -3.0 is not exp(nll"),
+        (lambda d: d["results"].append(dict(d["results"][0])), "length 128 appears twice"),
+    ],
+)
+def test_a_hand_edited_file_that_contradicts_itself_is_refused_naming_it(edit, expected, tmp_path):
+    put(tmp_path, "good", results_doc(0, {128: 10.0, 256: 11.0}))
+    bad = results_doc(1, {128: 12.0, 256: 13.0})
+    edit(bad)
+    path = put(tmp_path, "edited", bad)
+    with pytest.raises(ValueError, match=re.escape(f"{path}: the results contradict themselves: {expected}")):
+        compare([tmp_path], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
