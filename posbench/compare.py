@@ -204,41 +204,56 @@ def run_name(run: Run, label: str) -> str:
     )
 
 
-def distinct_seeds(runs: list[Run]) -> tuple[list[Run], list[tuple[Run, int]]]:
-    """One run per seed, the newest (``created_utc``, then path) where a seed was evaluated more than
-    once (a training run and a ``posbench eval`` of its checkpoint, or two evaluations of it); and
-    each seed kept from several results, with how many there were."""
+def newest_first(runs: list[Run]) -> list[Run]:
+    return sorted(runs, key=lambda r: (r.doc.get("created_utc", ""), str(r.path)), reverse=True)
+
+
+SeedRows = dict[int | str, dict[int, tuple[dict, Run]]]  # seed -> length -> (its row, the file's run)
+
+
+def distinct_seeds(runs: list[Run]) -> tuple[SeedRows, list[tuple[list[Run], dict[Path, list[int]]]]]:
+    """One row per seed and length: the newest file's (``created_utc``, then path) where a seed was
+    evaluated more than once (a training run and a ``posbench eval`` of its checkpoint, or two
+    evaluations of it), so a length only an older file has is still counted; and, for each seed
+    with several files, which file each length came from."""
     by_seed: dict[int | str, list[Run]] = defaultdict(list)
     for run in runs:
         by_seed[run.seed_key].append(run)
-    kept, repeated = [], []
+    kept: SeedRows = {}
+    sources = []
     for seed in sorted(by_seed, key=str):
-        newest = max(by_seed[seed], key=lambda r: (r.doc.get("created_utc", ""), str(r.path)))
-        kept.append(newest)
+        rows: dict[int, tuple[dict, Run]] = {}
+        for run in newest_first(by_seed[seed]):
+            for row in run.doc["results"]:
+                rows.setdefault(row["length"], (row, run))
+        kept[seed] = dict(sorted(rows.items()))
         if len(by_seed[seed]) > 1:
-            repeated.append((newest, len(by_seed[seed])))
-    return kept, repeated
+            used: dict[Path, list[int]] = defaultdict(list)
+            for length, (_, run) in kept[seed].items():
+                used[run.path].append(length)
+            sources.append((by_seed[seed], dict(used)))
+    return kept, sources
 
 
-def add_runs(cells: dict[int, Cell], runs: list[Run], protocol: Optional[str]) -> dict[int, list[Run]]:
-    """Each run's perplexities into its cells; returns eval length -> why some seed's value was not
-    averaged there (n/a, or non-finite: a diverged model's null perplexity)."""
+def add_runs(cells: dict[int, Cell], kept: SeedRows, protocol: Optional[str]) -> dict[int, list[Run]]:
+    """Each seed's values into its cells; returns eval length -> the runs whose value was not averaged
+    there (n/a, or non-finite: a diverged model's null perplexity)."""
     left_out: dict[int, list[Run]] = defaultdict(list)
-    for run in runs:
-        metric = "accuracy" if "task" in run.doc else "ppl"
-        for row in run.doc["results"]:
+    for seed, rows in kept.items():
+        for length, (row, run) in rows.items():
+            metric = "accuracy" if "task" in run.doc else "ppl"
             if protocol is not None and row.get("protocol") != protocol:
                 continue
-            cell = cells[row["length"]]
+            cell = cells[length]
             cell.length_min = row.get("length_min")
             if row["status"] == "ok" and row[metric] is not None:
                 cell.values.append(row[metric])
-                cell.seeds.append(run.seed_key)
+                cell.seeds.append(seed)
                 if metric == "accuracy":
                     cell.token_accuracies.append(row["token_accuracy"])
             else:
                 cell.missing = row.get("reason") or "non-finite"
-                left_out[row["length"]].append(run)
+                left_out[length].append(run)
     return left_out
 
 
@@ -310,13 +325,15 @@ def gather(paths: list[Path], protocol: Optional[str] = None) -> Comparison:
     table: Table = defaultdict(lambda: defaultdict(Cell))
     notes: dict[Section, list[str]] = defaultdict(list)
     for key, group in sorted(groups.items(), key=lambda item: labels[item[0]]):
-        kept, repeated = distinct_seeds(group)
+        kept, sources = distinct_seeds(group)
         cells = table[(key[0], labels[key])]
         notes[key[0]] += left_out_notes(cells, add_runs(cells, kept, protocol), labels[key])
-        notes[key[0]] += [
-            f"evaluated {n} times, newest kept: {run_name(run, labels[key])} ({run.path})"
-            for run, n in repeated
-        ]
+        for runs, used in sources:
+            where = "; ".join(f"{', '.join(map(str, lengths))} from {path}" for path, lengths in used.items())
+            name = run_name(newest_first(runs)[0], labels[key])
+            notes[key[0]].append(
+                f"evaluated {len(runs)} times, the newest value of each length kept: {name} ({where})"
+            )
     diverged = [run for run in runs if run.diverged]
     names = diverged_names(diverged, experiments)
     for section in sorted({run.key[0] for run in diverged}):

@@ -139,7 +139,18 @@ def test_one_checkpoint_evaluated_twice_is_one_seed_and_the_newest_counts(tmp_pa
     assert sorted(cell.seeds) == [0, 1] and sorted(cell.values) == [10.5, 14.0]  # not three "seeds"
     text = compare([tmp_path])
     assert "| rope | 12.25 ± 2.47 |" in text and "over 2 seeds" in text
-    assert f"evaluated 2 times, newest kept: rope-L128-s0 ({again})" in text
+    assert f"evaluated 2 times, the newest value of each length kept: rope-L128-s0 (128 from {again})" in text
+
+
+def test_an_older_evaluation_still_gives_the_lengths_a_newer_one_lacks(tmp_path):
+    """One checkpoint evaluated at [128, 512], then again at [128] only: 512 is not dropped, 128 is the
+    newer file's, and the note says which file each came from."""
+    first = put(tmp_path, "eval_a", results_doc(0, {128: 10.0, 512: 20.0}, created="2026-01-01T00:00:00Z"))
+    second = put(tmp_path, "eval_b", results_doc(0, {128: 11.0}, created="2026-01-02T00:00:00Z"))
+    cells = gather(find_results([tmp_path])).table[(Section("", 128), "rope")]
+    assert cells[128].values == [11.0] and cells[512].values == [20.0]
+    text = compare([tmp_path])
+    assert f"rope-L128-s0 (128 from {second}; 512 from {first})" in text
 
 
 def test_overrides_laid_over_a_checkpoint_make_another_row(tmp_path):
