@@ -20,8 +20,9 @@ encodings, columns test buckets, exact-match accuracy (and a second table of per
 from __future__ import annotations
 
 import argparse
+import os
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -30,7 +31,7 @@ from posbench.compare_tables import Cell, RunKey, Section, Table, markdown
 from posbench.identity import digest, experiment_config, without_seed
 from posbench.lineage import lineage_label
 from posbench.plots import plot_comparison
-from posbench.results import load_results, results_schema, writing
+from posbench.results import RESULTS_JSON, load_results, results_schema, writing
 
 COMPARISON_MD, COMPARISON_PNG = "comparison.md", "comparison.png"
 OVERRIDES = "overrides."  # prefix of the flat settings a ``posbench eval`` laid over its checkpoint
@@ -40,6 +41,7 @@ OVERRIDES = "overrides."  # prefix of the flat settings a ``posbench eval`` laid
 class Comparison:
     table: Table
     notes: dict[Section, list[str]]  # lines under each section's table: what was not averaged
+    preface: list[str] = field(default_factory=list)  # lines above every table: files left out whole
 
 
 @dataclass
@@ -79,10 +81,21 @@ def check_protocol(protocol: Optional[str]) -> None:
         raise ValueError(f"unknown --protocol {protocol!r}; valid protocols: {', '.join(valid_protocols())}")
 
 
+def results_under(folder: Path) -> list[Path]:
+    """Every results.json under ``folder``, dangling links included (``Path.rglob`` skips those)."""
+    return [Path(root) / RESULTS_JSON for root, _, files in os.walk(folder) if RESULTS_JSON in files]
+
+
 def find_results(dirs: list[Path]) -> list[Path]:
-    found = sorted({p for d in dirs for p in ([d] if d.is_file() else d.rglob("results.json"))})
+    found = sorted({p for d in dirs for p in ([d] if d.is_file() else results_under(d))})
     if not found:
         raise ValueError(f"no results.json under {', '.join(map(str, dirs))}; pass a sweep or run folder")
+    dangling = [str(p) for p in found if not p.exists()]
+    if dangling:
+        raise ValueError(
+            f"{len(dangling)} results.json link(s) point at nothing, nothing written (fix or remove them): "
+            f"{'; '.join(dangling)}"
+        )
     return found
 
 
@@ -315,7 +328,8 @@ def of_protocol(runs: list[Run], protocol: Optional[str]) -> list[Run]:
 def gather(paths: list[Path], protocol: Optional[str] = None) -> Comparison:
     """The tables and what was left out of them, from every results file (any error before output)."""
     check_protocol(protocol)
-    runs = of_protocol([as_run(path, doc) for path, doc in read_all(paths)], protocol)
+    every = [as_run(path, doc) for path, doc in read_all(paths)]
+    runs = of_protocol(every, protocol)
     groups: dict[RunKey, list[Run]] = defaultdict(list)
     for run in runs:
         if not run.diverged:
@@ -338,7 +352,21 @@ def gather(paths: list[Path], protocol: Optional[str] = None) -> Comparison:
     names = diverged_names(diverged, experiments)
     for section in sorted({run.key[0] for run in diverged}):
         notes[section].append(diverged_note([r for r in diverged if r.key[0] == section], names))
-    return Comparison(table, dict(notes))
+    return Comparison(table, dict(notes), left_out_by_protocol(every, runs, protocol))
+
+
+def left_out_by_protocol(every: list[Run], kept: list[Run], protocol: Optional[str]) -> list[str]:
+    """A line saying how many files ``--protocol`` left out, and why: task results have no protocol
+    (they are scored by accuracy), the others hold only other protocols' numbers."""
+    kept_ids = {id(run) for run in kept}
+    dropped = [run for run in every if id(run) not in kept_ids]
+    if not dropped:
+        return []
+    tasks = sum("task" in run.doc for run in dropped)
+    parts = [f"{tasks} of tasks (scored by accuracy, not by a perplexity protocol)"] if tasks else []
+    if len(dropped) > tasks:
+        parts.append(f"{len(dropped) - tasks} with no {protocol} numbers")
+    return [f"--protocol {protocol} left out {len(dropped)} results files: {'; '.join(parts)}"]
 
 
 def collect(paths: list[Path], protocol: Optional[str] = None) -> Table:
@@ -355,7 +383,9 @@ def compare(dirs: list[Path], out_dir: Optional[Path] = None, protocol: Optional
     """Write comparison.md and comparison.png into ``out_dir`` (default: the first folder); return the
     text. Every file is read and every argument checked before anything is written."""
     comparison = gather(find_results(dirs), protocol)
-    text = markdown(comparison.table, comparison.notes)
+    text = "".join(f"{line}\n\n" for line in comparison.preface) + markdown(
+        comparison.table, comparison.notes
+    )
     png = plot_comparison(comparison.table)
     out_dir = out_dir or (dirs[0] if dirs[0].is_dir() else dirs[0].parent)
     with writing(out_dir, "pass --out DIR on another disk"):

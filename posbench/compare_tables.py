@@ -54,8 +54,18 @@ def format_values(values: list[float]) -> str:
     return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-def format_cell(cell: Cell) -> str:
-    return format_values(cell.values)
+NOT_EVALUATED, NOT_FINITE = "–", "not finite"  # a length this row was never evaluated at; a null value
+
+
+def format_cell(cell: Optional[Cell], per_token: bool = False) -> str:
+    """The mean ± std; ``–`` where the row was not evaluated at that length, ``n/a`` where it could not
+    be (the reason is under the table), ``not finite`` where every seed's value was null."""
+    if cell is None:
+        return NOT_EVALUATED
+    values = cell.token_accuracies if per_token else cell.values
+    if not values and cell.missing == "non-finite":
+        return NOT_FINITE
+    return format_values(values)
 
 
 def column_label(section: Section, n: int, cell: Cell) -> str:
@@ -73,8 +83,7 @@ def markdown_table(table: Table, section: Section, per_token: bool = False) -> l
         "|---|" + "---|" * len(lengths),
     ]
     for key in keys:
-        cells = [table[key].get(n, Cell()) for n in lengths]
-        shown = [format_values(c.token_accuracies) if per_token else format_cell(c) for c in cells]
+        shown = [format_cell(table[key].get(n), per_token) for n in lengths]
         rows.append(f"| {key[1]} | " + " | ".join(shown) + " |")
     return rows
 

@@ -261,8 +261,10 @@ def plot_comparison(table: dict) -> bytes:
     fig = Figure(figsize=(5 * len(sections), 4))
     axes = fig.subplots(1, len(sections), squeeze=False)
     for ax, section in zip(axes[0], sections):
-        if section is None:
+        if section is None or not any(c.values for k in table if k[0] == section for c in table[k].values()):
             ax.text(0.5, 0.5, "no finite results", ha="center", va="center", transform=ax.transAxes)
+            if section is not None:
+                ax.set_title(f"{section.task + ', ' if section.task else ''}trained at L={section.train_len}")
             continue
         for key in sorted(k for k in table if k[0] == section):
             cells = sorted((n, c) for n, c in table[key].items() if c.values)

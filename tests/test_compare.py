@@ -297,3 +297,34 @@ def test_a_hand_edited_file_that_contradicts_itself_is_refused_naming_it(edit, e
     with pytest.raises(ValueError, match=re.escape(f"{path}: the results contradict themselves: {expected}")):
         compare([tmp_path], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_dangling_results_link_is_named_not_skipped(tmp_path):
+    put(tmp_path, "good", results_doc(0, {128: 10.0}))
+    (tmp_path / "gone").mkdir()
+    (tmp_path / "gone" / "results.json").symlink_to(tmp_path / "nowhere" / "results.json")
+    with pytest.raises(ValueError, match=r"1 results.json link\(s\) point at nothing.*gone/results.json"):
+        compare([tmp_path], tmp_path / "out")
+
+
+def test_not_evaluated_cannot_evaluate_and_not_finite_read_apart(tmp_path):
+    """A length a row was never evaluated at shows –, one it could not be evaluated at n/a (its reason
+    below), one whose every value is null 'not finite'; a table of only null values is still written,
+    with its plot."""
+    put(tmp_path, "short", results_doc(0, {128: 10.0}, encoding="alibi"))
+    doc = results_doc(0, {128: 12.0, 256: 13.0, 512: None})
+    doc["results"][1].update(status="n/a", reason="past the learned table", nll=None, ppl=None, windows=0, tokens_scored=0, position_curve=None, backend=None)
+    put(tmp_path, "rope", doc)
+    text = compare([tmp_path], tmp_path / "out")
+    assert "| alibi | 10.00 | – | – |" in text and "| rope | 12.00 | n/a | not finite |" in text
+    only_null = tmp_path / "null"
+    put(only_null, "s0", results_doc(0, {128: None}))
+    text = compare([only_null], only_null / "out")
+    assert "| rope | not finite |" in text and (only_null / "out" / "comparison.png").stat().st_size > 0
+
+
+def test_a_protocol_filter_says_what_it_left_out(tmp_path):
+    put(tmp_path, "slide", results_doc(0, {128: 9.0}, protocol="sliding", stride=64))
+    put(tmp_path, "plain", results_doc(0, {128: 10.0}))
+    text = compare([tmp_path], tmp_path / "out", protocol="sliding")
+    assert text.startswith("--protocol sliding left out 1 results files: 1 with no sliding numbers")
