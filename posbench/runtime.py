@@ -80,6 +80,33 @@ def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractC
     return contextlib.nullcontext()
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def machine_description(device: torch.device) -> dict:
+    """Where a run's numbers were obtained, for its results file: the CPU (its model, cores, the
+    threads torch used), the GPU if any, and torch's version."""
+    described = {
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "native_bf16": cpu_has_native_bf16() if device.type == "cpu" else None,
+        "torch": torch.__version__,
+    }
+    if device.type == "cuda":
+        described["gpu"] = torch.cuda.get_device_name(device)
+    return described
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

@@ -276,3 +276,15 @@ def test_a_resume_that_changes_an_experiment_key_is_refused_naming_it(smoke_run,
     assert not (tmp_path / "second" / "metrics.jsonl").exists()
     resumed = train(smoke_run("train.lr=2e-3", f"train.resume={first}"), tmp_path / "third")
     assert resumed["step"] == 6  # the same experiment resumes (here: nothing left to train)
+
+
+def test_results_say_where_and_how_long_the_run_trained(smoke_run, tmp_path):
+    import os
+
+    first = train(
+        smoke_run("train.max_steps=6", "train.stop_after_steps=3", "eval.enabled=false"), tmp_path / "r"
+    )
+    assert "results" not in first
+    done = train(smoke_run("train.max_steps=6", f"train.resume={tmp_path / 'r'}"), tmp_path / "r")["results"]
+    assert done["machine"]["cpu_count"] == os.cpu_count() and done["machine"]["torch"] == torch.__version__
+    assert done["train_wall_time_s"] > 0 and done["train_wall_time_from_step"] == 3  # the resumed part

@@ -19,7 +19,7 @@ from posbench.evaluation.run import run_metadata
 from posbench.identity import RunIdentity
 from posbench.jobs.workload import Workload, workload_of
 from posbench.model.transformer import Transformer
-from posbench.runtime import check_precision, resolve_device
+from posbench.runtime import check_precision, machine_description, resolve_device
 from posbench.tasks import TEST_KEYS
 from posbench.tracking import Tracker, build_tracker
 from posbench.training.resume import RUN_FILES
@@ -157,7 +157,15 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: str | Path) -> dict:
     tracker, name = eval_tracker(run, out_dir, checkpoint, overrides)
     provenance = {"run_name": name, "checkpoint": checkpoint, "overrides": overrides}
     meta = run_metadata(
-        run, model, work.info, {**provenance, "step": ckpt["step"], "tokens_seen": ckpt["tokens_seen"]}
+        run,
+        model,
+        work.info,
+        {
+            **provenance,
+            "step": ckpt["step"],
+            "tokens_seen": ckpt["tokens_seen"],
+            "machine": machine_description(device),
+        },
     )
     try:
         return work.report(model, out_dir, tracker, device, meta)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -20,6 +21,7 @@ from posbench.runtime import (
     Dist,
     check_precision,
     dist_from_env,
+    machine_description,
     resolve_device,
     seed_everything,
 )
@@ -184,9 +186,17 @@ def fit_and_report(
     tracker: Tracker,
     stops: StopRequests,
 ) -> dict[str, Any]:
+    started, first_step = time.perf_counter(), trainer.state.step
     state = trainer.fit(tracker)
     metrics: dict[str, Any] = {"step": state.step, "tokens_seen": state.tokens_seen, "losses": state.losses}
-    meta = run_metadata(run, trainer.model, work.info, {"step": state.step, "tokens_seen": state.tokens_seen})
+    timing = {  # this process's part of the training: a resumed run counts from the step it resumed at
+        "train_wall_time_s": round(time.perf_counter() - started, 3),
+        "train_wall_time_from_step": first_step,
+        "machine": machine_description(device),
+    }
+    meta = run_metadata(
+        run, trainer.model, work.info, {"step": state.step, "tokens_seen": state.tokens_seen, **timing}
+    )
     if state.diverged is not None:
         if d.is_main:
             metrics["results"] = report_divergence(work, run_dir, meta, state.diverged, device)
