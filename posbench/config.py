@@ -175,6 +175,10 @@ class EvalConfig:
     bucket_kind: BucketKind = BucketKind.log  # per-position buckets: log-spaced or equal widths
     # windows per length whose attention entropy and sink weight are measured (0: none)
     diagnostics_windows: int = 1
+    # tokens whose (tokens, vocabulary) logits exist at once in the scoring (model/loss.py); 0 = a whole
+    # batch's at once. The same numbers to fp32 rounding; at 64K tokens of a 128K vocabulary the whole
+    # logits would be 32 GiB in fp32
+    loss_chunk: int = 4096
     enabled: bool = True  # evaluate after training
 
     def __post_init__(self) -> None:
@@ -200,6 +204,7 @@ class EvalConfig:
             raise ValueError("eval.max_tokens must be at least 1 (or null for the whole stream)")
         at_least("eval.batch_size", self.batch_size, 1, "windows per forward")
         at_least("eval.diagnostics_windows", self.diagnostics_windows, 0, "0 = no attention diagnostics")
+        at_least("eval.loss_chunk", self.loss_chunk, 0, "tokens' logits at once; 0 = a whole batch's")
 
 
 @dataclass

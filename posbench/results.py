@@ -172,7 +172,11 @@ def consistency_problem(document: dict) -> Optional[str]:
             return f"length {row['length']} appears twice" + (f" ({key[0]})" if key[0] else "")
         seen.add(key)
         nll, ppl = row.get("nll"), row.get("ppl")
-        if nll is not None and ppl is not None and not math.isclose(ppl, math.exp(min(nll, 700)), rel_tol=1e-6):
+        if (
+            nll is not None
+            and ppl is not None
+            and not math.isclose(ppl, math.exp(min(nll, 700)), rel_tol=1e-6)
+        ):
             return f"at length {row['length']} ppl {ppl} is not exp(nll {nll})"
     return None
 

@@ -313,7 +313,16 @@ def test_not_evaluated_cannot_evaluate_and_not_finite_read_apart(tmp_path):
     with its plot."""
     put(tmp_path, "short", results_doc(0, {128: 10.0}, encoding="alibi"))
     doc = results_doc(0, {128: 12.0, 256: 13.0, 512: None})
-    doc["results"][1].update(status="n/a", reason="past the learned table", nll=None, ppl=None, windows=0, tokens_scored=0, position_curve=None, backend=None)
+    doc["results"][1].update(
+        status="n/a",
+        reason="past the learned table",
+        nll=None,
+        ppl=None,
+        windows=0,
+        tokens_scored=0,
+        position_curve=None,
+        backend=None,
+    )
     put(tmp_path, "rope", doc)
     text = compare([tmp_path], tmp_path / "out")
     assert "| alibi | 10.00 | – | – |" in text and "| rope | 12.00 | n/a | not finite |" in text

@@ -249,3 +249,21 @@ def test_a_model_folder_without_a_tokenizer_is_refused_in_one_line_naming_it(tmp
     with pytest.raises(DataError, match=f"cannot load the tokenizer of {tmp_path} .*tokenizer files") as info:
         PretrainedTokenizer.load(tmp_path)
     assert "\n" not in str(info.value)
+
+
+def test_a_pretrained_models_chunked_loss_equals_its_whole_window_loss():
+    """hf= evaluation scores from the decoder's final hidden states, eval.loss_chunk tokens' logits at a
+    time: the same per-token NLL as from the whole (T, V) logits."""
+    import numpy as np
+
+    from posbench.evaluation.evaluator import score_windows
+    from posbench.evaluation.protocol import windows
+    from posbench.pretrained.adapter import PretrainedLM
+
+    model = PretrainedLM(tiny_llama().eval())
+    stream = np.random.default_rng(0).integers(0, VOCAB, size=200).astype(np.int64)
+    batch = list(windows(len(stream), 48, "nonoverlapping"))[:2]
+    cpu = torch.device("cpu")
+    whole, scored = score_windows(model, stream, 48, batch, cpu, loss_chunk=0)
+    chunked, _ = score_windows(model, stream, 48, batch, cpu, loss_chunk=5)
+    assert scored.all() and np.allclose(chunked, whole, rtol=1e-6, atol=1e-6)

@@ -17,6 +17,7 @@ from posbench.evaluation.buckets import attention_curves, position_curve
 from posbench.evaluation.protocol import Window, resolve_stride, windows
 from posbench.model.backends import ByBlocks
 from posbench.model.diagnostics import AttentionProbe
+from posbench.model.loss import token_nll
 from posbench.model.transformer import Transformer
 from posbench.runtime import autocast
 
@@ -63,12 +64,18 @@ def score_windows(
     batch: list[Window],
     device: torch.device,
     probe: Optional[AttentionProbe] = None,
+    loss_chunk: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """NLL of every target of a batch of windows and which of them are scored; a ``probe`` rides
-    along the forward. -> (b, L) float64, (b, L) bool"""
+    along the forward; ``loss_chunk`` > 0 builds the logits that many tokens at a time
+    (``model/loss.py``: the same numbers to fp32 rounding). -> (b, L) float64, (b, L) bool"""
     tokens = window_tokens(stream, length, batch, device)
-    logits = model(tokens[:, :-1], probe=probe)  # (b, L, V)
-    nll = F.cross_entropy(logits.float().transpose(1, 2), tokens[:, 1:], reduction="none")  # (b, L)
+    if loss_chunk:  # the (b, L, V) logits never exist whole: loss_chunk tokens' at a time
+        hidden = model(tokens[:, :-1], probe=probe, hidden=True)  # (b, L, D)
+        nll = token_nll(hidden, model.lm_head, tokens[:, 1:], loss_chunk)  # (b, L)
+    else:
+        logits = model(tokens[:, :-1], probe=probe)  # (b, L, V)
+        nll = F.cross_entropy(logits.float().transpose(1, 2), tokens[:, 1:], reduction="none")
     # A separate mask, not NaN sentinels: a diverged model's NaN losses must count, not vanish.
     scored = np.arange(length)[None, :] >= np.array([w.score_from for w in batch])[:, None]
     return nll.double().cpu().numpy(), scored
@@ -147,7 +154,9 @@ def evaluate_length(
     for i in range(0, len(plan), cfg.batch_size):
         riding = rider if rider is not None and rider.wants_more() else None
         with autocast(device, precision):
-            nll, scored = score_windows(model, stream, length, plan[i : i + cfg.batch_size], device, riding)
+            nll, scored = score_windows(
+                model, stream, length, plan[i : i + cfg.batch_size], device, riding, cfg.loss_chunk
+            )
         nll_sum += np.where(scored, nll, 0.0).sum(axis=0)
         counts += scored.sum(axis=0)
         bar.update(len(scored))

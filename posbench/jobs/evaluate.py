@@ -80,9 +80,11 @@ def checkpoint_run_config(saved: dict, eval_cfg: dict, overrides: dict, device: 
     )
     try:
         return to_run_config(OmegaConf.to_container(merged, resolve=True))
-    except (ConfigKeyError, ValidationError) as exc:  # a key or value the checkpoint's schemas lack
-        message = f"{str(exc).splitlines()[0]} (at {exc.full_key})"
-        if str(exc.full_key).startswith("encoding"):
+    except (ConfigKeyError, ValidationError, ValueError) as exc:  # a key or value its schemas lack
+        message = str(exc).splitlines()[0]
+        if isinstance(exc, (ConfigKeyError, ValidationError)):
+            message += f" (at {exc.full_key})"
+        if message.startswith("encoding.") or str(getattr(exc, "full_key", "")).startswith("encoding"):
             options = ", ".join(k for k in saved["encoding"] if k != "name") or "none"
             message += f"; the checkpoint's {saved['encoding']['name']} encoding has options: {options}"
         raise ValueError(message) from None
