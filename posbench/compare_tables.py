@@ -88,8 +88,19 @@ def markdown_table(table: Table, section: Section, per_token: bool = False) -> l
     return rows
 
 
-def heading(section: Section, seeds: int, per_token: bool = False) -> str:
-    over = f"mean ± std over {seeds} seed{'s' * (seeds != 1)}"
+def fewer_seeds(table: Table, section: Section, seeds: int) -> str:
+    """``; fewer: alibi (2), fox (1)``: the rows whose cells hold fewer seeds than the table's most."""
+    rows = sorted(k for k in table if k[0] == section)
+    fewer = [
+        (k[1], n)
+        for k in rows
+        if (n := max((len(set(c.seeds)) for c in table[k].values()), default=0)) < seeds
+    ]
+    return "; fewer: " + ", ".join(f"{label} ({n})" for label, n in fewer) if fewer else ""
+
+
+def heading(section: Section, seeds: int, per_token: bool = False, fewer: str = "") -> str:
+    over = f"mean ± std over {seeds} seed{'s' * (seeds != 1)}{fewer}"
     if not section.task:
         return f"### Trained at L = {section.train_len} (perplexity, {over})"
     what = "per-token accuracy" if per_token else "exact-match accuracy"
@@ -109,7 +120,8 @@ def markdown(table: Table, notes: Optional[dict[Section, list[str]]] = None) -> 
         text = []
         for per_token in tables:
             rows = markdown_table(table, section, per_token) if cells else ["(no run to average)"]
-            text.append(heading(section, seeds, per_token) + "\n\n" + "\n".join(rows) + "\n")
+            fewer = fewer_seeds(table, section, seeds) if cells else ""
+            text.append(heading(section, seeds, per_token, fewer) + "\n\n" + "\n".join(rows) + "\n")
         below = [f"- {line}" for line in notes.get(section, [])]
         parts.append("\n".join(text) + ("\n" + "\n".join(below) + "\n" if below else ""))
     return "\n".join(parts)
