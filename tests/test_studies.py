@@ -4,6 +4,7 @@ committed file byte for byte, so the README, the table and the results cannot dr
 
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 
@@ -56,3 +57,13 @@ def test_committed_table_is_what_the_readme_command_makes(study, tmp_path, monke
         f"committed results (the new one is {tmp_path / 'comparison.md'}): rerun the command, then "
         f"check the README's numbers against the new table"
     )
+
+
+def test_the_readme_names_every_experiment_config():
+    """The README's config-group table lists every file of configs/experiment/ (and no other)."""
+    row = next(
+        line for line in (REPO / "README.md").read_text().splitlines() if line.startswith("| `experiment` |")
+    )
+    named = set(re.findall(r"`([a-z0-9_]+)`", row.split("|")[2]))
+    files = {p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml")}
+    assert named == files, (sorted(files - named), sorted(named - files))
