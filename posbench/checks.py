@@ -54,3 +54,11 @@ def one_line(exc: BaseException) -> str:
     resolver's own ValueError for ``train.init_from=/missing``) says only its cause."""
     text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return re.sub(r"^\w+ raised while resolving interpolation: ", "", text)
+
+
+def unknown_key(key: str) -> str:
+    """The one line for a config key that no schema has (a typo, or ``+key=`` of a missing option)."""
+    return (
+        f"{key} is not an option of this config; check its spelling (--cfg job prints every key with "
+        "its value)"
+    )

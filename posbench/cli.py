@@ -62,10 +62,18 @@ def failure(exc: BaseException) -> Optional[tuple[str, int]]:
 SWEEP_PROBLEMS: list[tuple[int, str]] = []  # this process's sweep jobs that did not finish: (code, line)
 
 
-def remove_if_empty(folder: Path) -> None:
-    """A job refused before it wrote anything leaves no folder behind (Hydra made it)."""
-    with contextlib.suppress(OSError):
-        folder.rmdir()  # only an empty folder
+def remove_if_empty(folder: Path, root: Path) -> None:
+    """A job refused before it wrote anything leaves no folder behind: Hydra made it, and the empty
+    folders between it and ``root`` (``run_root``), which stays."""
+    folder, root = folder.resolve(), root.resolve()
+    while True:
+        try:
+            folder.rmdir()  # only an empty folder
+        except OSError:
+            return
+        folder = folder.parent
+        if folder == root or root not in folder.parents:
+            return
 
 
 def _guarded(job: Callable[[DictConfig], object]) -> Callable[[DictConfig], object]:
@@ -85,7 +93,9 @@ def _guarded(job: Callable[[DictConfig], object]) -> Callable[[DictConfig], obje
                 raise
             message, code = said
             if HydraConfig.initialized():
-                remove_if_empty(Path(HydraConfig.get().runtime.output_dir))
+                remove_if_empty(
+                    Path(HydraConfig.get().runtime.output_dir), Path(str(cfg.get("run_root", ".")))
+                )
             if in_multirun() and code in (USER_ERROR, DIVERGED):
                 if message:
                     print(message, file=sys.stderr, flush=True)
@@ -205,9 +215,13 @@ def composition_errors_in_one_line() -> Iterator[None]:
         def composed() -> object:
             try:
                 return func()
-            except (ConfigCompositionException, MissingConfigException, OverrideParseException) as exc:
-                _say(f"error: {composition_message(exc)}", USER_ERROR)
-            except (ConfigKeyError, ValidationError) as exc:  # a schema's merge while composing
+            except (  # Hydra's own, and a schema's merge while composing
+                ConfigCompositionException,
+                MissingConfigException,
+                OverrideParseException,
+                ConfigKeyError,
+                ValidationError,
+            ) as exc:
                 _say(f"error: {composition_message(exc)}", USER_ERROR)
 
         return original(composed)
@@ -223,22 +237,18 @@ def composition_message(exc: BaseException) -> str:
     """The key or option at fault and what to do, from Hydra's or OmegaConf's message."""
     from omegaconf.errors import ConfigKeyError
 
+    from posbench.checks import unknown_key
+
     chain = [exc]
     while chain[-1].__cause__ is not None:
         chain.append(chain[-1].__cause__)
     unknown = next((e for e in chain if isinstance(e, ConfigKeyError) and getattr(e, "full_key", None)), None)
     if unknown is not None:
-        return (
-            f"{unknown.full_key} is not an option of this config; check its spelling "
-            "(--cfg job prints every key with its value)"
-        )
+        return unknown_key(unknown.full_key)
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     overridden = re.match(r"Could not override '([^']+)'", lines[0]) if lines else None
     if overridden:
-        return (
-            f"{overridden.group(1)} is not an option of this config; check its spelling "
-            "(--cfg job prints every key with its value)"
-        )
+        return unknown_key(overridden.group(1))
     options = next((i for i, line in enumerate(lines) if line.startswith("Available options")), None)
     if options is not None:  # an unknown option of a group: name them all
         names = [line for line in lines[options + 1 :] if ":" not in line and "=" not in line]

@@ -28,7 +28,7 @@ from typing import Optional
 
 from posbench.atomic import atomic_write
 from posbench.compare_tables import Cell, RunKey, Section, Table, markdown
-from posbench.identity import digest, experiment_config, without_seed
+from posbench.identity import digest, experiment_config, flatten, without_seed
 from posbench.lineage import lineage_label
 from posbench.plots import plot_comparison
 from posbench.results import RESULTS_JSON, load_results, results_schema, writing
@@ -123,16 +123,6 @@ def read_all(paths: list[Path]) -> list[tuple[Path, dict]]:
 
 def seedless_experiment(doc: dict) -> dict:
     return without_seed(experiment_config(doc.get("config", {})))
-
-
-def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
-    """``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``."""
-    flat: dict[str, object] = {}
-    for key, value in tree.items():
-        flat.update(
-            flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
-        )
-    return flat
 
 
 def evaluation(doc: dict) -> dict[str, object]:

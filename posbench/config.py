@@ -21,7 +21,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from posbench.checks import above, at_least, within
+from posbench.checks import above, at_least, unknown_key, within
 from posbench.data.config import (
     DATA_SCHEMAS,
     DataConfig,
@@ -37,7 +37,6 @@ from posbench.encodings import (
     register_scaling_schemas,
     register_temperature_schemas,
 )
-from posbench.evaluation.protocol import resolve_stride
 from posbench.lineage import register_parent_resolver
 from posbench.model.config import Attention, Mlp, ModelConfig, Norm
 from posbench.runtime import Precision
@@ -196,8 +195,6 @@ class EvalConfig:
                 f"eval.lengths={list(self.lengths)} names {', '.join(map(str, repeated))} more than once; "
                 "each length is evaluated once (list it once)"
             )
-        for length in self.lengths:  # here, not after training: a stride longer than a window skips tokens
-            resolve_stride(length, Protocol(self.protocol).value, self.stride)
         if self.position_buckets < 1:
             raise ValueError("eval.position_buckets must be at least 1")
         if self.max_tokens is not None and self.max_tokens < 1:
@@ -282,10 +279,7 @@ def to_run_config(cfg: DictConfig | dict) -> RunConfig:
     try:
         merged = OmegaConf.merge(schema, plain)
     except ConfigKeyError as exc:  # a key no schema has, e.g. +train.lrr=0.1
-        raise ValueError(
-            f"{exc.full_key} is not an option of this config; check its spelling (--cfg job prints every "
-            "key with its value)"
-        ) from None
+        raise ValueError(unknown_key(exc.full_key)) from None
     except ValidationError as exc:  # a value of the wrong type, e.g. train.lr=fast
         raise ValueError(f"{exc.full_key}: {str(exc).strip().splitlines()[0]}") from None
     return OmegaConf.to_object(merged)  # type: ignore[return-value]

@@ -83,6 +83,16 @@ def experiment_config(config: dict) -> dict:
     }
 
 
+def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    """``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``."""
+    flat: dict[str, object] = {}
+    for key, value in tree.items():
+        flat.update(
+            flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+        )
+    return flat
+
+
 def training_length(config: dict) -> int:
     """The longest training length: a task's (in its unit), else ``train.seq_len`` (tokens)."""
     task = config.get("task")

@@ -86,8 +86,10 @@ def test_bad_strides_are_refused_before_any_work():
         list(windows(100, 8, "sliding", stride=9))
     with pytest.raises(ValueError, match=r"eval.protocol=sliding"):
         list(windows(100, 8, "nonoverlapping", stride=4))
-    with pytest.raises(ValueError, match="exceeds the window length 8"):  # the config, before any work
-        EvalConfig(lengths=[64, 8], protocol=Protocol.sliding, stride=16, max_tokens=64)
+    model = tiny_model("rope")
+    cfg = EvalConfig(lengths=[64, 8], protocol=Protocol.sliding, stride=16, max_tokens=64)
+    with pytest.raises(ValueError, match="exceeds the window length 8"):
+        evaluate_lengths(model, np.zeros(1000, dtype=np.int64), cfg, CPU, progress=False)
 
 
 @pytest.mark.parametrize("kind", ["log", "linear"])

@@ -11,6 +11,7 @@ import torch
 from posbench.atomic import remove_stale_temps
 from posbench.config import RunConfig, to_plain_dict
 from posbench.distributed import barrier, broadcast_from_main, process_group
+from posbench.evaluation.protocol import resolve_stride
 from posbench.evaluation.run import run_metadata
 from posbench.identity import RunIdentity
 from posbench.jobs.workload import Workload, workload_of
@@ -61,6 +62,8 @@ def train(
             "train.max_tokens counts windows of train.seq_len tokens; a task run's examples vary in "
             "length: set its budget with train.max_steps and train.max_tokens=null"
         )
+    for length in run.eval.lengths if run.eval.enabled and run.task is None else ():
+        resolve_stride(length, run.eval.protocol.value, run.eval.stride)  # before training, not after it
     d = dist_from_env()
     device = resolve_device(run.train.device, d)
     check_precision(device, run.train.precision)

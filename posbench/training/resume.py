@@ -7,7 +7,7 @@ from typing import Optional
 
 from posbench.checkpoint import CheckpointError, saved_config
 from posbench.config import RunConfig, to_plain_dict
-from posbench.identity import RunIdentity, experiment_config
+from posbench.identity import RunIdentity, experiment_config, flatten
 from posbench.results import RESULTS_JSON, load_results
 
 TRUE_WORDS = {"true", "yes", "1", "latest"}
@@ -91,20 +91,9 @@ def restarts_in_place(run: RunConfig, run_dir: Path, resume_from: Optional[Path]
     return auto and resume_from is None and run_dir.name.endswith(RunIdentity.of(run).folder)
 
 
-def flat(values: dict, prefix: str = "") -> dict:
-    """``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``."""
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            out.update(flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def experiment_changes(saved: dict, run: RunConfig) -> list[str]:
     """The experiment keys whose values differ between a saved config and ``run``: ``key: old -> new``."""
-    old, new = flat(experiment_config(saved)), flat(experiment_config(to_plain_dict(run)))
+    old, new = flatten(experiment_config(saved)), flatten(experiment_config(to_plain_dict(run)))
     missing = "(absent)"
     return [
         f"{key}: {old.get(key, missing)} -> {new.get(key, missing)}"
