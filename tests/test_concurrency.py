@@ -43,6 +43,15 @@ def wait_for_holder(folder: Path, process: subprocess.Popen, timeout: float = 60
     raise AssertionError(f"no process took {folder} within {timeout} s")
 
 
+def wait_for_file(path: Path, process: subprocess.Popen, timeout: float = 60.0) -> Path:
+    deadline = time.monotonic() + timeout
+    while not (path.is_file() and path.stat().st_size):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"{path} never appeared: {process.returncode}")
+        time.sleep(0.05)
+    return path
+
+
 def stop(process: subprocess.Popen) -> None:
     process.send_signal(signal.SIGTERM)  # checkpoints at the current step and exits 143
     process.communicate(timeout=60)
@@ -71,7 +80,7 @@ def race(tmp_path_factory) -> Race:
     run_dir = tmp_path_factory.mktemp("race") / "run"
     first = start("train", *SMOKE, "train.max_steps=100000", f"hydra.run.dir={run_dir}")
     holder = wait_for_holder(run_dir, first)
-    record = (run_dir / ".hydra" / "config.yaml").read_text()
+    record = wait_for_file(run_dir / ".hydra" / "config.yaml", first).read_text()  # written once held
     others = [
         start("train", *SMOKE, "train.lr=5e-3", f"hydra.run.dir={run_dir}"),
         start(
