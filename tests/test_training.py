@@ -288,3 +288,8 @@ def test_results_say_where_and_how_long_the_run_trained(smoke_run, tmp_path):
     done = train(smoke_run("train.max_steps=6", f"train.resume={tmp_path / 'r'}"), tmp_path / "r")["results"]
     assert done["machine"]["cpu_count"] == os.cpu_count() and done["machine"]["torch"] == torch.__version__
     assert done["train_wall_time_s"] > 0 and done["train_wall_time_from_step"] == 3  # the resumed part
+    assert done["train_wall_time_total_s"] > done["train_wall_time_s"]  # steps 1-3 counted too
+    again = smoke_run("train.max_steps=6", f"train.resume={tmp_path / 'r'}", "eval.position_buckets=4")
+    redone = train(again, tmp_path / "r")["results"]  # another eval config: evaluated again, not trained
+    assert redone["train_wall_time_from_step"] == 6 and redone["train_wall_time_s"] < 0.5
+    assert redone["train_wall_time_total_s"] == done["train_wall_time_total_s"]

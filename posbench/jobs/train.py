@@ -195,6 +195,7 @@ def fit_and_report(
     timing = {  # this process's part of the training: a resumed run counts from the step it resumed at
         "train_wall_time_s": round(time.perf_counter() - started, 3),
         "train_wall_time_from_step": first_step,
+        "train_wall_time_total_s": None if state.wall_time_s is None else round(state.wall_time_s, 3),
         "machine": machine_description(device),
     }
     meta = run_metadata(

@@ -80,6 +80,7 @@ class TrainState:
     diverged: Optional[Divergence] = None
     stopped_by: Optional[int] = None  # the signal that stopped the run after its checkpoint
     last_good_loss: Optional[float] = None  # the loss of the last step whose update was applied
+    wall_time_s: Optional[float] = 0.0  # seconds in fit() since step 0, every process; None: not known
 
 
 def all_finite(tensors) -> bool:
@@ -163,6 +164,7 @@ class Trainer:
         self.state = TrainState(ckpt["step"], ckpt["tokens_seen"], losses)
         self.state.last_good_loss = ckpt.get("last_good_loss", losses.get(ckpt["step"]))
         self.state.skipped = ckpt.get("skipped_steps", 0)
+        self.state.wall_time_s = ckpt.get("train_wall_time_s")  # absent from checkpoints made before it
         log.info("resumed from %s at step %d", path, self.state.step)
 
     def optimizer_state(self, ckpt: dict) -> dict:
@@ -190,8 +192,11 @@ class Trainer:
             disable=not self.dist.is_main,
         )
         self.model.train()
+        started, before = time.perf_counter(), self.state.wall_time_s
         while not self.finished:
             loss, grad_norm, lr, tok_s = self.step(step_fn)
+            if before is not None:  # before the checkpoint, which keeps it for a resume
+                self.state.wall_time_s = before + time.perf_counter() - started
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}", refresh=False)  # drawn by update,
             bar.update(1)  # at most every tqdm's mininterval, not on every step
             self.log(tracker, loss, lr, tok_s, grad_norm)
@@ -297,6 +302,7 @@ class Trainer:
             "losses": {str(k): v for k, v in state.losses.items()},
             "last_good_loss": state.last_good_loss,
             "skipped_steps": state.skipped,
+            "train_wall_time_s": state.wall_time_s,
             "batches": self.batches.state_dict(),
             "rng": rng_state(),
             "config": to_plain_dict(self.run),
