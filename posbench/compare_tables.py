@@ -88,19 +88,25 @@ def markdown_table(table: Table, section: Section, per_token: bool = False) -> l
     return rows
 
 
-def fewer_seeds(table: Table, section: Section, seeds: int) -> str:
-    """``; fewer: alibi (2), fox (1)``: the rows whose cells hold fewer seeds than the table's most."""
+def seeds_per_row(table: Table, section: Section) -> dict[str, int]:
+    """Each row's seed count: the most seeds any of its cells averages."""
     rows = sorted(k for k in table if k[0] == section)
-    fewer = [
-        (k[1], n)
-        for k in rows
-        if (n := max((len(set(c.seeds)) for c in table[k].values()), default=0)) < seeds
-    ]
-    return "; fewer: " + ", ".join(f"{label} ({n})" for label, n in fewer) if fewer else ""
+    return {k[1]: max((len(set(c.seeds)) for c in table[k].values()), default=0) for k in rows}
 
 
-def heading(section: Section, seeds: int, per_token: bool = False, fewer: str = "") -> str:
-    over = f"mean ± std over {seeds} seed{'s' * (seeds != 1)}{fewer}"
+def usual_seeds(counts: dict[str, int]) -> tuple[int, str]:
+    """The seed count most rows have (the larger on a tie), and ``; other counts: rope (3), fox (1)``
+    naming the rows that differ from it."""
+    if not counts:
+        return 0, ""
+    values = list(counts.values())
+    usual = max(set(values), key=lambda n: (values.count(n), n))
+    other = [f"{label} ({n})" for label, n in counts.items() if n != usual]
+    return usual, "; other counts: " + ", ".join(other) if other else ""
+
+
+def heading(section: Section, seeds: int, per_token: bool = False, other: str = "") -> str:
+    over = f"mean ± std over {seeds} seed{'s' * (seeds != 1)}{other}"
     if not section.task:
         return f"### Trained at L = {section.train_len} (perplexity, {over})"
     what = "per-token accuracy" if per_token else "exact-match accuracy"
@@ -115,13 +121,12 @@ def markdown(table: Table, notes: Optional[dict[Section, list[str]]] = None) -> 
     parts = []
     for section in sorted({k[0] for k in table} | set(notes)):
         cells = [c for k in table if k[0] == section for c in table[k].values()]
-        seeds = max((len(set(c.seeds)) for c in cells), default=0)
+        seeds, other = usual_seeds(seeds_per_row(table, section))
         tables = [False, True] if section.task else [False]
         text = []
         for per_token in tables:
             rows = markdown_table(table, section, per_token) if cells else ["(no run to average)"]
-            fewer = fewer_seeds(table, section, seeds) if cells else ""
-            text.append(heading(section, seeds, per_token, fewer) + "\n\n" + "\n".join(rows) + "\n")
+            text.append(heading(section, seeds, per_token, other) + "\n\n" + "\n".join(rows) + "\n")
         below = [f"- {line}" for line in notes.get(section, [])]
         parts.append("\n".join(text) + ("\n" + "\n".join(below) + "\n" if below else ""))
     return "\n".join(parts)

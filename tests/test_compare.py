@@ -339,9 +339,12 @@ def test_a_protocol_filter_says_what_it_left_out(tmp_path):
     assert text.startswith("--protocol sliding left out 1 results files: 1 with no sliding numbers")
 
 
-def test_a_row_with_fewer_seeds_is_named_in_the_heading(tmp_path):
+def test_a_row_with_another_seed_count_is_named_in_the_heading(tmp_path):
     for seed in (0, 1, 2):
         put(tmp_path, f"rope_s{seed}", results_doc(seed, {128: 10.0 + seed}))
+    for seed in (0, 1):
+        put(tmp_path, f"nope_s{seed}", results_doc(seed, {128: 11.0}, encoding="nope"))
+        put(tmp_path, f"t5_s{seed}", results_doc(seed, {128: 12.0}, encoding="t5"))
     put(tmp_path, "alibi_s0", results_doc(0, {128: 9.0}, encoding="alibi"))
-    text = compare([tmp_path], tmp_path / "out")
-    assert "(perplexity, mean ± std over 3 seeds; fewer: alibi (1))" in text
+    text = compare([tmp_path], tmp_path / "out")  # most rows have 2 seeds: the heading says 2
+    assert "(perplexity, mean ± std over 2 seeds; other counts: alibi (1), rope (3))" in text
