@@ -7,6 +7,7 @@ import errno
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -337,6 +338,20 @@ def test_a_protocol_filter_says_what_it_left_out(tmp_path):
     put(tmp_path, "plain", results_doc(0, {128: 10.0}))
     text = compare([tmp_path], tmp_path / "out", protocol="sliding")
     assert text.startswith("--protocol sliding left out 1 results files: 1 with no sliding numbers")
+
+
+def test_a_protocol_filter_names_the_task_results_it_leaves_out(tmp_path):
+    task = Path(__file__).parents[1] / "experiments/synthetic-tasks/grid/copy/copy_rope_L16_s0_c20116"
+    (tmp_path / "copy").mkdir()
+    shutil.copy(task / "results.json", tmp_path / "copy" / "results.json")
+    put(tmp_path, "plain", results_doc(0, {128: 10.0}))
+    assert "### copy, trained on lengths up to 16" in compare([tmp_path], tmp_path / "all")
+    text = compare([tmp_path], tmp_path / "out", protocol="nonoverlapping")
+    assert text.startswith(
+        "--protocol nonoverlapping left out 1 results files: 1 of tasks (scored by accuracy, "
+        "not by a perplexity protocol)"
+    )
+    assert "### copy" not in text and "| rope | 10.00 |" in text
 
 
 def test_a_row_with_another_seed_count_is_named_in_the_heading(tmp_path):

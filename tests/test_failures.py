@@ -267,6 +267,38 @@ def test_a_full_disk_keeps_the_previous_file_and_says_so_in_one_line(tmp_path, m
     assert not list(tmp_path.rglob(".tmp-*"))
 
 
+FULL_DISK = """
+import os, sys, tempfile
+import posbench.atomic as atomic
+real = tempfile.mkstemp
+def mkstemp(**kwargs):
+    fd, tmp = real(**kwargs)
+    os.close(fd)
+    return os.open("/dev/full", os.O_WRONLY), tmp
+atomic.tempfile.mkstemp = mkstemp
+from posbench.__main__ import run
+sys.argv = ["posbench", *sys.argv[1:]]
+run()
+"""
+
+
+def test_a_full_disk_at_start_stops_in_one_line_and_leaves_no_half_written_record(tmp_path):
+    """Every write fails with ENOSPC from the first: the Hydra record (the first thing a held job writes)
+    fails whole, in one line, exit 2, before any training; no empty config.yaml, no temp file."""
+    run_dir = tmp_path / "run"
+    args = ["train", "debug=smoke", "logger=jsonl", f"hydra.run.dir={run_dir}"]
+    done = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, *args], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    err = done.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no space left on the device while writing")
+    assert ".hydra" in err[0] and "Traceback" not in done.stderr
+    left = [p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file()]
+    assert not [p for p in left if p.startswith(".hydra/") or ".tmp-" in p], left
+    assert not (run_dir / "metrics.jsonl").exists() and not (run_dir / "checkpoints").exists()
+
+
 def nan_at(calls: set[int]):
     """A ``at_step`` action making the loss of the given calls (1-based, per train()) non-finite."""
     return lambda step, loss, g: (math.nan, g) if step in calls else (loss, g)
@@ -362,6 +394,23 @@ def test_a_bad_config_ends_in_one_line_exit_2_before_any_folder(args, expected, 
     assert result.returncode == 2 and expected in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not list(tmp_path.rglob("*")), list(tmp_path.rglob("*"))  # no folder, empty or not
+
+
+def test_a_validation_split_shorter_than_one_window_is_refused_before_any_step(tmp_path):
+    (tmp_path / "train.txt").write_text("a training text of some length. " * 400)
+    (tmp_path / "val.txt").write_text("too short")
+    files = [f"data.train_files=[{tmp_path / 'train.txt'}]", f"data.val_files=[{tmp_path / 'val.txt'}]"]
+    runs = tmp_path / "runs"
+    result = posbench_cli(
+        "train", "debug=smoke", "logger=jsonl", "data=text_files", *files, f"run_root={runs}"
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: cannot validate at 128 tokens (the validation stream has 10 tokens, fewer than one window "
+        "of 129): give a longer validation split, or set train.val_every=0"
+    ]
+    assert not [r for run in runs.rglob("metrics.jsonl") for r in records(run.parent) if "train/loss" in r]
 
 
 def test_a_folder_that_cannot_be_made_ends_in_one_line(tmp_path):

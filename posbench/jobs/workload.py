@@ -59,7 +59,12 @@ class CorpusWorkload:
         for length in names if train.val_every else ():
             reason = unavailable_reason(model, len(self.corpus.val), length)
             if reason is not None:
-                raise ValueError(f"cannot validate at {length} tokens ({reason}): lower train.val_lengths")
+                fix = (
+                    "lower train.val_lengths" if length != train.seq_len else "give a longer validation split"
+                )
+                raise ValueError(
+                    f"cannot validate at {length} tokens ({reason}): {fix}, or set train.val_every=0"
+                )
         cfg = EvalConfig(lengths=list(names), protocol=Protocol.nonoverlapping, max_tokens=train.val_tokens)
 
         def validate(model) -> dict[str, float]:
