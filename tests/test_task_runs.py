@@ -3,6 +3,7 @@ exact match, every task composes with every encoding, and task results flow into
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -93,6 +94,21 @@ def test_validation_scores_the_training_range_as_its_final_result_does(copy_run)
     assert validations[-1]["val/exact_match"] == pytest.approx(inside["accuracy"], abs=1e-12)
     assert validations[-1]["val/token_accuracy"] == pytest.approx(inside["token_accuracy"], abs=1e-12)
     assert validations[-1]["val/loss"] < validations[0]["val/loss"]
+
+
+def test_a_finished_task_run_is_not_scored_again_unless_its_test_settings_change(copy_run):
+    """train.resume=auto into a finished task run's folder returns its results untouched; other test
+    settings (another task.test_examples) score it again, from its checkpoint, without training."""
+    trained, run_dir, _ = copy_run
+    run = dataclasses.replace(trained, train=dataclasses.replace(trained.train, resume="auto"))
+    before = (run_dir / "results.json").read_bytes()
+    again = train(run, run_dir)
+    assert again["skipped"] and (run_dir / "results.json").read_bytes() == before
+    other = dataclasses.replace(run, task=dataclasses.replace(run.task, test_examples=32))
+    rescored = train(other, run_dir)["results"]
+    assert rescored["step"] == 150 and rescored["train_wall_time_from_step"] == 150
+    assert rescored["results"][0]["examples"] == 32
+    train(run, run_dir)  # scored as the module's other tests expect again
 
 
 def test_identity_of_a_task_run_ignores_the_corpus_and_the_test_settings():

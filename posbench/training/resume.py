@@ -78,10 +78,18 @@ def finished_results(run: RunConfig, run_dir: Path) -> Optional[dict]:
     except (OSError, ValueError):
         return None  # unreadable: the run resumes from its checkpoint and writes it again
     config = document.get("config")
-    if not same_run(config, RunIdentity.of(run)) or document.get("eval_config") != to_plain_dict(run.eval):
+    if not same_run(config, RunIdentity.of(run)) or not scored_as_configured(document, run):
         return None
     trained = document.get("step") == run.train.total_steps()
     return document if trained or document.get("diverged") else None
+
+
+def scored_as_configured(document: dict, run: RunConfig) -> bool:
+    """Whether ``document`` was scored as ``run`` would score it: a language model by its eval group
+    (recorded as ``eval_config``), a task by its task group's test settings (in its ``config``)."""
+    if run.task is None:
+        return document.get("eval_config") == to_plain_dict(run.eval)
+    return (document.get("config") or {}).get("task") == to_plain_dict(run.task)
 
 
 def restarts_in_place(run: RunConfig, run_dir: Path, resume_from: Optional[Path]) -> bool:
