@@ -7,7 +7,7 @@ PYTEST_ARGS ?= -n 2 --dist loadfile
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.posbench-installed
 
-.PHONY: help setup data train test lint format smoke clean
+.PHONY: help setup data train test test-fast lint format smoke clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ train: data ## train ALiBi at 2K on the built-in corpus, evaluate at 2K, 4K, 8K,
 
 test: data lint ## lint, then run the whole test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: data ## the tests not marked slow: a quick loop while editing (make test stays the whole suite)
+	$(BIN)/python -m pytest $(PYTEST_ARGS) -m "not slow"
 
 lint: setup ## ruff: lint rules and formatting (configured in pyproject.toml)
 	$(BIN)/ruff check .

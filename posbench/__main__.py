@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     command, rest = argv[0], argv[1:]
     if command == "compare":
-        from posbench.compare import main as compare_main
+        from posbench.reports.compare import main as compare_main
 
         compare_main(rest)
         return

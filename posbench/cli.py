@@ -12,34 +12,30 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from posbench.common.checks import USER_ERROR, exit_with
 from posbench.config import register_schemas, to_run_config
+from posbench.runs.resolvers import register_resolvers
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 HYDRA_RECORD = ".hydra"  # where a job's Hydra record goes in its folder (hydra_record)
 
 
-USER_ERROR, DIVERGED = 2, 3  # exit codes; a stop signal exits 128 + its number (SIGTERM: 143)
+DIVERGED = 3  # exit codes: USER_ERROR (2), DIVERGED; a stop signal exits 128 + its number (SIGTERM: 143)
 HELP_FLAGS = ("-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "--shell-completion")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from posbench.atomic import DiskFullError
-    from posbench.checkpoint import CheckpointError
+    from posbench.common.atomic import DiskFullError
     from posbench.data import DataError
+    from posbench.runs.checkpoint import CheckpointError
 
     return (ValueError, DataError, CheckpointError, DiskFullError)
 
 
-def _say(message: str, code: int) -> None:
-    if message:  # ranks other than 0 stop with an empty message: rank 0 says it once
-        print(message, file=sys.stderr, flush=True)
-    sys.exit(code)
-
-
 def failure(exc: BaseException) -> Optional[tuple[str, int]]:
     """(the one line, the exit code) of an error that ends a job in one line, or None (a bug)."""
-    from posbench.atomic import disk_full_cause
-    from posbench.checks import one_line
+    from posbench.common.atomic import disk_full_cause
+    from posbench.common.checks import one_line
     from posbench.jobs.train import TrainingDiverged
     from posbench.training.signals import Interrupted
 
@@ -83,7 +79,7 @@ def _guarded(job: Callable[[DictConfig], object]) -> Callable[[DictConfig], obje
     then ends with a summary and that exit code (``run_hydra``)."""
 
     def wrapper(cfg: DictConfig) -> object:
-        from posbench.run_lock import FolderInUse
+        from posbench.runs.lock import FolderInUse
 
         try:
             return job(cfg)
@@ -102,7 +98,7 @@ def _guarded(job: Callable[[DictConfig], object]) -> Callable[[DictConfig], obje
                 if message and not isinstance(exc, FolderInUse):  # a held job is another sweep's
                     SWEEP_PROBLEMS.append((code, f"{HydraConfig.get().job.override_dirname}: {message}"))
                 return None
-            _say(message, code)
+            exit_with(message, code)
 
     wrapper.__name__ = job.__name__
     return wrapper
@@ -127,7 +123,7 @@ def hydra_record(cfg: DictConfig) -> Callable[[Path], None]:
     record of the run that holds it."""
 
     def write(folder: Path) -> None:
-        from posbench.atomic import atomic_write_text
+        from posbench.common.atomic import atomic_write_text
 
         hydra_cfg = HydraConfig.get()
         record = Path(folder) / HYDRA_RECORD
@@ -140,7 +136,7 @@ def hydra_record(cfg: DictConfig) -> Callable[[Path], None]:
 
 @_guarded
 def train_job(cfg: DictConfig) -> object:
-    from posbench.distributed import adopt_slurm_environment
+    from posbench.common.distributed import adopt_slurm_environment
     from posbench.jobs.train import train
 
     adopt_slurm_environment()
@@ -151,7 +147,7 @@ def train_job(cfg: DictConfig) -> object:
 @_guarded
 def eval_job(cfg: DictConfig) -> object:
     from posbench.jobs.evaluate import check_eval_folder, evaluate_checkpoint
-    from posbench.run_lock import hold_folder
+    from posbench.runs.lock import hold_folder
 
     if cfg.get("hf") is not None and cfg.get("checkpoint") is not None:
         raise ValueError("posbench eval takes checkpoint=PATH or hf=NAME_OR_DIR, not both")
@@ -180,13 +176,14 @@ def missing_checkpoint(command: str, argv: list[str]) -> bool:
 def run_hydra(command: str, argv: list[str]) -> None:
     config_name, job = COMMANDS[command]
     if missing_checkpoint(command, argv):
-        _say(
+        exit_with(
             "error: posbench eval needs a checkpoint: pass checkpoint=PATH (a run folder or a .pt file), "
             "or hf=NAME_OR_DIR (a pretrained Llama-family model)",
             USER_ERROR,
         )
     register_schemas()
-    from posbench.distributed import hydra_overrides_for_rank
+    register_resolvers()  # ${posbench_parent:...}, the run folders' names
+    from posbench.common.distributed import hydra_overrides_for_rank
     from posbench.launchers import quiet_schema_by_name
 
     quiet_schema_by_name()
@@ -197,7 +194,7 @@ def run_hydra(command: str, argv: list[str]) -> None:
     if SWEEP_PROBLEMS:
         lines = "\n".join(f"  {line}" for _, line in SWEEP_PROBLEMS)
         code = USER_ERROR if any(c == USER_ERROR for c, _ in SWEEP_PROBLEMS) else DIVERGED
-        _say(f"sweep finished; {len(SWEEP_PROBLEMS)} job(s) did not:\n{lines}", code)
+        exit_with(f"sweep finished; {len(SWEEP_PROBLEMS)} job(s) did not:\n{lines}", code)
 
 
 @contextlib.contextmanager
@@ -222,7 +219,7 @@ def composition_errors_in_one_line() -> Iterator[None]:
                 ConfigKeyError,
                 ValidationError,
             ) as exc:
-                _say(f"error: {composition_message(exc)}", USER_ERROR)
+                exit_with(f"error: {composition_message(exc)}", USER_ERROR)
 
         return original(composed)
 
@@ -237,7 +234,7 @@ def composition_message(exc: BaseException) -> str:
     """The key or option at fault and what to do, from Hydra's or OmegaConf's message."""
     from omegaconf.errors import ConfigKeyError
 
-    from posbench.checks import unknown_key
+    from posbench.common.checks import unknown_key
 
     chain = [exc]
     while chain[-1].__cause__ is not None:

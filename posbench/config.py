@@ -21,30 +21,30 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from posbench.checks import above, at_least, unknown_key, within
+from posbench.common.checks import above, at_least, unknown_key, within
+from posbench.common.runtime import Precision
 from posbench.data.config import (
-    DATA_SCHEMAS,
     DataConfig,
     HFConfig,
     ShakespeareConfig,
     TextFilesConfig,
     Tokenizer,
 )
+from posbench.data.sources import CORPORA
 from posbench.encodings import (
     ENCODINGS,
+    REMAPS,
+    SCALINGS,
+    TEMPERATURES,
     EncodingConfig,
-    register_remap_schemas,
-    register_scaling_schemas,
-    register_temperature_schemas,
 )
-from posbench.lineage import register_parent_resolver
+from posbench.encodings.registry import member_choices
+from posbench.encodings.schedule import layer_choices
 from posbench.model.config import Attention, Mlp, ModelConfig, Norm
-from posbench.runtime import Precision
-from posbench.tasks.config import TASK_SCHEMAS, TaskConfig
+from posbench.tasks import TASKS, TaskConfig
 from posbench.tracking.config import LoggerConfig
 
 __all__ = [
-    "DATA_SCHEMAS",
     "Attention",
     "BucketKind",
     "DataConfig",
@@ -115,7 +115,7 @@ class TrainConfig:
     # do when its results are final: resumable sweeps); or a path to a run folder or .pt file
     resume: Optional[str] = None
     # a run folder or .pt: start from that checkpoint's model weights (a new run: fresh optimiser,
-    # schedule and data); recorded as the run's ``parent`` (posbench/lineage.py)
+    # schedule and data); recorded as the run's ``parent`` (posbench/runs/lineage.py)
     init_from: Optional[str] = None
     stop_after_steps: Optional[int] = None  # stop early (as if killed) after this many steps
     skip_nonfinite_steps: int = 0  # steps with a non-finite loss/grad norm skipped before stopping
@@ -229,35 +229,33 @@ class EvalRunConfig(RunConfig):
 
 def register_schemas() -> None:
     """Put every schema into Hydra's ConfigStore under ``schema/<group>/<name>``."""
-    register_parent_resolver()  # ${posbench_parent:...} in configs/train.yaml
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
     cs.store(name="eval_run_schema", node=EvalRunConfig)
-    for name, (config_cls, _) in ENCODINGS.items():
-        cs.store(group="schema/encoding", name=name, node=config_cls)
-    register_scaling_schemas(cs)
-    register_temperature_schemas(cs)
-    register_remap_schemas(cs)
+    for registry in (ENCODINGS, SCALINGS, TEMPERATURES, REMAPS, CORPORA, TASKS):
+        registry.store(cs)
+    for name, members in (("hybrid", member_choices()), ("layers", layer_choices())):
+        cs.store(group="encoding", name=name, node=composite_encoding(name, members))
     cs.store(group="schema/model", name="model", node=ModelConfig)
-    for name, cls in DATA_SCHEMAS.items():
-        cs.store(group="schema/data", name=name, node=cls)
-    for name, cls in TASK_SCHEMAS.items():
-        cs.store(group="schema/task", name=name, node=cls)
     cs.store(group="schema/train", name="train", node=TrainConfig)
     cs.store(group="schema/eval", name="eval", node=EvalConfig)
     cs.store(group="schema/logger", name="logger", node=LoggerConfig)
 
 
-def _schema_for(choices: dict, name: str, group: str) -> Any:
-    if name not in choices:
-        raise ValueError(f"unknown {group} {name!r}; valid: {', '.join(sorted(choices))}")
-    return OmegaConf.structured(choices[name])
+def composite_encoding(name: str, members: list[str]) -> dict:
+    """The ``encoding=hybrid`` / ``encoding=layers`` config, made from the registry: its schema, and
+    every member's own ``configs/encoding/NAME.yaml`` at ``options.NAME`` (so
+    ``encoding.options.rope.base=500`` and ``encoding/scaling@encoding.options.rope.scaling=yarn``
+    work); options of encodings that are not members are dropped by the schema."""
+    members_defaults = [f"/encoding/{member}@options.{member}" for member in members]
+    return {
+        "defaults": [f"/schema/encoding/{name}@_here_", {"temperature": "none"}, *members_defaults, "_self_"]
+    }
 
 
 def to_encoding_config(plain: dict) -> EncodingConfig:
     """An encoding group as a plain dict (a checkpoint's, a results file's) -> its typed config."""
-    schema = _schema_for({n: c for n, (c, _) in ENCODINGS.items()}, plain["name"], "encoding")
-    return OmegaConf.to_object(OmegaConf.merge(schema, plain))  # type: ignore[return-value]
+    return ENCODINGS.coerce(plain)
 
 
 def to_run_config(cfg: DictConfig | dict) -> RunConfig:
@@ -270,12 +268,10 @@ def to_run_config(cfg: DictConfig | dict) -> RunConfig:
     )
     plain = {k: v for k, v in plain.items() if k != "hydra"}
     schema = OmegaConf.structured(EvalRunConfig if "checkpoint" in plain else RunConfig)
-    schema.encoding = _schema_for(
-        {n: c for n, (c, _) in ENCODINGS.items()}, plain["encoding"]["name"], "encoding"
-    )
-    schema.data = _schema_for(DATA_SCHEMAS, plain["data"]["name"], "data")
+    schema.encoding = ENCODINGS.structured(plain["encoding"]["name"])
+    schema.data = CORPORA.structured(plain["data"]["name"])
     if plain.get("task") is not None:
-        schema.task = _schema_for(TASK_SCHEMAS, plain["task"]["name"], "task")
+        schema.task = TASKS.structured(plain["task"]["name"])
     try:
         merged = OmegaConf.merge(schema, plain)
     except ConfigKeyError as exc:  # a key no schema has, e.g. +train.lrr=0.1

@@ -32,11 +32,12 @@ from bench_train import flops_per_token, matmul_peak
 from hydra import compose, initialize_config_dir
 
 from posbench.cli import CONFIG_DIR
+from posbench.common.runtime import Dist
 from posbench.config import RunConfig, register_schemas, to_run_config
 from posbench.jobs.workload import TaskWorkload
 from posbench.model.loss import NextTokenLoss
 from posbench.model.transformer import Transformer
-from posbench.runtime import Dist
+from posbench.runs.resolvers import register_resolvers
 from posbench.tasks import TaskBatches, build_task
 from posbench.training.optim import lr_at
 from posbench.training.trainer import Trainer
@@ -67,6 +68,7 @@ MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
 def task_run(spec: ModelSpec, batch: int, encoding: str, length: int) -> RunConfig:
     """The typed config ``posbench train task=...`` would run for ``spec`` at ``batch``."""
     register_schemas()
+    register_resolvers()
     overrides = [
         f"task={spec.task}",
         f"task.train_lengths=[{length},{length}]",

@@ -22,9 +22,9 @@ from bench_variants import encoding_config
 from bench_variants import names as encoding_names
 from torch import nn
 
+from posbench.common.runtime import autocast, cpu_has_native_bf16
 from posbench.config import ModelConfig, Precision
 from posbench.model.transformer import Transformer
-from posbench.runtime import autocast, cpu_has_native_bf16
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, size: int = 2048, repeats: int = 5) -> float:

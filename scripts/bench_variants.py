@@ -28,4 +28,4 @@ def encoding_config(name: str, length: int) -> EncodingConfig:
     base, options = VARIANTS.get(name, (name, {}))
     if base == "learned":
         options = {**options, "max_positions": length}
-    return ENCODINGS[base][0](**options)
+    return ENCODINGS.schema(base)(**options)

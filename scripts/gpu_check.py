@@ -87,8 +87,8 @@ def train_row(name: str, args, device, peak: float) -> dict:
     from bench_train import PlainGpt, flops_per_token
     from bench_variants import encoding_config
 
+    from posbench.common.runtime import Precision, autocast
     from posbench.model.transformer import Transformer
-    from posbench.runtime import Precision, autocast
 
     torch.manual_seed(0)
     cfg = model_config(args.model, args.attention)
@@ -155,8 +155,8 @@ def eval_rows(name: str, args, device):
     import torch
     from bench_variants import encoding_config
 
+    from posbench.common.runtime import Precision, autocast
     from posbench.model.transformer import Transformer
-    from posbench.runtime import Precision, autocast
 
     torch.manual_seed(0)
     enc = encoding_config(name, max(args.lengths))

@@ -78,7 +78,7 @@ SITE=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check-site.XXXXXX")
 HF_DIR=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check-hf.XXXXXX")  # part 3's model (2.5 GB), corpus and run
 trap 'rm -rf "$SITE" "$HF_DIR"' EXIT
 PACK=${GPU_CHECK_DEPS:-build/gpu-deps}
-IMPORTS='import posbench.config, posbench.results, jsonschema'
+IMPORTS='import posbench.config, posbench.reports.results, jsonschema'
 if ! PYTHONPATH="$ROOT" "$PY" -c "$IMPORTS" >/dev/null 2>&1; then
     if [ -f "$PACK/manifest.json" ]; then
         "$PY" scripts/gpu_deps.py link --pack "$PACK" --into "$SITE" 2>&1 | tee -a "$ENV_TXT"

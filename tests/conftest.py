@@ -12,12 +12,14 @@ from hydra import compose, initialize_config_dir
 
 from posbench.cli import CONFIG_DIR
 from posbench.config import RunConfig, register_schemas, to_run_config
+from posbench.runs.resolvers import register_resolvers
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def compose_config(*overrides: str, config_name: str = "train"):
     register_schemas()
+    register_resolvers()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose(config_name=config_name, overrides=list(overrides))
 

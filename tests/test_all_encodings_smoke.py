@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from posbench.encodings import ENCODINGS, SCALING_CONFIGS, TEMPERATURE_CONFIGS
+from posbench.encodings import ENCODINGS, SCALINGS, TEMPERATURES
 from posbench.jobs.train import train
 
 # two steps of two sequences, one 512-token window scored: enough to run every path, not to learn
@@ -22,7 +22,7 @@ FAST = [
 
 VARIANTS = (
     [[f"encoding={name}"] for name in ENCODINGS]
-    + [["encoding=rope", f"encoding/scaling={kind}"] for kind in SCALING_CONFIGS if kind != "none"]
+    + [["encoding=rope", f"encoding/scaling={kind}"] for kind in SCALINGS if kind != "none"]
     + [
         ["encoding=rope", "encoding.random_positions_max=1024", "encoding.rotary_dim=0.5"],
         ["encoding=sinusoidal", "encoding.random_positions_max=1024"],
@@ -31,7 +31,7 @@ VARIANTS = (
         ["encoding=layers", "encoding.window=32", "encoding.window_kind=sliding"],
         ["encoding=layers", "encoding/temperature@encoding.options.nope.temperature=llama4"],
     ]
-    + [["encoding=nope", f"encoding/temperature={kind}"] for kind in TEMPERATURE_CONFIGS if kind != "none"]
+    + [["encoding=nope", f"encoding/temperature={kind}"] for kind in TEMPERATURES if kind != "none"]
 )
 
 

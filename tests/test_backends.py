@@ -20,10 +20,10 @@ def pair(encoding: str, attention: str, block: int = 16) -> tuple[Transformer, T
     torch.manual_seed(0)
     cfg = dict(name="t", n_layers=2, d_model=32, n_heads=4, attention_block=block)
     reference = Transformer(
-        ModelConfig(**cfg, attention=Attention.eager), ENCODINGS[encoding][0](), 64
+        ModelConfig(**cfg, attention=Attention.eager), ENCODINGS.schema(encoding)(), 64
     ).eval()
     other = Transformer(
-        ModelConfig(**cfg, attention=Attention(attention)), ENCODINGS[encoding][0](), 64
+        ModelConfig(**cfg, attention=Attention(attention)), ENCODINGS.schema(encoding)(), 64
     ).eval()
     other.load_state_dict(reference.state_dict())
     return reference, other
@@ -92,8 +92,10 @@ def test_xpos_decay_recentred_per_block_is_exact_where_the_centred_window_overfl
     (the masked path other devices take)."""
     torch.manual_seed(0)
     T, H, D = 600, 2, 12  # rotary pairs on 8 of 12 channels: the other 4 carry no decay
-    xpos = ENCODINGS["xpos"][1](ENCODINGS["xpos"][0](scale_base=4.0, rotary_dim=8 / 12), H * D, H, D, 0.02)
-    alibi = ENCODINGS["alibi"][1](ENCODINGS["alibi"][0](), H * D, H, D, 0.02)
+    xpos = ENCODINGS.implementation("xpos")(
+        ENCODINGS.schema("xpos")(scale_base=4.0, rotary_dim=8 / 12), H * D, H, D, 0.02
+    )
+    alibi = ENCODINGS.implementation("alibi")(ENCODINGS.schema("alibi")(), H * D, H, D, 0.02)
     q, k, v = (torch.randn(1, H, T, D) for _ in range(3))
     pos, scale = torch.arange(T) + 5, D**-0.5
     scores = Scores(bias=alibi.scores().bias if with_bias else None, decay=xpos.scores().decay)
@@ -111,7 +113,7 @@ def test_xpos_is_exact_at_64k_positions():
     queries against an fp64 softmax of the decayed scores (atol 1e-5)."""
     torch.manual_seed(0)
     T, H, D = 65536, 2, 8
-    xpos = ENCODINGS["xpos"][1](ENCODINGS["xpos"][0](), H * D, H, D, 0.02)
+    xpos = ENCODINGS.implementation("xpos")(ENCODINGS.schema("xpos")(), H * D, H, D, 0.02)
     assert xpos.scores().decay.window < T
     q, k, v = (torch.randn(1, H, T, D) for _ in range(3))
     pos, scale = torch.arange(T), D**-0.5
@@ -196,7 +198,7 @@ def counted_fused_calls(encoding: str, length: int, monkeypatch):
 
     torch.manual_seed(0)
     model = Transformer(
-        ModelConfig(name="t", n_layers=2, d_model=32, n_heads=4), ENCODINGS[encoding][0](), 64
+        ModelConfig(name="t", n_layers=2, d_model=32, n_heads=4), ENCODINGS.schema(encoding)(), 64
     )
     tokens = torch.randint(0, 64, (2, length))
     calls = []
@@ -233,7 +235,7 @@ def test_distance_only_mask_is_the_bias_laid_out_by_distance_with_its_gradients(
 
     torch.manual_seed(0)
     model = Transformer(
-        ModelConfig(name="t", n_layers=1, d_model=32, n_heads=4), ENCODINGS[encoding][0](), 64
+        ModelConfig(name="t", n_layers=1, d_model=32, n_heads=4), ENCODINGS.schema(encoding)(), 64
     )
     enc = model.encoding
     pos, weights = torch.arange(45) + 3, torch.randn(1, 4, 45, 45).tril()

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-import posbench.compare as cmp
-from posbench.compare import Section, compare, find_results, gather
-from posbench.results import WriteError, validate_results
+import posbench.reports.compare as cmp
+from posbench.reports.compare import Section, compare, find_results, gather
+from posbench.reports.results import WriteError, validate_results
 from tests.conftest import REPO
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from posbench.run_lock import LOCK_FILE, FolderInUse, hold_folder
+from posbench.runs.lock import LOCK_FILE, FolderInUse, hold_folder
 from tests.conftest import REPO, posbench_cli
 
 SMOKE = ("debug=smoke", "logger=jsonl", "eval.lengths=[128]", "eval.diagnostics_windows=0")

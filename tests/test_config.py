@@ -14,7 +14,9 @@ CONFIGS = REPO / "configs"
 
 
 def group_choices(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+    """A group's YAML files, and for encoding the composites made from the registry (ConfigStore)."""
+    made = ["hybrid", "layers"] if group == "encoding" else []
+    return sorted([p.stem for p in (CONFIGS / group).glob("*.yaml")] + made)
 
 
 @pytest.mark.parametrize(
@@ -28,7 +30,11 @@ def test_every_config_in_every_group_composes(group):
             else []
         )
         run = compose_run(f"{group}={choice}", *extra)
-        assert run.train.seq_len >= 1
+        chosen = getattr(run, group, None)
+        if hasattr(chosen, "name"):  # encoding, model, data, logger: the choice is what was built
+            assert chosen.name == choice or choice.startswith(f"{chosen.name}_"), (group, choice)  # rope_logn
+        elif choice != "default":  # train/task, debug, experiment: choosing it changes the config
+            assert run != compose_run(*extra), (group, choice)
 
 
 def test_defaults_are_the_main_job():

@@ -9,8 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from posbench.checkpoint import load_checkpoint
-from posbench.compare import compare
 from posbench.config import to_plain_dict
 from posbench.data import TrainBatches, load_corpus
 from posbench.encodings.positions import PosePositions
@@ -18,7 +16,9 @@ from posbench.encodings.rope_scaling import longrope_seed_factors, rope_frequenc
 from posbench.jobs.evaluate import checkpoint_run_config
 from posbench.jobs.train import train
 from posbench.model.transformer import Transformer
-from posbench.results import load_results
+from posbench.reports.compare import compare
+from posbench.reports.results import load_results
+from posbench.runs.checkpoint import load_checkpoint
 from posbench.training.init_from import initialise_from_parent
 from tests.conftest import REPO, compose_run
 
@@ -193,7 +193,7 @@ def test_longrope_seed_factors_follow_the_yarn_ramp():
 def test_options_added_since_keep_recorded_runs_where_they_are():
     """The committed reference runs were recorded before train.init_from, PoSE and tasks existed: the
     same sweep composed today still names their folders, so a rerun skips them and compare pairs them."""
-    from posbench.identity import RunIdentity
+    from posbench.runs.identity import RunIdentity
 
     for encoding, folder in (("rope", "rope_L256_s0_12cb9c"), ("t5", "t5_L256_s0_9a38eb")):
         run = compose_run("experiment=alibi_table", f"encoding={encoding}", "train.seed=0")
@@ -203,7 +203,7 @@ def test_options_added_since_keep_recorded_runs_where_they_are():
 
 
 def test_a_parent_of_each_seed_gives_each_child_its_own_run(parent, tmp_path):
-    from posbench.identity import RunIdentity
+    from posbench.runs.identity import RunIdentity
 
     other_root = tmp_path / "other"
     run = compose_run("debug=smoke", "logger=jsonl", f"run_root={other_root}", *PARENT, "train.seed=1")

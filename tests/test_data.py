@@ -68,7 +68,7 @@ def test_cache_hit_is_identical_and_content_changes_the_key(tmp_path, monkeypatc
     def no_reading(cfg):
         raise AssertionError("a cache hit must not read documents")
 
-    monkeypatch.setattr(sources.SOURCES["text_files"], "documents", no_reading)
+    monkeypatch.setattr(sources.CORPORA.implementation("text_files"), "documents", no_reading)
     second = load_corpus(cfg)
     assert second.fingerprint == first.fingerprint
     np.testing.assert_array_equal(second.train, first.train)

@@ -21,7 +21,7 @@ from posbench.model import diagnostics
 from posbench.model.blocks import BLOCK_BIAS_BYTES
 from posbench.model.diagnostics import AttentionProbe, attention_statistics
 from posbench.model.transformer import Transformer
-from posbench.results import ATTENTION_CSV, load_results
+from posbench.reports.results import ATTENTION_CSV, load_results
 
 VOCAB = 64
 
@@ -69,14 +69,14 @@ def model_plan(net: Transformer, T: int):
 
 
 def encoding_cases():
-    names = ("nope", "rope", "alibi", "t5", "fire", "xpos", "cope", "fox", "stick_breaking", "transformer_xl")
-    cases = {name: ENCODINGS[name][0]() for name in names}
-    cases["learned"] = ENCODINGS["learned"][0](max_positions=64)
+    """Every registered encoding (a new one is checked without editing this list), with a few variants."""
+    cases = {name: ENCODINGS.schema(name)() for name in ENCODINGS}
+    cases["learned"] = ENCODINGS.schema("learned")(max_positions=64)
     cases["layers"] = LayersConfig(pattern=["rope", "alibi"], window=7, window_kind="sliding")
-    rope = ENCODINGS["rope"][0]()
+    rope = ENCODINGS.schema("rope")()
     rope.temperature = LogNConfig(base_length=8)
     cases["rope+logn"] = rope
-    cases["rope+self_extend"] = ENCODINGS["rope"][0](remap=SelfExtendConfig(window=6, group=3))
+    cases["rope+self_extend"] = ENCODINGS.schema("rope")(remap=SelfExtendConfig(window=6, group=3))
     return cases
 
 
@@ -92,7 +92,8 @@ def test_entropy_and_sink_equal_the_eager_probabilities(case):
         diagnostics.kernel_applies(torch.zeros(1), layer, torch.zeros(1) if layer.key_bias else None)
         for layer in scores.layers or (scores,)
     ]
-    assert any(kernel) == (case in ("nope", "rope", "alibi", "learned", "layers", "rope+logn"))  # flash
+    flash = ("nope", "rope", "alibi", "learned", "sinusoidal", "hybrid", "layers", "rope+logn")
+    assert any(kernel) == (case in flash)  # the flash kernel: no bias, or a linear one (hybrid: +alibi)
     entropy, sink = probe.mean()
     assert entropy[:, 0].abs().max() < 1e-6 and (sink[:, 0] - 1).abs().max() < 1e-6  # one key: certain
     assert (entropy <= torch.log(torch.arange(23.0) + 1)[None] + 1e-5).all()  # at most uniform's
@@ -118,7 +119,7 @@ def test_the_probe_never_holds_the_square(monkeypatch):
 
 
 def test_evaluation_writes_the_diagnostics_beside_the_position_loss():
-    net = model(ENCODINGS["alibi"][0]())
+    net = model(ENCODINGS.schema("alibi")())
     stream = np.random.default_rng(0).integers(0, VOCAB, 400)
     cfg = EvalConfig(lengths=[64], max_tokens=128, position_buckets=4, diagnostics_windows=2)
     row = evaluate_length(net, stream, 64, cfg, torch.device("cpu"), progress=False).to_dict()
@@ -157,7 +158,7 @@ def test_a_run_writes_them_to_results_csv_plot_and_tracker(smoke_run, tmp_path):
 
 
 def test_no_diagnostics_when_asked_for_none():
-    net = model(ENCODINGS["rope"][0]())
+    net = model(ENCODINGS.schema("rope")())
     stream = np.random.default_rng(0).integers(0, VOCAB, 200)
     cfg = EvalConfig(lengths=[32], max_tokens=64, diagnostics_windows=0)
     assert evaluate_length(net, stream, 32, cfg, torch.device("cpu"), progress=False).attention is None
@@ -170,7 +171,7 @@ def test_diagnostics_riding_the_scoring_forwards_equal_their_own_forwards(encodi
     those of forwards of its own; its time is kept apart from the scoring time."""
     from posbench.evaluation import evaluator
 
-    net = model(ENCODINGS[encoding][0](), "blockwise")  # FIRE: by query blocks through all layers
+    net = model(ENCODINGS.schema(encoding)(), "blockwise")  # FIRE: by query blocks through all layers
     stream = np.random.default_rng(0).integers(0, VOCAB, 400)
     cfg = EvalConfig(lengths=[64], max_tokens=320, batch_size=3, position_buckets=4, diagnostics_windows=2)
     riding = evaluate_length(net, stream, 64, cfg, torch.device("cpu"), progress=False)

@@ -15,7 +15,7 @@ H, DH = 4, 8
 
 def make(name: str, **cfg):
     torch.manual_seed(0)
-    enc = build_encoding(ENCODINGS[name][0](**cfg), H * DH, H, DH, 0.02, n_layers=2)
+    enc = build_encoding(ENCODINGS.schema(name)(**cfg), H * DH, H, DH, 0.02, n_layers=2)
     enc.reset_parameters()
     return enc
 
@@ -343,7 +343,7 @@ def test_randomized_positions_are_sorted_distinct_samples_of_the_larger_range(na
 
 def test_learned_table_must_cover_the_random_range():
     with pytest.raises(ValueError, match="max_positions"):
-        ENCODINGS["learned"][0](max_positions=128, random_positions_max=512)
+        ENCODINGS.schema("learned")(max_positions=128, random_positions_max=512)
 
 
 def test_plain_positions_are_0_to_t():

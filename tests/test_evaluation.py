@@ -13,17 +13,17 @@ import numpy as np
 import pytest
 import torch
 
-from posbench.checkpoint import load_checkpoint
 from posbench.config import EvalConfig, ModelConfig, Protocol
 from posbench.encodings import ENCODINGS
 from posbench.evaluation.buckets import bucket_edges, position_curve
 from posbench.evaluation.evaluator import evaluate_length, evaluate_lengths
 from posbench.evaluation.protocol import count_windows, windows
-from posbench.folders import UNREADABLE, checkpoint_folder
-from posbench.identity import RunIdentity
 from posbench.jobs.evaluate import evaluate_checkpoint
 from posbench.jobs.train import train
 from posbench.model.transformer import Transformer
+from posbench.runs.checkpoint import load_checkpoint
+from posbench.runs.identity import RunIdentity
+from posbench.runs.resolvers import UNREADABLE, checkpoint_folder
 from tests.conftest import REPO, compose_config, compose_run
 
 VOCAB = 17
@@ -114,7 +114,7 @@ def test_linear_buckets_are_equal_widths():
 
 def tiny_model(encoding: str, max_positions: int = 512) -> Transformer:
     torch.manual_seed(0)
-    enc_cfg = ENCODINGS[encoding][0]()
+    enc_cfg = ENCODINGS.schema(encoding)()
     if encoding == "learned":
         enc_cfg.max_positions = max_positions
     return Transformer(ModelConfig(name="test", n_layers=2, d_model=32, n_heads=4), enc_cfg, VOCAB).eval()

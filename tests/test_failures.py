@@ -18,10 +18,10 @@ import torch
 
 import posbench.training.signals as signals_module
 import posbench.training.trainer as trainer_module
-from posbench.atomic import DiskFullError, atomic_write_text
-from posbench.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from posbench.common.atomic import DiskFullError, atomic_write_text
 from posbench.jobs.train import TrainingDiverged, train
-from posbench.results import load_results
+from posbench.reports.results import load_results
+from posbench.runs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from posbench.training.signals import Interrupted
 from tests.conftest import posbench_cli
 
@@ -235,7 +235,7 @@ def test_eval_without_a_checkpoint_says_to_pass_one(tmp_path):
 
 def fill_disk(monkeypatch) -> None:
     """From now on every atomic write's temp file is /dev/full: writing it fails with ENOSPC."""
-    import posbench.atomic as atomic
+    import posbench.common.atomic as atomic
 
     real = atomic.tempfile.mkstemp
 
@@ -269,7 +269,7 @@ def test_a_full_disk_keeps_the_previous_file_and_says_so_in_one_line(tmp_path, m
 
 FULL_DISK = """
 import os, sys, tempfile
-import posbench.atomic as atomic
+import posbench.common.atomic as atomic
 real = tempfile.mkstemp
 def mkstemp(**kwargs):
     fd, tmp = real(**kwargs)
@@ -343,7 +343,7 @@ def test_an_in_place_resume_with_another_config_is_refused(smoke_run, tmp_path):
 def test_resume_auto_restarts_a_job_killed_before_its_first_checkpoint_in_its_own_folder(smoke_run, tmp_path):
     """A requeued sweep job (train.resume=auto) whose folder holds metrics but no checkpoint starts afresh
     there, with no row of the killed attempt left in metrics.jsonl."""
-    from posbench.identity import RunIdentity
+    from posbench.runs.identity import RunIdentity
 
     run = smoke_run("train.max_steps=4", "train.resume=auto", *QUICK)
     run_dir = tmp_path / "sweep" / RunIdentity.of(run).folder

@@ -28,7 +28,7 @@ def model(encoding_cfg=None, attention: str = "auto", block: int = 8, n_layers: 
         attention=Attention(attention),
         attention_block=block,
     )
-    net = Transformer(cfg, encoding_cfg or ENCODINGS["fox"][0](), VOCAB).eval()
+    net = Transformer(cfg, encoding_cfg or ENCODINGS.schema("fox")(), VOCAB).eval()
     fox = next(m for m in net.modules() if isinstance(m, Fox))
     with torch.no_grad():  # gates away from 1/2 everywhere: some heads forget fast, some slowly
         for gate in fox.gates:
@@ -81,20 +81,20 @@ def test_the_gates_learn():
     net(torch.randint(0, VOCAB, (2, 20))).logsumexp(-1).sum().backward()
     for gate in net.encoding.gates:
         assert gate.weight.grad.abs().sum() > 0 and gate.bias.grad.abs().sum() > 0
-    fresh = Transformer(net.cfg, ENCODINGS["fox"][0](), VOCAB)
+    fresh = Transformer(net.cfg, ENCODINGS.schema("fox")(), VOCAB)
     assert all((gate.bias == 0).all() for gate in fresh.encoding.gates)  # b_f = 0 (released code)
 
 
 def test_fox_with_rope_in_a_hybrid():
     cfg = HybridConfig(
-        members="rope+fox", options={"rope": ENCODINGS["rope"][0](), "fox": ENCODINGS["fox"][0]()}
+        members="rope+fox", options={"rope": ENCODINGS.schema("rope")(), "fox": ENCODINGS.schema("fox")()}
     )
     eager, blocks = model(cfg, "eager"), model(cfg, block=8)
     blocks.load_state_dict(eager.state_dict())
     tokens = torch.randint(0, VOCAB, (1, 40))
     with torch.no_grad():
         torch.testing.assert_close(blocks(tokens), eager(tokens), rtol=1e-4, atol=1e-5)
-        alone = model(ENCODINGS["fox"][0]())
+        alone = model(ENCODINGS.schema("fox")())
         alone.load_state_dict({k.replace("members.fox.", ""): v for k, v in eager.state_dict().items()})
         assert not torch.allclose(alone(tokens), eager(tokens), atol=1e-4)  # the rotation counts
 

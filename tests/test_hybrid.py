@@ -22,7 +22,7 @@ from posbench.encodings.scores import PairBias, Scores
 from posbench.jobs.train import train
 from posbench.model.transformer import Transformer
 from posbench.training.optim import build_optimizer
-from tests.conftest import REPO, compose_run
+from tests.conftest import REPO, compose_config, compose_run
 
 VOCAB = 64
 # member configs that differ from their defaults where the default would hide a mistake
@@ -42,7 +42,7 @@ def model_with(encoding_cfg, attention: str = "auto") -> Transformer:
 
 
 def member_cfg(name: str):
-    return copy.deepcopy(MEMBER_CONFIGS.get(name) or ENCODINGS[name][0]())
+    return copy.deepcopy(MEMBER_CONFIGS.get(name) or ENCODINGS.schema(name)())
 
 
 def hybrid_cfg(*names: str) -> HybridConfig:
@@ -90,7 +90,6 @@ def test_sinusoidal_plus_alibi_equals_both_applied_by_hand(attention):
     assert hybrid.encoding.label == "sinusoidal+alibi"
 
 
-@pytest.mark.skipif("linear" not in Attention.__members__, reason="no mask-free linear-bias backend")
 @pytest.mark.parametrize("members,linear", [("sinusoidal+alibi", True), ("alibi+t5", False)])
 def test_the_linear_bias_path_is_taken_only_when_alibi_is_the_only_bias(members, linear):
     reference, other = (
@@ -148,11 +147,16 @@ def test_options_are_typed_per_member_from_the_command_line():
     assert to_run_config(to_plain_dict(run)) == run  # what a checkpoint stores builds the same config
 
 
-def test_default_hybrid_is_sinusoidal_plus_alibi_and_yaml_offers_every_member():
+def test_default_hybrid_is_sinusoidal_plus_alibi_and_its_config_offers_every_member():
+    """The composed encoding=hybrid holds every registered member's own YAML defaults at options.NAME
+    (made from the registry), and encoding=layers every member that acts in attention."""
     run = compose_run("encoding=hybrid")
     assert run.encoding.members == "sinusoidal+alibi"
-    yaml = (REPO / "configs/encoding/hybrid.yaml").read_text()
-    assert all(f"/encoding/{name}@options.{name}" in yaml for name in member_choices())
+    composed = compose_config("encoding=hybrid").encoding.options
+    assert sorted(composed) == member_choices() and len(member_choices()) == len(ENCODINGS) - 2
+    assert composed.rope.base == compose_config("encoding=rope").encoding.base
+    layers = compose_config("encoding=layers").encoding.options
+    assert sorted(layers) == sorted(set(member_choices()) - {"sinusoidal", "learned"})
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,9 @@
 """Protects the package layering: training and evaluation never import each other (only the jobs layer joins
-them), and encodings, model and tracking import nothing above them."""
+them), every package imports nothing above it, and no module imports one that imports it back."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 
@@ -34,12 +35,26 @@ ABOVE_MODEL = (
     "posbench.evaluation",
     "posbench.jobs",
     "posbench.tracking",
+    "posbench.runs",
+    "posbench.reports",
+    "posbench.config",
+)
+EVERYTHING_ELSE = (
+    "posbench.encodings",
+    "posbench.model",
+    "posbench.tasks",
+    "posbench.pretrained",
+    *ABOVE_MODEL,
 )
 
 
 @pytest.mark.parametrize(
     "package,forbidden",
     [
+        ("common", ("posbench.cli", "posbench.launchers", *EVERYTHING_ELSE)),
+        ("data", tuple(p for p in EVERYTHING_ELSE if p != "posbench.data")),
+        ("runs", ("posbench.training", "posbench.evaluation", "posbench.jobs", "posbench.reports")),
+        ("reports", ("posbench.training", "posbench.evaluation", "posbench.jobs")),
         ("training", ("posbench.evaluation", "posbench.jobs")),
         ("evaluation", ("posbench.training", "posbench.jobs")),
         (
@@ -48,11 +63,64 @@ ABOVE_MODEL = (
         ),  # encodings describe themselves; the model reads them
         ("model", ABOVE_MODEL),
         ("tasks", ("posbench.encodings", "posbench.model", *ABOVE_MODEL)),  # examples know no model
-        ("tracking", ("posbench.model", "posbench.training", "posbench.evaluation", "posbench.jobs")),
-        ("pretrained", ("posbench.model", "posbench.training", "posbench.evaluation", "posbench.jobs")),
+        ("tracking", tuple(p for p in EVERYTHING_ELSE if p != "posbench.tracking")),
+        ("pretrained", ("posbench.model", *ABOVE_MODEL)),
     ],
 )
 def test_training_and_evaluation_do_not_import_each_other(package, forbidden):
     loaded = loaded_by(package)
     assert f"posbench.{package}" in loaded
     assert not [m for m in loaded if m.startswith(forbidden)], sorted(loaded)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Every posbench module -> the posbench modules its import statements name, late imports (inside
+    functions) included, read from the source."""
+    root = REPO / "posbench"
+    modules = {}
+    for path in root.rglob("*.py"):
+        parts = list(path.relative_to(REPO).with_suffix("").parts)
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+
+    def module_of(name: str) -> str:
+        while name not in modules:
+            name = name.rpartition(".")[0]
+        return name
+
+    graph = {name: set() for name in modules}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                named = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                named = [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            graph[name] |= {module_of(n) for n in named if n.startswith("posbench.")} - {name}
+    return graph
+
+
+def reaches(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
+def test_no_module_imports_one_that_imports_it_back():
+    graph = import_graph()
+    assert "posbench.config" in graph and "posbench.runs.identity" in graph["posbench.runs.lineage"]
+    cycles = sorted(name for name in graph if name in reaches(graph, name))
+    assert not cycles, f"modules on an import cycle: {cycles}"
+
+
+def test_the_cycle_check_sees_late_imports():
+    """cli imports the jobs only inside its entry points (torch loads late): still an edge."""
+    assert "posbench.jobs.train" in import_graph()["posbench.cli"]
+
+
+def test_at_most_six_loose_modules_besides_the_entry_points():
+    loose = sorted(p.stem for p in (REPO / "posbench").glob("*.py"))
+    assert len(set(loose) - {"__init__", "__main__", "cli", "config"}) <= 6, loose

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from posbench.distributed import wrap_ddp
+from posbench.common.distributed import wrap_ddp
 from posbench.encodings import ENCODINGS
 from posbench.jobs.train import train
 from posbench.model.backends import ByBlocks

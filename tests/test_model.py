@@ -32,7 +32,7 @@ def tiny_model(encoding: str, attention: str = "auto", block: int = 16, **model_
         attention_block=block,
         **model_kw,
     )
-    enc_cfg = ENCODINGS[encoding][0]()
+    enc_cfg = ENCODINGS.schema(encoding)()
     if encoding == "learned":
         enc_cfg.max_positions = 512
     model = Transformer(cfg, enc_cfg, VOCAB).eval()
@@ -45,7 +45,7 @@ def tiny_model(encoding: str, attention: str = "auto", block: int = 16, **model_
 @pytest.mark.parametrize("encoding", ALL)
 def test_hooks_keep_shapes(encoding):
     enc = build_encoding(
-        ENCODINGS[encoding][0](**({"max_positions": 64} if encoding == "learned" else {})), 32, 4, 8, 0.02
+        ENCODINGS.schema(encoding)(**({"max_positions": 64} if encoding == "learned" else {})), 32, 4, 8, 0.02
     )
     pos = torch.arange(5, 17)
     x = torch.randn(2, 12, 32)
@@ -181,8 +181,13 @@ def test_model_variants_run_and_stay_causal(variant):
 
 
 def test_grouped_query_attention_has_fewer_key_value_parameters():
+    """One key/value head instead of four: each layer's k and v projections lose 3 heads' rows
+    (2 x 3 x head_dim x d_model weights per layer), and nothing else changes."""
     full, grouped = tiny_model("rope"), tiny_model("rope", kv_heads=1)
-    assert grouped.num_parameters() < full.num_parameters()
+    layers, d_model, head_dim = 2, 32, 8
+    assert full.num_parameters() - grouped.num_parameters() == layers * 2 * 3 * head_dim * d_model
+    qkv = [m.qkv_proj.weight.shape for m in grouped.modules() if hasattr(m, "qkv_proj")]
+    assert qkv == [((4 + 2 * 1) * head_dim, d_model)] * layers
 
 
 def test_only_position_local_encodings_run_by_blocks():
@@ -197,7 +202,7 @@ def test_only_position_local_encodings_run_by_blocks():
 
     assert position_local(tiny_model("fire")) and position_local(tiny_model("rope"))
     assert not position_local(tiny_model("xpos")) and not position_local(tiny_model("cope"))
-    scaled = ENCODINGS["rope"][0]()
+    scaled = ENCODINGS.schema("rope")()
     scaled.scaling = YarnScalingConfig(factor=4.0, original_max_position=64)
     assert not position_local(
         Transformer(ModelConfig(name="t", n_layers=1, d_model=32, n_heads=4), scaled, VOCAB)
@@ -219,7 +224,7 @@ def test_xpos_past_its_centred_window_runs_by_blocks_and_matches_the_short_windo
     short enough for the whole-window path (scale_base 4: the centred window holds 256 positions)."""
     torch.manual_seed(0)
     cfg = ModelConfig(name="test", n_layers=2, d_model=32, n_heads=4, attention_block=37)
-    model = Transformer(cfg, ENCODINGS["xpos"][0](scale_base=4.0), VOCAB).eval()
+    model = Transformer(cfg, ENCODINGS.schema("xpos")(scale_base=4.0), VOCAB).eval()
     assert model.encoding.decay_window == 256
     tokens = torch.randint(0, VOCAB, (2, 700))
     with torch.no_grad():
@@ -264,7 +269,7 @@ def test_xpos_with_a_bias_decays_per_block_as_over_the_whole_window():
 
 def test_xpos_past_its_centred_window_on_a_whole_window_path_says_what_to_do():
     cfg = ModelConfig(name="test", n_layers=1, d_model=32, n_heads=4, attention=Attention.sdpa)
-    model = Transformer(cfg, ENCODINGS["xpos"][0](scale_base=4.0), VOCAB).eval()
+    model = Transformer(cfg, ENCODINGS.schema("xpos")(scale_base=4.0), VOCAB).eval()
     with pytest.raises(ValueError, match=r"model.attention=auto or blockwise"):
         model(torch.zeros(1, 300, dtype=torch.long))
 

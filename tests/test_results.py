@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from posbench.evaluation.run import evaluate_and_report, run_metadata
+from posbench.evaluation.report import evaluate_and_report, run_metadata
 from posbench.model.transformer import Transformer
-from posbench.plots import plot_extrapolation, plot_position_loss
-from posbench.results import (
+from posbench.reports.plots import plot_extrapolation, plot_position_loss
+from posbench.reports.results import (
     CSV_FIELDS,
     POSITION_CSV_FIELDS,
     RESULTS_SCHEMA_VERSION,
@@ -214,8 +214,8 @@ def test_disk_full_while_plotting_names_the_file_and_keeps_the_results_whole(
 ):
     from matplotlib.figure import Figure
 
-    from posbench.plots import write_plots
-    from posbench.results import WriteError, write_results
+    from posbench.reports.plots import write_plots
+    from posbench.reports.results import WriteError, write_results
 
     _, document, _ = evaluated
     rows = document["results"]
@@ -248,8 +248,8 @@ def test_disk_full_while_plotting_names_the_file_and_keeps_the_results_whole(
 
 
 def test_disk_full_while_writing_results_names_the_file(evaluated, tmp_path, monkeypatch):
-    import posbench.results as results
-    from posbench.results import WriteError, write_results
+    import posbench.reports.results as results
+    from posbench.reports.results import WriteError, write_results
 
     _, document, _ = evaluated
     meta = {k: v for k, v in document.items() if k not in ("results", "schema_version", "created_utc")}

@@ -9,9 +9,8 @@ import pytest
 import torch
 from hydra.errors import ConfigCompositionException
 
-from posbench.encodings import SCALING_CONFIGS, register_scaling_schemas, rope_frequencies
+from posbench.encodings import SCALINGS, rope_frequencies
 from posbench.encodings.rope import Rope, RopeConfig
-from posbench.encodings.rope_scaling import scaling_config
 from tests.conftest import compose_config, compose_run
 
 KINDS = ["none", "linear", "ntk", "dynamic_ntk", "yarn", "dynamic_yarn", "llama3"]
@@ -207,11 +206,11 @@ def test_labels_name_the_scaling():
 def test_every_scaling_config_composes(kind):
     run = compose_run("encoding=rope", f"encoding/scaling={kind}", "train.seq_len=300")
     assert run.encoding.scaling.kind == kind and run.encoding.scaling.original_max_position == 300
-    assert type(run.encoding.scaling) is SCALING_CONFIGS[kind]
+    assert type(run.encoding.scaling) is SCALINGS.schema(kind)
 
 
 def test_scaling_is_chosen_per_kind_and_typos_fail():
-    register_scaling_schemas()
+    SCALINGS.store()
     run = compose_run(
         "encoding=xpos", "encoding/scaling=yarn", "encoding.scaling.factor=8", "encoding.scaling.beta_fast=16"
     )
@@ -223,4 +222,4 @@ def test_scaling_is_chosen_per_kind_and_typos_fail():
     with pytest.raises(ValueError, match="factor"):
         compose_run("encoding=rope", "encoding/scaling=linear", "encoding.scaling.factor=0.5")
     with pytest.raises(ValueError, match="beta_fast"):
-        scaling_config({"kind": "llama3", "factor": 2.0, "original_max_position": 64, "beta_fast": 3})
+        SCALINGS.coerce({"kind": "llama3", "factor": 2.0, "original_max_position": 64, "beta_fast": 3})

@@ -48,7 +48,7 @@ def test_each_layer_runs_the_encoding_its_pattern_names():
     with torch.no_grad():
         net(tokens)
     for i, name in enumerate(["rope", "alibi", "nope", "rope"]):
-        alone = model(ENCODINGS[name][0](), n_layers=4)
+        alone = model(ENCODINGS.schema(name)(), n_layers=4)
         alone.load_state_dict(net.state_dict(), strict=False)  # the same projections
         ctx = AttentionContext(alone.encoding, pos, alone.attention_plan(30, needs_grad=False))
         with torch.no_grad():
@@ -58,7 +58,7 @@ def test_each_layer_runs_the_encoding_its_pattern_names():
 
 def test_a_schedule_of_one_member_is_that_member():
     for name in ("rope", "t5", "kerple_log"):
-        alone, layered = model(ENCODINGS[name][0]()), model(schedule(name))
+        alone, layered = model(ENCODINGS.schema(name)()), model(schedule(name))
         layered.load_state_dict(alone.state_dict(), strict=False)
         if name != "rope":
             layered.encoding.members[name].load_state_dict(alone.encoding.state_dict())

@@ -21,7 +21,7 @@ def model(attention: str = "auto", block: int = 8) -> Transformer:
     cfg = ModelConfig(
         name="test", n_layers=2, d_model=32, n_heads=4, attention=Attention(attention), attention_block=block
     )
-    return Transformer(cfg, ENCODINGS["stick_breaking"][0](), VOCAB).eval()
+    return Transformer(cfg, ENCODINGS.schema("stick_breaking")(), VOCAB).eval()
 
 
 def by_hand(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
@@ -75,7 +75,10 @@ def test_long_evaluation_is_by_blocks_and_a_bias_is_refused():
 
     cfg = HybridConfig(
         members="stick_breaking+alibi",
-        options={"stick_breaking": ENCODINGS["stick_breaking"][0](), "alibi": ENCODINGS["alibi"][0]()},
+        options={
+            "stick_breaking": ENCODINGS.schema("stick_breaking")(),
+            "alibi": ENCODINGS.schema("alibi")(),
+        },
     )
     torch.manual_seed(0)
     net = Transformer(model().cfg, cfg, VOCAB)

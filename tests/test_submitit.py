@@ -22,9 +22,9 @@ from omegaconf import OmegaConf, ValidationError
 from submitit.local.local import LocalJobEnvironment
 
 from hydra_plugins.posbench_launchers import LocalLauncher, SlurmLauncher
-from posbench.identity import RunIdentity
 from posbench.launchers import ON_REQUEUE, quiet_schema_by_name, requeue_overrides
-from posbench.results import load_results
+from posbench.reports.results import load_results
+from posbench.runs.identity import RunIdentity
 from tests.conftest import compose_run
 
 GRID = ("encoding=alibi,nope", "train.seed=0,1")
@@ -54,9 +54,11 @@ def composed_launcher(name: str, command: str = "train", overrides: tuple[str, .
 
     from posbench.cli import CONFIG_DIR
     from posbench.config import register_schemas
+    from posbench.runs.resolvers import register_resolvers
 
     quiet_schema_by_name()
     register_schemas()
+    register_resolvers()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(command, overrides=[f"hydra/launcher={name}", *overrides], return_hydra_config=True)
     return cfg, instantiate(cfg.hydra.launcher)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from posbench.compare import Section, collect, compare, find_results
-from posbench.identity import RunIdentity
-from posbench.results import load_results
+from posbench.reports.compare import Section, collect, compare, find_results
+from posbench.reports.results import load_results
+from posbench.runs.identity import RunIdentity
 from tests.conftest import REPO, compose_config, compose_run, posbench_cli
 
 # a smoke-sized multirun through the CLI, as a user types it
@@ -53,7 +53,7 @@ def fake_results(
 
 
 def test_compare_aggregates_seeds_per_encoding_and_train_length(tmp_path, monkeypatch):
-    import posbench.compare as cmp
+    import posbench.reports.compare as cmp
 
     monkeypatch.setattr(cmp, "load_results", lambda p: json.loads(Path(p).read_text()))
     fake_results(tmp_path / "a", "alibi", 128, 0, {128: 10.0, 256: 12.0})
@@ -120,10 +120,25 @@ def test_multirun_two_encodings_by_two_lengths_then_compare(tmp_path):
     assert (sweep / "comparison.png").exists() and (sweep / "comparison.md").exists()
 
 
-@pytest.mark.parametrize("launcher", ["slurm", "joblib", "local"])
-def test_launcher_configs_compose(launcher):
-    cfg = compose_config(f"hydra/launcher={launcher}", "experiment=train_length_sweep")
-    assert cfg.experiment_name == "train_length_sweep"
+@pytest.mark.parametrize(
+    "launcher,target",
+    [
+        ("slurm", "hydra_plugins.posbench_launchers.SlurmLauncher"),
+        ("submitit_local", "hydra_plugins.posbench_launchers.LocalLauncher"),
+        ("joblib", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
+        ("local", "hydra._internal.core_plugins.basic_launcher.BasicLauncher"),
+    ],
+)
+def test_launcher_configs_compose_to_their_launcher(launcher, target):
+    from hydra import compose, initialize_config_dir
+
+    from posbench.cli import CONFIG_DIR
+
+    compose_config()  # the schemas and resolvers registered
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        overrides = [f"hydra/launcher={launcher}", "experiment=train_length_sweep"]
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    assert cfg.hydra.launcher._target_ == target and cfg.experiment_name == "train_length_sweep"
 
 
 def test_slurm_launcher_fields():
@@ -131,8 +146,10 @@ def test_slurm_launcher_fields():
 
     from posbench.cli import CONFIG_DIR
     from posbench.config import register_schemas
+    from posbench.runs.resolvers import register_resolvers
 
     register_schemas()
+    register_resolvers()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(
             "train",
@@ -188,7 +205,7 @@ def resolved_sweep_subdir(*overrides: str) -> str:
 
     from posbench.cli import CONFIG_DIR
     from posbench.config import register_schemas
-    from posbench.folders import register_resolvers
+    from posbench.runs.resolvers import register_resolvers
 
     register_schemas()
     register_resolvers()
@@ -261,7 +278,7 @@ def test_identity_splits_experiment_keys_from_execution_keys():
 
 
 def test_compare_keeps_experiments_that_share_a_label_apart(tmp_path, monkeypatch):
-    import posbench.compare as cmp
+    import posbench.reports.compare as cmp
 
     monkeypatch.setattr(cmp, "load_results", lambda p: json.loads(Path(p).read_text()))
     fake_results(tmp_path / "a", "rope", 128, 0, {128: 10.0}, {"lr": 0.001})

@@ -10,13 +10,13 @@ import math
 import pytest
 import torch
 
-from posbench.compare import Section, collect, compare, find_results
 from posbench.encodings import ENCODINGS
 from posbench.evaluation.tasks import answer_scores, evaluate_task
-from posbench.identity import RunIdentity
 from posbench.jobs.train import train
 from posbench.model.transformer import Transformer
-from posbench.results import load_results
+from posbench.reports.compare import Section, collect, compare, find_results
+from posbench.reports.results import load_results
+from posbench.runs.identity import RunIdentity
 from posbench.tasks import TASKS, VOCAB_SIZE, Bucket, Decoding, TaskBatches, build_task, fixed_examples
 from tests.conftest import compose_run, posbench_cli
 

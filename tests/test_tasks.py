@@ -13,7 +13,6 @@ from posbench.evaluation.tasks import answer_scores, by_depth, greedy_prediction
 from posbench.tasks import (
     BOS,
     PAD,
-    TASK_SCHEMAS,
     TASKS,
     Bucket,
     Decoding,
@@ -30,7 +29,7 @@ from posbench.tasks.retrieval import FILLER
 
 
 def make(name: str, **fields):
-    cls = TASK_SCHEMAS[name]
+    cls = TASKS.schema(name)
     return build_task(cls(name=name, **fields) if cls is TaskConfig else cls(**fields))
 
 

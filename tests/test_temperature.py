@@ -12,11 +12,11 @@ from posbench.config import Attention, ModelConfig, TrainConfig
 from posbench.encodings import ENCODINGS
 from posbench.encodings.hybrid import HybridConfig
 from posbench.encodings.temperature import (
+    TEMPERATURES,
     Llama4TemperatureConfig,
     LogNConfig,
     SsmaxConfig,
     build_temperature,
-    temperature_config,
 )
 from posbench.model.transformer import Transformer
 from posbench.training.optim import parameter_groups
@@ -70,7 +70,7 @@ def model(encoding_cfg, attention: str = "auto", n_layers: int = 2) -> Transform
 
 
 def with_temperature(name: str, temperature):
-    cfg = ENCODINGS[name][0]()
+    cfg = ENCODINGS.schema(name)()
     cfg.temperature = temperature
     return cfg
 
@@ -101,7 +101,7 @@ def test_every_path_takes_the_temperature(name, attention):
         model(with_temperature(name, temperature), "eager"),
         model(with_temperature(name, temperature), attention),
     )
-    plain = model(ENCODINGS[name][0](), attention)
+    plain = model(ENCODINGS.schema(name)(), attention)
     tokens = torch.randint(0, VOCAB, (2, 40))
     with torch.no_grad():
         want, got, without = reference(tokens), net(tokens), plain(tokens)
@@ -139,9 +139,9 @@ def test_the_command_line_picks_a_kind_with_the_training_length_as_l0():
     run = compose_run("encoding=rope", "encoding/temperature=logn", "train.seq_len=128")
     assert run.encoding.temperature == LogNConfig(base_length=128)
     assert run.encoding.label() == "rope+logn"
-    assert compose_run("encoding=alibi").encoding.temperature == temperature_config(None)
+    assert compose_run("encoding=alibi").encoding.temperature == TEMPERATURES.coerce(None)
 
 
 def test_an_unknown_kind_is_refused_with_the_choices():
     with pytest.raises(ValueError, match="valid: none, logn, ssmax, llama4"):
-        temperature_config({"kind": "cold"})
+        TEMPERATURES.coerce({"kind": "cold"})

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import posbench.training.trainer as trainer_module
-from posbench.checkpoint import load_checkpoint
 from posbench.jobs.train import train
+from posbench.runs.checkpoint import load_checkpoint
 
 TASK_STEPS = [
     "task=copy",

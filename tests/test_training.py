@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from posbench.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from posbench.jobs.train import train
+from posbench.runs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from posbench.training.optim import lr_at
 
 
@@ -107,7 +107,7 @@ def test_wandb_offline_run_writes_its_files(smoke_run, tmp_path, monkeypatch):
 
 
 def test_bf16_on_a_cpu_without_native_bf16_is_refused_with_the_fix(smoke_run, tmp_path, monkeypatch):
-    import posbench.runtime as runtime
+    import posbench.common.runtime as runtime
 
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
     with pytest.raises(ValueError, match=r"use train.precision=fp32"):
@@ -116,7 +116,7 @@ def test_bf16_on_a_cpu_without_native_bf16_is_refused_with_the_fix(smoke_run, tm
 
 def test_bf16_autocast_trains(smoke_run, tmp_path, monkeypatch):
     """bf16 autocast runs end to end (tiny shapes, so it is quick even without native bf16)."""
-    import posbench.runtime as runtime
+    import posbench.common.runtime as runtime
 
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
     run = smoke_run(
@@ -224,7 +224,7 @@ def test_bf16_loss_curves_stay_within_seed_noise_of_fp32(encoding, smoke_run, tm
     """The bf16 paths of the learned biases, FoX and ALiBi train as fp32 does: over 40 steps the bf16
     curve's mean distance from fp32's (same seed) is below the distance between two fp32 seeds, and
     both learn."""
-    import posbench.runtime as runtime
+    import posbench.common.runtime as runtime
 
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)  # tiny shapes: quick either way
 

@@ -21,7 +21,7 @@ def model(attention: str = "auto", block: int = 8) -> Transformer:
     cfg = ModelConfig(
         name="test", n_layers=2, d_model=32, n_heads=4, attention=Attention(attention), attention_block=block
     )
-    net = Transformer(cfg, ENCODINGS["transformer_xl"][0](), VOCAB).eval()
+    net = Transformer(cfg, ENCODINGS.schema("transformer_xl")(), VOCAB).eval()
     with torch.no_grad():
         net.encoding.u.normal_(0, 0.5)
         net.encoding.v.normal_(0, 0.5)
@@ -70,7 +70,7 @@ def test_a_temperature_is_refused():
     from posbench.encodings.temperature import LogNConfig
 
     with pytest.raises(ValueError, match="Transformer-XL's biases have no tempered form"):
-        ENCODINGS["transformer_xl"][0](temperature=LogNConfig())
+        ENCODINGS.schema("transformer_xl")(temperature=LogNConfig())
 
 
 def test_the_blockwise_gradients_equal_the_eager_ones():

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from posbench.data.batches import TrainBatches
 from posbench.data.errors import DataError
-from posbench.data.sources import source_for
+from posbench.data.sources import CORPORA
 from posbench.data.streams import FORMAT_VERSION, TokenizedCorpus, build_streams, fingerprint, open_cached
 from posbench.data.tokenizer import (
     DocumentTokenizer,
@@ -45,7 +45,7 @@ def cache_root(cfg: DataConfig) -> Path:
 def load_corpus(cfg: DataConfig) -> TokenizedCorpus:
     """The corpus ``cfg`` names, tokenized: from the cache when built before, else built now."""
     cfg = dataclasses.replace(cfg, cache_dir=str(cache_root(cfg)))  # every part sees one real path
-    source = source_for(cfg.name)
+    source = CORPORA.implementation(cfg.name)
     tokenizer = tokenizer_settings(cfg)
     key = fingerprint(cfg.name, source.identity(cfg), tokenizer)
     directory = Path(cfg.cache_dir) / "streams" / key

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 from omegaconf import MISSING
 
-from posbench.checks import at_least
+from posbench.common.checks import at_least
 
 
 class Tokenizer(str, Enum):
@@ -65,6 +65,3 @@ class HFConfig(DataConfig):
         super().__post_init__()
         at_least("data.max_train_documents", self.max_train_documents, 1, "null = all", allow_none=True)
         at_least("data.max_val_documents", self.max_val_documents, 1, "null = all", allow_none=True)
-
-
-DATA_SCHEMAS = {cls.name: cls for cls in (ShakespeareConfig, TextFilesConfig, HFConfig)}

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
-from posbench.atomic import atomic_write
+from posbench.common.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
 
+from posbench.common.registry import Registry
+from posbench.data.config import HFConfig, ShakespeareConfig, TextFilesConfig
 from posbench.data.errors import DataError
 from posbench.data.index import file_sha256
 from posbench.data.local import jsonl_documents, text_document
@@ -184,14 +186,7 @@ def _hf_documents(cfg: Any) -> tuple[Split, Split]:
     )
 
 
-SOURCES = {
-    "shakespeare": Source(_shakespeare_identity, _shakespeare_documents),
-    "text_files": Source(_text_files_identity, _text_files_documents),
-    "hf": Source(_hf_identity, _hf_documents),
-}
-
-
-def source_for(name: str) -> Source:
-    if name not in SOURCES:
-        raise DataError(f"unknown corpus {name!r}; valid: {', '.join(SOURCES)}")
-    return SOURCES[name]
+CORPORA = Registry("data", "schema/data")  # data=NAME: its config schema and how to read it
+CORPORA.add("shakespeare", ShakespeareConfig, Source(_shakespeare_identity, _shakespeare_documents))
+CORPORA.add("text_files", TextFilesConfig, Source(_text_files_identity, _text_files_documents))
+CORPORA.add("hf", HFConfig, Source(_hf_identity, _hf_documents))

@@ -8,9 +8,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from posbench.checks import above, at_least
+from posbench.common.checks import above, at_least
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
 from posbench.encodings.positions import PoseOption, RandomPositionsOption
+from posbench.encodings.registry import ENCODINGS
 
 
 @dataclass
@@ -18,6 +19,7 @@ class NopeConfig(EncodingConfig):
     name: str = "nope"
 
 
+@ENCODINGS.register("nope", NopeConfig)
 class NoPE(PositionalEncoding):
     """No positional information at all; causal masking alone orders tokens
     (Kazemnejad et al. 2023, "The Impact of Positional Encoding on Length Generalization")."""
@@ -46,6 +48,7 @@ def sinusoidal_table(pos: torch.Tensor, d_model: int, base: float = 10000.0) -> 
     return table[:, :d_model].float()
 
 
+@ENCODINGS.register("sinusoidal", SinusoidalConfig)
 class Sinusoidal(PositionalEncoding):
     cfg: SinusoidalConfig
 
@@ -84,6 +87,7 @@ class LearnedConfig(EncodingConfig, RandomPositionsOption, PoseOption):
                 )
 
 
+@ENCODINGS.register("learned", LearnedConfig)
 class Learned(PositionalEncoding):
     """A trained table of absolute position vectors (GPT-2); undefined past its end."""
 

@@ -9,6 +9,7 @@ import torch
 
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
 from posbench.encodings.positions import PoseOption
+from posbench.encodings.registry import ENCODINGS
 from posbench.encodings.scores import LinearBias, Scores
 
 
@@ -42,6 +43,7 @@ def alibi_slopes(num_heads: int) -> torch.Tensor:
     return torch.tensor(slopes, dtype=torch.float32)
 
 
+@ENCODINGS.register("alibi", AlibiConfig)
 class Alibi(PositionalEncoding):
     cfg: AlibiConfig
 

@@ -32,7 +32,7 @@ from torch import nn
 
 from posbench.encodings.positions import PositionSampler, position_sampler, positions_suffix
 from posbench.encodings.scores import Scores
-from posbench.encodings.temperature import build_temperature, temperature_config, temperature_suffix
+from posbench.encodings.temperature import TEMPERATURES, build_temperature, temperature_suffix
 
 
 @dataclass
@@ -42,13 +42,13 @@ class EncodingConfig:
     temperature: Any = None
 
     def __post_init__(self) -> None:
-        self.temperature = temperature_config(self.temperature)
+        self.temperature = TEMPERATURES.coerce(self.temperature)
 
     def label(self) -> str:
         """The encoding's part of a run's identity (results, run folders, W&B): its name, plus what
         changes the experiment under that name (randomized positions, a temperature, a RoPE scaling,
         hybrid members)."""
-        return self.name + positions_suffix(self) + temperature_suffix(temperature_config(self.temperature))
+        return self.name + positions_suffix(self) + temperature_suffix(TEMPERATURES.coerce(self.temperature))
 
 
 class PositionalEncoding(nn.Module):
@@ -69,7 +69,7 @@ class PositionalEncoding(nn.Module):
         self.n_layers = n_layers
         # 0..T-1, or what a config with PositionOptions asks for (randomized, PoSE)
         self.sampler: PositionSampler = position_sampler(cfg)
-        self.query_temperature = build_temperature(temperature_config(cfg.temperature), n_heads, n_layers)
+        self.query_temperature = build_temperature(TEMPERATURES.coerce(cfg.temperature), n_heads, n_layers)
 
     @property
     def label(self) -> str:

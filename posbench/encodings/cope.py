@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
+from posbench.encodings.registry import ENCODINGS
 from posbench.encodings.scores import Scores
 
 
@@ -26,6 +27,7 @@ class CopeConfig(EncodingConfig):
             )
 
 
+@ENCODINGS.register("cope", CopeConfig)
 class Cope(PositionalEncoding):
     """§3: gates g_ij = sigmoid(q_i·k_j); position p_ij = sum_{t=j..i} g_it (counting only past and
     present keys, so nothing leaks from the future); e[p] interpolated between e[floor p] and

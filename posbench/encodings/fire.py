@@ -10,9 +10,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from posbench.checks import above, at_least
+from posbench.common.checks import above, at_least
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
 from posbench.encodings.positions import PoseOption
+from posbench.encodings.registry import ENCODINGS
 from posbench.encodings.scores import PairBias, Scores
 
 
@@ -33,6 +34,7 @@ class FireConfig(EncodingConfig, PoseOption):
         above("encoding.eps", self.eps, 0, "keeps the normaliser away from zero")
 
 
+@ENCODINGS.register("fire", FireConfig)
 class Fire(PositionalEncoding):
     """b(i, j) = f(psi(i - j) / psi(max(L, i))), psi(x) = log(c·x + 1), c and L learned and positive.
 

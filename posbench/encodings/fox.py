@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
+from posbench.encodings.registry import ENCODINGS
 from posbench.encodings.scores import Scores
 
 
@@ -29,6 +30,7 @@ class FoxConfig(EncodingConfig):
     name: str = "fox"
 
 
+@ENCODINGS.register("fox", FoxConfig)
 class Fox(PositionalEncoding):
     cfg: FoxConfig
 

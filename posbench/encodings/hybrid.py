@@ -4,8 +4,8 @@ to test whether a model needs absolute and relative position information togethe
 ``encoding=hybrid encoding.members=sinusoidal+alibi``: the members run their hooks in that order.
 Input embeddings and rotations apply one after the other, biases add, temperatures multiply, and
 a length is refused when any member refuses it. Each member keeps its own typed config under
-``encoding.options.NAME`` (``configs/encoding/hybrid.yaml`` composes every encoding's own YAML
-there, so defaults and types are those of ``encoding=NAME``).
+``encoding.options.NAME`` (``config.composite_encoding`` composes every registered encoding's own
+YAML there, so defaults and types are those of ``encoding=NAME``).
 """
 
 from __future__ import annotations
@@ -20,25 +20,12 @@ from torch import nn
 
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
 from posbench.encodings.positions import ARANGE
+from posbench.encodings.registry import COMPOSITES, ENCODINGS, member_choices
 from posbench.encodings.scores import Scores, combine
-from posbench.encodings.temperature import temperature_config, temperature_suffix
+from posbench.encodings.temperature import TEMPERATURES, temperature_suffix
 
 SEPARATOR = "+"
 EXAMPLE = "encoding.members=sinusoidal+alibi"
-
-
-def registry() -> dict:
-    """The encoding registry, imported late: ``posbench.encodings`` imports this module to register it."""
-    from posbench.encodings import ENCODINGS
-
-    return ENCODINGS
-
-
-COMPOSITES = ("hybrid", "layers")  # encodings made of other encodings
-
-
-def member_choices() -> list[str]:
-    return sorted(name for name in registry() if name not in COMPOSITES)
 
 
 def overrides(cls: type, hook: str) -> bool:
@@ -68,7 +55,7 @@ class HybridConfig(EncodingConfig):
         check_combination(self.options)
 
     def label(self) -> str:
-        own = temperature_suffix(temperature_config(self.temperature))
+        own = temperature_suffix(TEMPERATURES.coerce(self.temperature))
         return SEPARATOR.join(member.label() for member in self.options.values()) + own
 
 
@@ -83,7 +70,7 @@ def member_names(members: str) -> list[str]:
                 "encoding.members cannot hold a hybrid or a per-layer schedule (layers): a hybrid's members "
                 "are single encodings; list them in one hybrid"
             )
-        if name not in registry():
+        if name not in ENCODINGS:
             raise ValueError(
                 f"encoding.members={members}: {name!r} is no encoding (join names with a single "
                 f"'{SEPARATOR}'); valid members: {', '.join(member_choices())}"
@@ -99,7 +86,7 @@ def member_names(members: str) -> list[str]:
 
 def member_config(name: str, given: Any) -> EncodingConfig:
     """One member's options (its config, or a plain mapping from YAML or a checkpoint) -> its typed config."""
-    config_cls = registry()[name][0]
+    config_cls = ENCODINGS.schema(name)
     if isinstance(given, config_cls):
         return given
     try:
@@ -119,7 +106,7 @@ def member_config(name: str, given: Any) -> EncodingConfig:
 
 def check_combination(options: dict[str, EncodingConfig]) -> None:
     """Refuse members whose hooks would fight: two rotations of q and k, or two sources of positions."""
-    rotary = [name for name in options if overrides(registry()[name][1], "rotate_qk")]
+    rotary = [name for name in options if overrides(ENCODINGS.implementation(name), "rotate_qk")]
     if len(rotary) > 1:
         raise ValueError(
             f"encoding.members holds {' and '.join(rotary)}: both rotate q and k, and a rotation of a "
@@ -154,11 +141,12 @@ class Composite(PositionalEncoding):
 
     def __init__(self, cfg, d_model: int, n_heads: int, head_dim: int, init_std: float, n_layers: int = 1):
         super().__init__(cfg, d_model, n_heads, head_dim, init_std, n_layers)
-        build = registry()
         # a ModuleDict: the optimiser, .to(device) and checkpoints see every member's parameters and buffers
         self.members = nn.ModuleDict(
             {
-                name: build[name][1](member_cfg, d_model, n_heads, head_dim, init_std, n_layers)
+                name: ENCODINGS.implementation(name)(
+                    member_cfg, d_model, n_heads, head_dim, init_std, n_layers
+                )
                 for name, member_cfg in cfg.options.items()
             }
         )
@@ -182,6 +170,7 @@ class Composite(PositionalEncoding):
             member.reset_parameters()
 
 
+@ENCODINGS.register("hybrid", HybridConfig)
 class Hybrid(Composite):
     """Every member's hooks, applied in the order of ``encoding.members``."""
 

@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from posbench import checks
+from posbench.common import checks
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
 from posbench.encodings.positions import PoseOption
+from posbench.encodings.registry import ENCODINGS
 from posbench.encodings.scores import DistanceBias, Scores
 
 
@@ -112,12 +113,14 @@ class Kerple(PositionalEncoding):
         return (q_pos[:, None] - k_pos[None, :]).abs().float()[None]  # (1, Tq, Tk)
 
 
+@ENCODINGS.register("kerple_log", KerpleLogConfig)
 class KerpleLog(Kerple):
     def score_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         """-r1·log(1 + r2·|i - j|), r1, r2 > 0. -> (H, Tq, Tk)"""
         return -self.r1[:, None, None] * torch.log1p(self.r2[:, None, None] * self.distance(q_pos, k_pos))
 
 
+@ENCODINGS.register("kerple_power", KerplePowerConfig)
 class KerplePower(Kerple):
     @property
     def r2(self) -> torch.Tensor:

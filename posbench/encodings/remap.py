@@ -16,15 +16,12 @@ maps is ``model/remap.py``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 import torch
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from posbench.checks import above, at_least
+from posbench.common.checks import above, at_least
+from posbench.common.registry import Registry
 
 
 @dataclass
@@ -92,40 +89,8 @@ class LeakyReropeConfig(RemapConfig):
         return (q_pos.double() + self.window * (self.k - 1)) / self.k, k_pos.double() / self.k
 
 
-REMAP_CONFIGS: dict[str, type[RemapConfig]] = {
-    "none": NoRemapConfig,
-    "self_extend": SelfExtendConfig,
-    "rerope": ReropeConfig,
-    "leaky_rerope": LeakyReropeConfig,
-}
-
-
-def remap_config(value: Any) -> RemapConfig:
-    """None, a dataclass, or a plain mapping (from YAML or a checkpoint) -> the kind's typed config."""
-    if value is None:
-        return NoRemapConfig()
-    if isinstance(value, RemapConfig):
-        return value
-    if not isinstance(value, Mapping) and not OmegaConf.is_dict(value):
-        raise ValueError(f"encoding.remap must be a mapping with a kind, got {value!r}")
-    plain = dict(OmegaConf.to_container(value) if OmegaConf.is_dict(value) else value)
-    kind = plain.get("kind", "none")
-    if kind not in REMAP_CONFIGS:
-        raise ValueError(f"unknown encoding.remap.kind {kind!r}; valid: {', '.join(REMAP_CONFIGS)}")
-    try:
-        typed = OmegaConf.merge(OmegaConf.structured(REMAP_CONFIGS[kind]), plain)
-    except OmegaConfBaseException as exc:
-        valid = ", ".join(f.name for f in fields(REMAP_CONFIGS[kind]))
-        raise ValueError(
-            f"encoding.remap ({kind}): {str(exc).splitlines()[0]}; its keys are {valid}"
-        ) from None
-    return OmegaConf.to_object(typed)  # type: ignore[return-value]
-
-
-def register_remap_schemas(store: Any = None) -> None:
-    """Each kind's schema in Hydra's ConfigStore as ``schema/encoding/remap/<kind>``."""
-    from hydra.core.config_store import ConfigStore
-
-    store = store or ConfigStore.instance()
-    for kind, cls in REMAP_CONFIGS.items():
-        store.store(group="schema/encoding/remap", name=kind, node=cls)
+REMAPS = Registry("encoding.remap.kind", "schema/encoding/remap", key="kind", default="none")
+REMAPS.add("none", NoRemapConfig)
+REMAPS.add("self_extend", SelfExtendConfig)
+REMAPS.add("rerope", ReropeConfig)
+REMAPS.add("leaky_rerope", LeakyReropeConfig)

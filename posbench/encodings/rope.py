@@ -9,11 +9,12 @@ from typing import Any
 
 import torch
 
-from posbench.checks import above, within
+from posbench.common.checks import above, within
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
 from posbench.encodings.positions import PoseOption, RandomPositionsOption
-from posbench.encodings.remap import remap_config
-from posbench.encodings.rope_scaling import Frequencies, rope_inv_freq, scaling_config
+from posbench.encodings.registry import ENCODINGS
+from posbench.encodings.remap import REMAPS
+from posbench.encodings.rope_scaling import SCALINGS, Frequencies, rope_inv_freq
 from posbench.encodings.scores import Remap, Scores
 
 __all__ = ["Rope", "RopeConfig", "apply_rotary", "rope_inv_freq", "rotary_dims"]
@@ -46,8 +47,8 @@ class RopeConfig(EncodingConfig, RandomPositionsOption, PoseOption):
                 f"encoding.rotary_dim={self.rotary_dim} is the rotated fraction of each head: pick 0 < "
                 "rotary_dim <= 1"
             )
-        self.scaling = scaling_config(self.scaling)
-        self.remap = remap_config(self.remap)
+        self.scaling = SCALINGS.coerce(self.scaling)
+        self.remap = REMAPS.coerce(self.remap)
         within("encoding.p_rope", self.p_rope, 0, 1, "the fraction of rotary frequencies kept")
 
     def label(self) -> str:
@@ -93,6 +94,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat((*rotated, rest), dim=-1)
 
 
+@ENCODINGS.register("rope", RopeConfig)
 class Rope(PositionalEncoding):
     cfg: RopeConfig
 

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any, Callable, List, Mapping, Optional
+from typing import Any, Callable, List, Optional
 
 import torch
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from posbench.checks import above, at_least
+from posbench.common.checks import above, at_least
+from posbench.common.registry import Registry
 
 Frequencies = tuple[torch.Tensor, float]
 
@@ -167,18 +166,6 @@ class ScalingKind:
     reads_length: bool = False  # takes the current length itself (longrope switches lists at L0)
 
 
-SCALING_KINDS: dict[str, ScalingKind] = {
-    "none": ScalingKind(unscaled, dynamic=False, needs_original=False),
-    "linear": ScalingKind(linear, dynamic=False, needs_original=False),
-    "ntk": ScalingKind(ntk, dynamic=False, needs_original=False),
-    "dynamic_ntk": ScalingKind(ntk, dynamic=True, needs_original=True),
-    "yarn": ScalingKind(yarn, dynamic=False, needs_original=True),
-    "dynamic_yarn": ScalingKind(yarn, dynamic=True, needs_original=True),
-    "llama3": ScalingKind(llama3, dynamic=False, needs_original=True),
-    "longrope": ScalingKind(longrope, dynamic=False, needs_original=True, reads_length=True),
-}
-
-
 def dynamic_scale(factor: float, seq_len: int, original: int) -> float:
     """Dynamic scaling (emozilla 2023; YaRN §3.3; HF "dynamic"): s = factor·L/L0 - (factor - 1) for the
     current length L past the original L0, else 1. With factor 1 this is YaRN's s = max(1, L/L0)."""
@@ -188,7 +175,7 @@ def dynamic_scale(factor: float, seq_len: int, original: int) -> float:
 def scale_for(scaling: str, factor: float | str, original: Optional[int], seq_len: Optional[int]) -> float:
     """The scale s a kind uses now. ``factor="auto"``: static kinds take max(1, L/L0); dynamic kinds
     take factor 1, since their rule already follows the length."""
-    kind = SCALING_KINDS[scaling]
+    kind = SCALINGS.implementation(scaling)
     needs_length = factor == "auto" or kind.dynamic
     if (kind.needs_original or needs_length) and original is None:
         raise ValueError(
@@ -217,12 +204,12 @@ def rope_frequencies(
     ``params``: the kind's own values (yarn: beta_fast, beta_slow, attention_factor, truncate;
     llama3: low_freq_factor, high_freq_factor). Nothing is cached: every call computes afresh.
     """
-    if scaling not in SCALING_KINDS:
-        raise ValueError(f"unknown RoPE scaling {scaling!r}; valid: {', '.join(SCALING_KINDS)}")
+    if scaling not in SCALINGS:
+        raise ValueError(f"unknown RoPE scaling {scaling!r}; valid: {', '.join(SCALINGS)}")
     if factor != "auto" and float(factor) < 1:
         raise ValueError(f"RoPE scaling factor must be >= 1 (1 = unscaled) or 'auto', got {factor}")
     s = scale_for(scaling, factor, original_max_position, seq_len)
-    kind = SCALING_KINDS[scaling]
+    kind = SCALINGS.implementation(scaling)
     if kind.reads_length:
         params = {**params, "seq_len": seq_len}
     return kind.frequencies(head_dim, base, s, original_max_position, **params)
@@ -240,10 +227,8 @@ class ScalingConfig:
     original_max_position: Optional[int] = None
 
     def __post_init__(self) -> None:
-        if self.kind not in SCALING_KINDS:
-            raise ValueError(
-                f"unknown encoding.scaling.kind {self.kind!r}; valid: {', '.join(SCALING_KINDS)}"
-            )
+        if self.kind not in SCALINGS:
+            raise ValueError(f"unknown encoding.scaling.kind {self.kind!r}; valid: {', '.join(SCALINGS)}")
         if self.factor != "auto":
             try:
                 self.factor = float(self.factor)
@@ -254,7 +239,7 @@ class ScalingConfig:
                     "encoding.scaling.factor must be a number >= 1 (1 = unscaled) or auto "
                     "(= evaluation length / original_max_position)"
                 )
-        kind = SCALING_KINDS[self.kind]
+        kind = SCALINGS.implementation(self.kind)
         if (
             kind.needs_original or kind.dynamic or self.factor == "auto"
         ) and self.original_max_position is None:
@@ -376,45 +361,16 @@ class LongRopeScalingConfig(ScalingConfig):
             )
 
 
-SCALING_CONFIGS: dict[str, type[ScalingConfig]] = {
-    "none": NoScalingConfig,
-    "linear": LinearScalingConfig,
-    "ntk": NtkScalingConfig,
-    "dynamic_ntk": DynamicNtkScalingConfig,
-    "yarn": YarnScalingConfig,
-    "dynamic_yarn": DynamicYarnScalingConfig,
-    "llama3": Llama3ScalingConfig,
-    "longrope": LongRopeScalingConfig,
-}
-
-
-def scaling_config(value: Any) -> ScalingConfig:
-    """None, a dataclass, or a plain mapping (from YAML or a checkpoint) -> the kind's typed config."""
-    if value is None:
-        return NoScalingConfig()
-    if isinstance(value, ScalingConfig):
-        return value
-    if not isinstance(value, Mapping) and not OmegaConf.is_dict(value):
-        raise ValueError(f"encoding.scaling must be a mapping with a kind, got {value!r}")
-    plain = dict(OmegaConf.to_container(value) if OmegaConf.is_dict(value) else value)
-    kind = plain.get("kind", "none")
-    if kind not in SCALING_CONFIGS:
-        raise ValueError(f"unknown encoding.scaling.kind {kind!r}; valid: {', '.join(SCALING_CONFIGS)}")
-    try:
-        typed = OmegaConf.merge(OmegaConf.structured(SCALING_CONFIGS[kind]), plain)
-    except OmegaConfBaseException as exc:
-        valid = ", ".join(f.name for f in fields(SCALING_CONFIGS[kind]))
-        raise ValueError(
-            f"encoding.scaling ({kind}): {str(exc).splitlines()[0]}; its keys are {valid}"
-        ) from None
-    return OmegaConf.to_object(typed)  # type: ignore[return-value]
-
-
-def register_scaling_schemas(store: Any = None) -> None:
-    """Put each kind's schema in Hydra's ConfigStore as ``schema/encoding/scaling/<kind>``, which
-    ``configs/encoding/scaling/*.yaml`` name (optionally) in their defaults lists."""
-    from hydra.core.config_store import ConfigStore
-
-    store = store or ConfigStore.instance()
-    for kind, cls in SCALING_CONFIGS.items():
-        store.store(group="schema/encoding/scaling", name=kind, node=cls)
+SCALINGS = Registry("encoding.scaling.kind", "schema/encoding/scaling", key="kind", default="none")
+SCALINGS.add("none", NoScalingConfig, ScalingKind(unscaled, dynamic=False, needs_original=False))
+SCALINGS.add("linear", LinearScalingConfig, ScalingKind(linear, dynamic=False, needs_original=False))
+SCALINGS.add("ntk", NtkScalingConfig, ScalingKind(ntk, dynamic=False, needs_original=False))
+SCALINGS.add("dynamic_ntk", DynamicNtkScalingConfig, ScalingKind(ntk, dynamic=True, needs_original=True))
+SCALINGS.add("yarn", YarnScalingConfig, ScalingKind(yarn, dynamic=False, needs_original=True))
+SCALINGS.add("dynamic_yarn", DynamicYarnScalingConfig, ScalingKind(yarn, dynamic=True, needs_original=True))
+SCALINGS.add("llama3", Llama3ScalingConfig, ScalingKind(llama3, dynamic=False, needs_original=True))
+SCALINGS.add(
+    "longrope",
+    LongRopeScalingConfig,
+    ScalingKind(longrope, dynamic=False, needs_original=True, reads_length=True),
+)

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 
 import torch
 
-from posbench.checks import above, at_least
+from posbench.common.checks import above, at_least
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
 from posbench.encodings.positions import PoseOption
+from posbench.encodings.registry import ENCODINGS
 from posbench.encodings.scores import DistanceBias, Scores
 
 
@@ -28,6 +29,7 @@ class SandwichConfig(EncodingConfig, PoseOption):
         above("encoding.ratio_max", self.ratio_max, 0, "each head divides its bias by h·ratio_max/H")
 
 
+@ENCODINGS.register("sandwich", SandwichConfig)
 class Sandwich(PositionalEncoding):
     """p_i·p_j = sum_k cos((i - j)·w_k), w_k = 10000^(-2k/d-bar), divided per head by h·8/H.
 

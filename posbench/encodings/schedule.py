@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Any, Dict, List
 
-from posbench.checks import at_least, one_of
+from posbench.common.checks import at_least, one_of
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
-from posbench.encodings.hybrid import COMPOSITES, Composite, member_config, overrides, registry
+from posbench.encodings.hybrid import Composite, member_config, overrides
+from posbench.encodings.registry import COMPOSITES, ENCODINGS, member_choices
 from posbench.encodings.rope import RopeConfig
 from posbench.encodings.scores import Scores, combine, local_window
-from posbench.encodings.temperature import temperature_config
+from posbench.encodings.temperature import TEMPERATURES
 
 WINDOW_KINDS = ("chunked", "sliding")
 
@@ -46,7 +47,7 @@ class LayersConfig(EncodingConfig):
             )
         at_least("encoding.window", self.window, 0, "0 = no local window")
         one_of("encoding.window_kind", self.window_kind, WINDOW_KINDS)
-        if temperature_config(self.temperature).kind != "none":
+        if TEMPERATURES.coerce(self.temperature).kind != "none":
             raise ValueError(
                 "encoding.temperature on a schedule: give it to the members whose layers take it, e.g. "
                 "encoding/temperature@encoding.options.nope.temperature=llama4"
@@ -61,7 +62,7 @@ class LayersConfig(EncodingConfig):
 
     def rotary(self, name: str) -> bool:
         """A RoPE member (rope, xpos): the layers a local window applies to."""
-        return isinstance(self.options.get(name) or registry()[name][0](), RopeConfig)
+        return isinstance(self.options.get(name) or ENCODINGS.schema(name)(), RopeConfig)
 
     def label(self) -> str:
         """Runs of the pattern, ``3xrope@chunk64-1xnope``: counts, member labels, the window."""
@@ -75,11 +76,16 @@ class LayersConfig(EncodingConfig):
         return "-".join(run(name, len(list(group))) for name, group in groupby(self.pattern))
 
 
+def layer_choices() -> list[str]:
+    """The encodings a schedule's layers can run: every member encoding that acts in attention."""
+    return [name for name in member_choices() if not overrides(ENCODINGS.implementation(name), "embed_input")]
+
+
 def check_member(name: str) -> str:
-    if name not in registry() or name in COMPOSITES:
-        valid = sorted(set(registry()) - set(COMPOSITES))
+    if name not in ENCODINGS or name in COMPOSITES:
+        valid = sorted(set(ENCODINGS) - set(COMPOSITES))
         raise ValueError(f"encoding.pattern: {name!r} is no layer encoding; choose from {', '.join(valid)}")
-    if overrides(registry()[name][1], "embed_input"):
+    if overrides(ENCODINGS.implementation(name), "embed_input"):
         raise ValueError(
             f"encoding.pattern: {name} embeds the input once, before any layer; a schedule's members act "
             "in attention (use encoding=hybrid to add it to every layer)"
@@ -87,6 +93,7 @@ def check_member(name: str) -> str:
     return name
 
 
+@ENCODINGS.register("layers", LayersConfig)
 class LayerSchedule(Composite):
     """Layer i runs the hooks of ``pattern[i % len(pattern)]``; the planner plans each layer."""
 

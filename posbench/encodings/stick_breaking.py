@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
+from posbench.encodings.registry import ENCODINGS
 from posbench.encodings.scores import Scores
 
 
@@ -24,6 +25,7 @@ class StickBreakingConfig(EncodingConfig):
     name: str = "stick_breaking"
 
 
+@ENCODINGS.register("stick_breaking", StickBreakingConfig)
 class StickBreaking(PositionalEncoding):
     cfg: StickBreakingConfig
 

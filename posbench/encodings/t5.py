@@ -11,6 +11,7 @@ from torch import nn
 
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
 from posbench.encodings.positions import PoseOption
+from posbench.encodings.registry import ENCODINGS
 from posbench.encodings.scores import DistanceBias, Scores
 
 
@@ -61,6 +62,7 @@ def t5_relative_bucket(
     return offset + torch.where(distance < exact, distance, far)
 
 
+@ENCODINGS.register("t5", T5Config)
 class T5Bias(PositionalEncoding):
     cfg: T5Config
 

@@ -18,16 +18,14 @@ every encoding and runs on every attention path. n = position + 1, the keys a ca
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from posbench.checks import above
+from posbench.common.checks import above
+from posbench.common.registry import Registry
 
 
 @dataclass
@@ -68,38 +66,6 @@ class Llama4TemperatureConfig(TemperatureConfig):
 
     def __post_init__(self) -> None:
         above("encoding.temperature.floor_scale", self.floor_scale, 0, "n is floor-divided by it")
-
-
-TEMPERATURE_CONFIGS: dict[str, type[TemperatureConfig]] = {
-    "none": NoTemperatureConfig,
-    "logn": LogNConfig,
-    "ssmax": SsmaxConfig,
-    "llama4": Llama4TemperatureConfig,
-}
-
-
-def temperature_config(value: Any) -> TemperatureConfig:
-    """None, a dataclass, or a plain mapping (from YAML or a checkpoint) -> the kind's typed config."""
-    if value is None:
-        return NoTemperatureConfig()
-    if isinstance(value, TemperatureConfig):
-        return value
-    if not isinstance(value, Mapping) and not OmegaConf.is_dict(value):
-        raise ValueError(f"encoding.temperature must be a mapping with a kind, got {value!r}")
-    plain = dict(OmegaConf.to_container(value) if OmegaConf.is_dict(value) else value)
-    kind = plain.get("kind", "none")
-    if kind not in TEMPERATURE_CONFIGS:
-        raise ValueError(
-            f"unknown encoding.temperature.kind {kind!r}; valid: {', '.join(TEMPERATURE_CONFIGS)}"
-        )
-    try:
-        typed = OmegaConf.merge(OmegaConf.structured(TEMPERATURE_CONFIGS[kind]), plain)
-    except OmegaConfBaseException as exc:
-        valid = ", ".join(f.name for f in fields(TEMPERATURE_CONFIGS[kind]))
-        raise ValueError(
-            f"encoding.temperature ({kind}): {str(exc).splitlines()[0]}; its keys are {valid}"
-        ) from None
-    return OmegaConf.to_object(typed)  # type: ignore[return-value]
 
 
 def temperature_suffix(cfg: TemperatureConfig) -> str:
@@ -163,22 +129,14 @@ class Llama4Temperature(Temperature):
         return (1 + self.cfg.attn_scale * torch.log1p(steps)).float()[None]
 
 
-TEMPERATURES: dict[str, type[Temperature]] = {
-    "none": Temperature,
-    "logn": LogN,
-    "ssmax": Ssmax,
-    "llama4": Llama4Temperature,
-}
+TEMPERATURES = Registry(  # encoding.temperature.kind -> (its config, its class)
+    "encoding.temperature.kind", "schema/encoding/temperature", key="kind", default="none"
+)
+TEMPERATURES.add("none", NoTemperatureConfig, Temperature)
+TEMPERATURES.add("logn", LogNConfig, LogN)
+TEMPERATURES.add("ssmax", SsmaxConfig, Ssmax)
+TEMPERATURES.add("llama4", Llama4TemperatureConfig, Llama4Temperature)
 
 
 def build_temperature(cfg: TemperatureConfig, n_heads: int, n_layers: int) -> Temperature:
-    return TEMPERATURES[cfg.kind](cfg, n_heads, n_layers)
-
-
-def register_temperature_schemas(store: Any = None) -> None:
-    """Each kind's schema in Hydra's ConfigStore as ``schema/encoding/temperature/<kind>``."""
-    from hydra.core.config_store import ConfigStore
-
-    store = store or ConfigStore.instance()
-    for kind, cls in TEMPERATURE_CONFIGS.items():
-        store.store(group="schema/encoding/temperature", name=kind, node=cls)
+    return TEMPERATURES.implementation(cfg.kind)(cfg, n_heads, n_layers)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
+from posbench.encodings.registry import ENCODINGS
 from posbench.encodings.scores import RelativeTerm, Scores
 
 
@@ -46,6 +47,7 @@ def relative_sinusoids(distances: torch.Tensor, d_model: int, base: float) -> to
     return torch.cat((angles.sin(), angles.cos()), dim=-1).float()
 
 
+@ENCODINGS.register("transformer_xl", TransformerXlConfig)
 class TransformerXl(PositionalEncoding):
     cfg: TransformerXlConfig
 

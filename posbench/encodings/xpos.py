@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
-from posbench.checks import above
+from posbench.common.checks import above
+from posbench.encodings.registry import ENCODINGS
 from posbench.encodings.rope import Rope, RopeConfig
 from posbench.encodings.scores import Decay, Scores
 
@@ -32,6 +33,7 @@ class XposConfig(RopeConfig):
         above("encoding.gamma", self.gamma, 0, "every zeta_i = (2i/d + gamma)/(1 + gamma) must be positive")
 
 
+@ENCODINGS.register("xpos", XposConfig)
 class Xpos(Rope):
     """q at position n is scaled by zeta^(n/scale_base), k at m by zeta^(-m/scale_base), per rotated pair,
     so q·k carries zeta^((n-m)/scale_base): a decay that depends on the distance only.

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from posbench.common.runtime import autocast
 from posbench.config import EvalConfig, Precision
 from posbench.evaluation.buckets import attention_curves, position_curve
 from posbench.evaluation.protocol import Window, resolve_stride, windows
@@ -19,7 +20,6 @@ from posbench.model.backends import ByBlocks
 from posbench.model.diagnostics import AttentionProbe
 from posbench.model.loss import token_nll
 from posbench.model.transformer import Transformer
-from posbench.runtime import autocast
 
 
 @dataclass

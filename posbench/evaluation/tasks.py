@@ -20,8 +20,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from posbench.common.runtime import Precision, autocast
 from posbench.model.transformer import Transformer
-from posbench.runtime import Precision, autocast
 from posbench.tasks import Bucket, Decoding, Example, Task, collate, fixed_examples, length_buckets
 from posbench.tasks.batches import IGNORE
 

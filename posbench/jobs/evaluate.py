@@ -13,13 +13,13 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from posbench.checkpoint import RUN_ENTRIES, load_checkpoint
+from posbench.common.runtime import check_precision, machine_description, resolve_device
 from posbench.config import RunConfig, to_plain_dict, to_run_config
-from posbench.evaluation.run import run_metadata
-from posbench.identity import RunIdentity
+from posbench.evaluation.report import run_metadata
 from posbench.jobs.workload import Workload, workload_of
 from posbench.model.transformer import Transformer
-from posbench.runtime import check_precision, machine_description, resolve_device
+from posbench.runs.checkpoint import RUN_ENTRIES, load_checkpoint
+from posbench.runs.identity import RunIdentity
 from posbench.tasks import TEST_KEYS
 from posbench.tracking import Tracker, build_tracker
 from posbench.training.resume import RUN_FILES

@@ -17,18 +17,19 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from posbench.atomic import atomic_write_text
-from posbench.config import DATA_SCHEMAS, EvalConfig, Precision
+from posbench.common.atomic import atomic_write_text
+from posbench.common.runtime import resolve_device
+from posbench.config import EvalConfig, Precision
 from posbench.data import load_corpus
 from posbench.data.config import Tokenizer
+from posbench.data.sources import CORPORA
 from posbench.data.tokenizer import PretrainedTokenizer
-from posbench.evaluation.run import evaluate_and_report
-from posbench.plots import plot_depth_accuracy
+from posbench.evaluation.report import evaluate_and_report
 from posbench.pretrained.adapter import PretrainedLM
 from posbench.pretrained.loading import load_config, load_model, model_record
 from posbench.pretrained.passkey import PasskeyConfig, filler_for, passkey_grid
 from posbench.pretrained.rotary import chosen_scaling, replace_rotary
-from posbench.runtime import resolve_device
+from posbench.reports.plots import plot_depth_accuracy
 from posbench.tracking import build_tracker
 from posbench.tracking.config import LoggerConfig
 
@@ -49,8 +50,7 @@ def requested_scaling(plain: dict, command_line: list[str]) -> tuple[Optional[di
 def corpus_config(plain: dict, source: str, revision: Optional[str]) -> Any:
     """The corpus (the built-in one unless ``data=`` is given), tokenized by the model's tokenizer."""
     data = dict(plain.get("data") or {"name": "shakespeare"})
-    schema = DATA_SCHEMAS[data["name"]]
-    typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), data))
+    typed = CORPORA.coerce(data)
     return dataclasses.replace(
         typed, tokenizer=Tokenizer.pretrained, pretrained_tokenizer=source, pretrained_revision=revision
     )

@@ -8,17 +8,9 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from posbench.atomic import remove_stale_temps
-from posbench.config import RunConfig, to_plain_dict
-from posbench.distributed import barrier, broadcast_from_main, process_group
-from posbench.evaluation.protocol import resolve_stride
-from posbench.evaluation.run import run_metadata
-from posbench.identity import RunIdentity
-from posbench.jobs.workload import Workload, workload_of
-from posbench.model.transformer import Transformer
-from posbench.results import format_table, format_task_table, write_results
-from posbench.run_lock import held_by_main
-from posbench.runtime import (
+from posbench.common.atomic import remove_stale_temps
+from posbench.common.distributed import barrier, broadcast_from_main, process_group
+from posbench.common.runtime import (
     Dist,
     check_precision,
     dist_from_env,
@@ -26,6 +18,14 @@ from posbench.runtime import (
     resolve_device,
     seed_everything,
 )
+from posbench.config import RunConfig, to_plain_dict
+from posbench.evaluation.protocol import resolve_stride
+from posbench.evaluation.report import run_metadata
+from posbench.jobs.workload import Workload, workload_of
+from posbench.model.transformer import Transformer
+from posbench.reports.results import format_table, format_task_table, write_results
+from posbench.runs.identity import RunIdentity
+from posbench.runs.lock import held_by_main
 from posbench.tracking import Tracker, build_tracker
 from posbench.training.init_from import initialise_from_parent
 from posbench.training.resume import (
@@ -53,7 +53,7 @@ def train(
 
     Under torchrun each rank trains its slice of every global batch (DDP); only rank 0 logs,
     validates, checkpoints and evaluates, into rank 0's ``run_dir``, which it holds for the whole
-    job (``posbench/run_lock.py``; ``on_held(run_dir)`` is called once it does, before anything is
+    job (``posbench/runs/lock.py``; ``on_held(run_dir)`` is called once it does, before anything is
     written there). A divergence raises ``TrainingDiverged`` and a stop signal ``Interrupted``,
     once their files are written.
     """
@@ -64,38 +64,38 @@ def train(
         )
     for length in run.eval.lengths if run.eval.enabled and run.task is None else ():
         resolve_stride(length, run.eval.protocol.value, run.eval.stride)  # before training, not after it
-    d = dist_from_env()
-    device = resolve_device(run.train.device, d)
+    layout = dist_from_env()
+    device = resolve_device(run.train.device, layout)
     check_precision(device, run.train.precision)
-    if run.train.batch_size // run.train.grad_accum % d.world_size:
+    if run.train.batch_size // run.train.grad_accum % layout.world_size:
         raise ValueError(
             f"train.batch_size/train.grad_accum = {run.train.batch_size // run.train.grad_accum} "
-            f"sequences per micro-step cannot be split over {d.world_size} processes; "
+            f"sequences per micro-step cannot be split over {layout.world_size} processes; "
             "make it a multiple of the process count"
         )
-    with process_group(d, device):
+    with process_group(layout, device):
         run_dir = Path(broadcast_from_main(str(run_dir)))
-        with held_by_main(run_dir, "train", d):
-            done = broadcast_from_main(finished_results(run, run_dir) if d.is_main else None)
+        with held_by_main(run_dir, "train", layout):
+            done = broadcast_from_main(finished_results(run, run_dir) if layout.is_main else None)
             if done is not None:
-                if d.is_main:
+                if layout.is_main:
                     name = RunIdentity.of(run).name
                     print(
                         f"{name}: already finished in {run_dir} (train.resume=auto); nothing to do",
                         flush=True,
                     )
                 return {"step": done.get("step"), "results": done, "skipped": True}
-            if d.is_main and on_held is not None:
+            if layout.is_main and on_held is not None:
                 on_held(run_dir)
-            return _train(run, run_dir, choices, d, device)
+            return _train(run, run_dir, choices, layout, device)
 
 
-def claim_run_folder(run: RunConfig, run_dir: Path, d: Dist) -> Optional[Path]:
+def claim_run_folder(run: RunConfig, run_dir: Path, layout: Dist) -> Optional[Path]:
     """The checkpoint to resume from, once rank 0 has checked that ``run_dir`` holds no other run
     (before anything is written there) and removed the temp files of killed atomic writes."""
     resume_from = find_resume_checkpoint(run, run_dir)
     refusal = None
-    if d.is_main:
+    if layout.is_main:
         try:
             if resume_from is not None:
                 check_resume_identity(run, resume_from)
@@ -130,17 +130,19 @@ def stop_message(state: TrainState, trainer: Trainer, run_dir: Path) -> str:
 
 
 def _train(
-    run: RunConfig, run_dir: Path, choices: Optional[dict], d: Dist, device: torch.device
+    run: RunConfig, run_dir: Path, choices: Optional[dict], layout: Dist, device: torch.device
 ) -> dict[str, Any]:
-    resume_from = claim_run_folder(run, run_dir, d)
+    resume_from = claim_run_folder(run, run_dir, layout)
     seed_everything(run.train.seed)
-    work = workload_of(run, d)
+    work = workload_of(run, layout)
     model = Transformer(run.model, run.encoding, work.vocab_size).to(device)
     if resume_from is None and run.parent is not None:  # a resumed run has its own weights
         initialise_from_parent(model, run, work.vocab_size, work.fingerprint)
     with StopRequests() as stops:
         validate = work.validation(model, device)
-        trainer = Trainer(run, model, work.training_data(d), run_dir, device, d, validate, resume_from, stops)
+        trainer = Trainer(
+            run, model, work.training_data(layout), run_dir, device, layout, validate, resume_from, stops
+        )
         identity = RunIdentity.of(run)
         config = {**to_plain_dict(run), "choices": choices or {}, "identity": identity.to_dict()}
         restart = resume_from is None and restarts_in_place(run, run_dir, None)  # metrics start afresh
@@ -151,18 +153,18 @@ def _train(
             config,
             identity.name,
             run.logger.group or run.experiment_name,
-            d.rank,
+            layout.rank,
             resume_step=resumed_at,
         )
         try:
-            metrics = fit_and_report(run, run_dir, d, device, trainer, work, tracker, stops)
+            metrics = fit_and_report(run, run_dir, layout, device, trainer, work, tracker, stops)
         finally:
             tracker.close()
     barrier()
     return metrics
 
 
-def stop_if_signalled(trainer: Trainer, stops: StopRequests, run_dir: Path, d: Dist) -> None:
+def stop_if_signalled(trainer: Trainer, stops: StopRequests, run_dir: Path, layout: Dist) -> None:
     """After training: raise ``Interrupted`` (the checkpoint written) if a stop signal came, also one
     during the last step's validation or checkpoint; else make a signal during the evaluation stop
     at once, saying the checkpoint is complete."""
@@ -172,7 +174,7 @@ def stop_if_signalled(trainer: Trainer, stops: StopRequests, run_dir: Path, d: D
     if state.stopped_by:
         for signum, handler in stops.previous_handlers():  # e.g. submitit's requeue, after our checkpoint
             handler(signum, None)
-        raise Interrupted(state.stopped_by, stop_message(state, trainer, run_dir) if d.is_main else "")
+        raise Interrupted(state.stopped_by, stop_message(state, trainer, run_dir) if layout.is_main else "")
     stops.at_once = (
         f"stopped during the evaluation; the checkpoint {trainer.kept_checkpoint} is complete: evaluate "
         f"it with python -m posbench eval checkpoint={run_dir}"
@@ -182,7 +184,7 @@ def stop_if_signalled(trainer: Trainer, stops: StopRequests, run_dir: Path, d: D
 def fit_and_report(
     run: RunConfig,
     run_dir: Path,
-    d: Dist,
+    layout: Dist,
     device: torch.device,
     trainer: Trainer,
     work: Workload,
@@ -202,10 +204,10 @@ def fit_and_report(
         run, trainer.model, work.info, {"step": state.step, "tokens_seen": state.tokens_seen, **timing}
     )
     if state.diverged is not None:
-        if d.is_main:
+        if layout.is_main:
             metrics["results"] = report_divergence(work, run_dir, meta, state.diverged, device)
-        raise TrainingDiverged(state.diverged.message() if d.is_main else "")
-    stop_if_signalled(trainer, stops, run_dir, d)
-    if run.eval.enabled and d.is_main and trainer.finished:
+        raise TrainingDiverged(state.diverged.message() if layout.is_main else "")
+    stop_if_signalled(trainer, stops, run_dir, layout)
+    if run.eval.enabled and layout.is_main and trainer.finished:
         metrics["results"] = work.report(trainer.model, run_dir, tracker, device, meta)
     return metrics

@@ -10,17 +10,17 @@ from typing import Any, Optional, Union
 
 import torch
 
+from posbench.common.distributed import barrier
+from posbench.common.runtime import Dist
 from posbench.config import EvalConfig, Protocol, RunConfig
 from posbench.data import TokenizedCorpus, TrainBatches, load_corpus
-from posbench.distributed import barrier
 from posbench.encodings.positions import PosePositions, RandomPositions
 from posbench.evaluation.evaluator import LengthResult, bucket_kind, evaluate_length, unavailable_reason
 from posbench.evaluation.protocol import protocol_statement
-from posbench.evaluation.run import evaluate_and_report, evaluate_task_and_report, task_statement
+from posbench.evaluation.report import evaluate_and_report, evaluate_task_and_report, task_statement
 from posbench.evaluation.tasks import TaskResult, answer_metrics
-from posbench.identity import digest
 from posbench.model.transformer import Transformer
-from posbench.runtime import Dist
+from posbench.runs.identity import digest
 from posbench.tasks import VOCAB_SIZE, Bucket, Task, TaskBatches, build_task, fixed_examples, length_buckets
 from posbench.tasks.base import SPECIALS, VOCABULARY_VERSION
 from posbench.tasks.config import LengthSampling
@@ -35,15 +35,15 @@ class CorpusWorkload:
         self.run, self.corpus = run, corpus
         self.vocab_size, self.fingerprint, self.info = corpus.vocab_size, corpus.fingerprint, corpus.info
 
-    def training_data(self, d: Dist) -> TrainingData:
+    def training_data(self, layout: Dist) -> TrainingData:
         train = self.run.train
         batches = TrainBatches(
             self.corpus.train,
             train.seq_len,
             train.batch_size // train.grad_accum,
             train.seed,
-            d.rank,
-            d.world_size,
+            layout.rank,
+            layout.world_size,
         )
         return TrainingData(batches, self.vocab_size, self.fingerprint)
 
@@ -119,10 +119,10 @@ class TaskWorkload:
         self.fingerprint = f"task-vocabulary-{VOCABULARY_VERSION}-{digest([SPECIALS, VOCAB_SIZE])}"
         self.info = {"task": task.name, "vocab_size": VOCAB_SIZE, "fingerprint": self.fingerprint}
 
-    def training_data(self, d: Dist) -> TrainingData:
+    def training_data(self, layout: Dist) -> TrainingData:
         train = self.run.train
         batches = TaskBatches(
-            self.task, train.batch_size // train.grad_accum, train.seed, d.rank, d.world_size
+            self.task, train.batch_size // train.grad_accum, train.seed, layout.rank, layout.world_size
         )
         return TrainingData(batches, self.vocab_size, self.fingerprint)
 
@@ -177,13 +177,13 @@ def check_task_encoding(run: RunConfig) -> None:
 Workload = Union[CorpusWorkload, TaskWorkload]
 
 
-def workload_of(run: RunConfig, d: Optional[Dist] = None) -> Workload:
-    """The run's workload; under torchrun rank 0 builds a corpus's token caches first (``d``)."""
+def workload_of(run: RunConfig, layout: Optional[Dist] = None) -> Workload:
+    """The run's workload; under torchrun rank 0 builds a corpus's token caches first (``layout``)."""
     if run.task is not None:
         return TaskWorkload(run, build_task(run.task))
-    if d is not None and not d.is_main:
+    if layout is not None and not layout.is_main:
         barrier()  # rank 0 builds the token caches first
     corpus = load_corpus(run.data)
-    if d is not None and d.is_main:
+    if layout is not None and layout.is_main:
         barrier()
     return CorpusWorkload(run, corpus)

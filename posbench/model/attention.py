@@ -12,7 +12,7 @@ from torch import nn
 from posbench.encodings import PositionalEncoding
 from posbench.model.backends import Backend
 from posbench.model.diagnostics import AttentionProbe
-from posbench.model.legacy import fuse_projections
+from posbench.model.schema1 import fuse_projections
 
 
 @dataclass

@@ -8,7 +8,7 @@ from typing import Optional
 
 from omegaconf import MISSING
 
-from posbench.checks import above, at_least, within
+from posbench.common.checks import above, at_least, within
 
 
 class Norm(str, Enum):

@@ -21,7 +21,7 @@ from typing import Any, List, Optional
 
 import torch
 
-from posbench.checks import at_least
+from posbench.common.checks import at_least
 
 TASK = (
     "There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "

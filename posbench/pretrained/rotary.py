@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from posbench.encodings.rope_scaling import SCALING_CONFIGS, ScalingConfig, scaling_config
+from posbench.encodings.rope_scaling import SCALINGS, ScalingConfig
 
 HF_KINDS = {
     "default": "none",
@@ -38,9 +38,9 @@ def rope_parameters(config: Any) -> dict:
 
 
 def kind_fields(kind: str) -> set[str]:
-    if kind not in SCALING_CONFIGS:
-        raise ValueError(f"unknown encoding.scaling.kind {kind!r}; valid: {', '.join(SCALING_CONFIGS)}")
-    return {f.name for f in dataclasses.fields(SCALING_CONFIGS[kind])}
+    if kind not in SCALINGS:
+        raise ValueError(f"unknown encoding.scaling.kind {kind!r}; valid: {', '.join(SCALINGS)}")
+    return {f.name for f in dataclasses.fields(SCALINGS.schema(kind))}
 
 
 def model_scaling(config: Any) -> ScalingConfig:
@@ -63,7 +63,7 @@ def model_scaling(config: Any) -> ScalingConfig:
     own.setdefault("original_max_position", config.max_position_embeddings)
     if kind in ("longrope", "yarn") and "factor" not in own:  # transformers: max / original
         own["factor"] = config.max_position_embeddings / own["original_max_position"]
-    return scaling_config({**own, "kind": kind})
+    return SCALINGS.coerce({**own, "kind": kind})
 
 
 def chosen_scaling(config: Any, requested: dict | None, given: frozenset = frozenset()) -> ScalingConfig:
@@ -76,7 +76,7 @@ def chosen_scaling(config: Any, requested: dict | None, given: frozenset = froze
     fields = kind_fields(requested.get("kind", own.kind))
     lent = ("original_max_position",) if own.kind == "none" else ("original_max_position", "factor")
     inherited = {key: getattr(own, key) for key in lent if key in fields and key not in given}
-    return scaling_config({**requested, **inherited})
+    return SCALINGS.coerce({**requested, **inherited})
 
 
 class PosbenchRotary(nn.Module):

@@ -14,6 +14,8 @@ from typing import Optional
 import numpy as np
 
 from posbench.tasks.base import Segment, Task
+from posbench.tasks.config import BinaryAddConfig, TaskConfig
+from posbench.tasks.registry import TASKS
 
 SUITE = "Delétang et al. 2023 / Ruoss et al. 2023 (google-deepmind/randomized_positional_encodings, tasks/{})"
 
@@ -22,6 +24,7 @@ def symbols(rng: np.random.Generator, alphabet: str, n: int) -> str:
     return "".join(alphabet[i] for i in rng.integers(0, len(alphabet), size=n))
 
 
+@TASKS.register("copy", TaskConfig)
 class Copy(Task):
     name = "copy"
     source = SUITE.format("cs/duplicate_string.py")
@@ -32,6 +35,7 @@ class Copy(Task):
         return [(s + "=", False), (s + s, True)]
 
 
+@TASKS.register("reverse", TaskConfig)
 class Reverse(Task):
     name = "reverse"
     source = SUITE.format("dcf/reverse_string.py")
@@ -42,6 +46,7 @@ class Reverse(Task):
         return [(s + "=", False), (s[::-1], True)]
 
 
+@TASKS.register("parity", TaskConfig)
 class Parity(Task):
     name = "parity"
     source = SUITE.format("regular/parity_check.py")
@@ -52,6 +57,7 @@ class Parity(Task):
         return [(s + "=", False), (str(s.count("1") % 2), True)]
 
 
+@TASKS.register("modular_sum", TaskConfig)
 class ModularSum(Task):
     name = "modular_sum"
     source = SUITE.format("regular/modular_arithmetic.py") + ", with addition only"
@@ -62,6 +68,7 @@ class ModularSum(Task):
         return [("+".join(map(str, digits)) + "=", False), (str(int(digits.sum()) % 5), True)]
 
 
+@TASKS.register("binary_add", BinaryAddConfig)
 class BinaryAdd(Task):
     name = "binary_add"
     source = SUITE.format("cs/binary_addition.py")
@@ -96,6 +103,7 @@ def little_endian(value: int, bits: int = 0) -> str:
     return format(value, f"0{bits}b")[::-1] if bits else format(value, "b")[::-1]
 
 
+@TASKS.register("sort", TaskConfig)
 class Sort(Task):
     name = "sort"
     source = SUITE.format("cs/bucket_sort.py")

@@ -2,7 +2,7 @@
 
 The training part (which task, its training lengths and task-specific knobs) is the experiment;
 the ``test_*`` keys only say how a trained model is tested, so ``posbench eval`` may change them
-and the run identity leaves them out (``posbench/identity.py``).
+and the run identity leaves them out (``posbench/runs/identity.py``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import List
 
 from omegaconf import MISSING
 
-from posbench.checks import at_least
+from posbench.common.checks import at_least
 
 # keys of a task config that say how it is tested, not what is trained
 TEST_KEYS = ("test_lengths", "test_examples", "test_seed", "test_batch_size", "decoding", "depth_buckets")
@@ -124,14 +124,3 @@ class VarTrackConfig(RetrievalConfig):
         super().__post_init__()
         at_least("task.hops", self.hops, 1, "assignments after the first in a chain")
         at_least("task.chains", self.chains, 1, "chains in the text")
-
-
-# the schema of each ``task=`` choice (the algorithmic tasks need no knobs of their own)
-TASK_SCHEMAS: dict[str, type[TaskConfig]] = {
-    **dict.fromkeys(("copy", "reverse", "parity", "modular_sum", "sort"), TaskConfig),
-    "binary_add": BinaryAddConfig,
-    "assoc_recall": AssocRecallConfig,
-    "passkey": PasskeyConfig,
-    "niah": NiahConfig,
-    "var_track": VarTrackConfig,
-}

@@ -16,7 +16,8 @@ from typing import Optional
 import numpy as np
 
 from posbench.tasks.base import Segment, Task
-from posbench.tasks.config import AssocRecallConfig, NiahConfig, VarTrackConfig
+from posbench.tasks.config import AssocRecallConfig, NiahConfig, PasskeyConfig, VarTrackConfig
+from posbench.tasks.registry import TASKS
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 PAIR_KEYS = ["".join(p) for p in itertools.product(string.ascii_lowercase, repeat=2)]  # 676 two-letter keys
@@ -69,6 +70,7 @@ class FillerTask(Task):
         return in_filler(pieces, room) + query
 
 
+@TASKS.register("assoc_recall", AssocRecallConfig)
 class AssocRecall(Task):
     name = "assoc_recall"
     unit = "key-value pairs"
@@ -95,6 +97,7 @@ class AssocRecall(Task):
         return segments
 
 
+@TASKS.register("passkey", PasskeyConfig)
 class Passkey(FillerTask):
     name = "passkey"
     source = (
@@ -123,6 +126,7 @@ class Passkey(FillerTask):
         return [(depth, self.needle(key))], self.query(key)
 
 
+@TASKS.register("niah", NiahConfig)
 class Niah(FillerTask):
     name = "niah"
     source = "multi-key needle in a haystack, RULER (Hsieh et al. 2024, §3, NIAH multi-key), shortened"
@@ -157,6 +161,7 @@ class Niah(FillerTask):
         return pieces, self.query(keys[0], values[0])
 
 
+@TASKS.register("var_track", VarTrackConfig)
 class VarTrack(FillerTask):
     name = "var_track"
     source = "variable tracking, RULER (Hsieh et al. 2024, §3, VT), shortened"

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 from omegaconf import MISSING
 
-from posbench.checks import one_of
+from posbench.common.checks import one_of
 
 
 @dataclass

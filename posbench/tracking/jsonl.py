@@ -17,7 +17,7 @@ import os
 import time
 from typing import Any
 
-from posbench.atomic import atomic_write
+from posbench.common.atomic import atomic_write
 from posbench.tracking.base import check_eval_rows, check_metric_names, json_safe
 
 # Record keys a metric name must not shadow: readers tell records apart by them.

@@ -12,9 +12,9 @@ from typing import Optional
 
 import torch
 
-from posbench.checkpoint import RUN_ENTRIES, load_checkpoint
 from posbench.config import RunConfig, to_plain_dict
-from posbench.identity import experiment_config
+from posbench.runs.checkpoint import RUN_ENTRIES, load_checkpoint
+from posbench.runs.identity import experiment_config
 
 WEIGHT_DEFINING_ENCODING_KEYS = ("name", "members")  # what picks the encoding's class and its weights
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from posbench.checkpoint import CheckpointError, saved_config
 from posbench.config import RunConfig, to_plain_dict
-from posbench.identity import RunIdentity, experiment_config, flatten
-from posbench.results import RESULTS_JSON, load_results
+from posbench.reports.results import RESULTS_JSON, load_results
+from posbench.runs.checkpoint import CheckpointError, saved_config
+from posbench.runs.identity import RunIdentity, experiment_config, flatten
 
 TRUE_WORDS = {"true", "yes", "1", "latest"}
 AUTO_WORD = "auto"  # as true, but start fresh when there is no checkpoint of this run (SLURM requeue)

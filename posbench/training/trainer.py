@@ -17,13 +17,13 @@ from typing import Any, Callable, Optional, Protocol
 import torch
 from tqdm.auto import tqdm
 
-from posbench.checkpoint import RESUME_ENTRIES, load_checkpoint, save_checkpoint
+from posbench.common.distributed import any_rank, mean_across_ranks, no_sync, wrap_ddp
+from posbench.common.runtime import Dist, autocast, rng_state, set_rng_state
 from posbench.config import RunConfig, TrainConfig, to_plain_dict
-from posbench.distributed import any_rank, mean_across_ranks, no_sync, wrap_ddp
-from posbench.identity import experiment_config
-from posbench.model.legacy import fuse_optimizer_state
 from posbench.model.loss import NextTokenLoss
-from posbench.runtime import Dist, autocast, rng_state, set_rng_state
+from posbench.model.schema1 import fuse_optimizer_state
+from posbench.runs.checkpoint import RESUME_ENTRIES, load_checkpoint, save_checkpoint
+from posbench.runs.identity import experiment_config
 from posbench.tracking import Tracker
 from posbench.training.optim import build_optimizer, lr_at, parameter_groups
 from posbench.training.signals import StopRequests

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import torch
 
-from posbench.atomic import atomic_write
+from posbench.common.atomic import atomic_write
 
 SCHEMA_VERSION = 2
 # schema 1 kept separate q and kv projections; its weights and optimiser state are fused on load

@@ -2,7 +2,7 @@
 
 Reads every ``results.json`` under the given folders (no W&B needed) and groups them by
 everything that makes two results different experiments: the run identity without the seed
-(training length, encoding label, seedless digest; see ``posbench/identity.py``; a run initialised
+(training length, encoding label, seedless digest; see ``posbench/runs/identity.py``; a run initialised
 from a parent, ``train.init_from``, is tabled at its lineage's first training length and labelled by
 its lineage, e.g. ``rope-L256 → rope+yarn-L1024 (200 steps)``) and how the
 numbers were obtained (protocol, stride, token budget per length, the checkpoint's step, and
@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from posbench.atomic import atomic_write
-from posbench.compare_tables import Cell, RunKey, Section, Table, markdown
-from posbench.identity import digest, experiment_config, flatten, without_seed
-from posbench.lineage import lineage_label
-from posbench.plots import plot_comparison
-from posbench.results import RESULTS_JSON, load_results, results_schema, writing
+from posbench.common.atomic import atomic_write
+from posbench.reports.plots import plot_comparison
+from posbench.reports.results import RESULTS_JSON, load_results, results_schema, writing
+from posbench.reports.tables import Cell, RunKey, Section, Table, markdown
+from posbench.runs.identity import digest, experiment_config, flatten, without_seed
+from posbench.runs.lineage import lineage_label
 
 COMPARISON_MD, COMPARISON_PNG = "comparison.md", "comparison.png"
 OVERRIDES = "overrides."  # prefix of the flat settings a ``posbench eval`` laid over its checkpoint

@@ -28,7 +28,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
-from posbench.atomic import atomic_write_text
+from posbench.common.atomic import atomic_write_text
 from posbench.tracking.base import json_safe
 
 RESULTS_SCHEMA_VERSION = 3

@@ -1,4 +1,4 @@
-"""Plots of results documents (``posbench.results``): perplexity against evaluation length,
+"""Plots of results documents (``posbench.reports.results``): perplexity against evaluation length,
 mean loss by position inside the window, attention entropy and sink weight by position; for a
 task, accuracy against length bucket, and for a retrieval task a length × depth heatmap.
 
@@ -18,8 +18,8 @@ from typing import Iterable, Optional
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullLocator
 
-from posbench.atomic import atomic_write
-from posbench.results import writing
+from posbench.common.atomic import atomic_write
+from posbench.reports.results import writing
 
 DPI = 120
 NA_Y = 0.03  # height of the n/a markers, in axes coordinates

@@ -10,15 +10,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from posbench.common.runtime import Precision
 from posbench.config import EvalConfig, RunConfig, to_plain_dict
 from posbench.evaluation.evaluator import bucket_kind, evaluate_lengths
 from posbench.evaluation.protocol import protocol_statement
 from posbench.evaluation.tasks import evaluate_task
-from posbench.identity import RunIdentity
 from posbench.model.transformer import Transformer
-from posbench.plots import write_plots
-from posbench.results import RESULTS_JSON, format_table, format_task_table, write_results
-from posbench.runtime import Precision
+from posbench.reports.plots import write_plots
+from posbench.reports.results import RESULTS_JSON, format_table, format_task_table, write_results
+from posbench.runs.identity import RunIdentity
 from posbench.tasks import Decoding, Task
 from posbench.tracking import Tracker
 

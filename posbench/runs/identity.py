@@ -1,6 +1,6 @@
 """Which run is this: one identity computed from the resolved config.
 
-Run folders (through the Hydra resolvers in ``posbench/folders.py``), ``train.resume=true``,
+Run folders (through the Hydra resolvers in ``posbench/runs/resolvers.py``), ``train.resume=true``,
 W&B names, results metadata and ``posbench compare`` all use it, so they cannot disagree.
 Two runs are the same experiment when their encoding, model, data and the training keys that
 change the weights agree; how a run is executed, logged, checkpointed or evaluated does not count.

@@ -1,4 +1,5 @@
-"""Range checks for config values, each failing with one line that names the key and the fix.
+"""Range checks for config values, each failing with one line that names the key and the fix; and
+the one way a user error ends the process (``exit_with``).
 
 The config dataclasses call these from ``__post_init__``, which runs when the composed config is
 made typed (``config.to_run_config``): before any data is read or any step is taken.
@@ -7,7 +8,10 @@ made typed (``config.to_run_config``): before any data is read or any step is ta
 from __future__ import annotations
 
 import re
+import sys
 from typing import Optional
+
+USER_ERROR = 2  # the exit status of a config, input or folder a user can fix
 
 
 def at_least(
@@ -62,3 +66,11 @@ def unknown_key(key: str) -> str:
         f"{key} is not an option of this config; check its spelling (--cfg job prints every key with "
         "its value)"
     )
+
+
+def exit_with(message: str, code: int = USER_ERROR) -> None:
+    """Print ``message`` (one line a user can act on) to stderr and exit with ``code``; an empty
+    message exits silently (ranks other than 0: rank 0 says it once)."""
+    if message:
+        print(message, file=sys.stderr, flush=True)
+    sys.exit(code)

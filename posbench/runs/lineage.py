@@ -2,10 +2,10 @@
 
 ``train.init_from=PATH`` (a run folder or a ``.pt``) starts a new run from a parent's model weights,
 not its optimiser, schedule or data position. The ``posbench_parent`` resolver (``parent:`` in
-``configs/train.yaml``) reads the parent's saved config once, when the config is composed, so the
-run config, its identity, its results and its W&B config all carry the same record. The identity
-counts the parent by its seedless digest and its step: fine-tuning each seed of one parent
-experiment gives the seeds of one child experiment.
+``configs/train.yaml``; registered by ``runs/resolvers.py``) reads the parent's saved config once,
+when the config is composed, so the run config, its identity, its results and its W&B config all
+carry the same record. The identity counts the parent by its seedless digest and its step:
+fine-tuning each seed of one parent experiment gives the seeds of one child experiment.
 """
 
 from __future__ import annotations
@@ -13,11 +13,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
-from omegaconf import OmegaConf
-
-from posbench.checkpoint import RUN_ENTRIES, CheckpointError, checkpoint_file, load_checkpoint
-
-PARENT_RESOLVER, TRAINED_LENGTH_RESOLVER = "posbench_parent", "posbench_trained_length"
+from posbench.runs.checkpoint import RUN_ENTRIES, CheckpointError, checkpoint_file, load_checkpoint
+from posbench.runs.identity import RunIdentity
 
 
 @dataclass
@@ -38,8 +35,6 @@ class ParentRecord:
 
 def lineage_label(config: dict, steps: Optional[int] = None) -> str:
     """``rope-L256``; a run initialised from a parent: ``rope-L256 → rope+yarn-L1024 (200 steps)``."""
-    from posbench.identity import RunIdentity
-
     identity = RunIdentity.from_config(config)
     own = f"{identity.label}-L{identity.train_len}"
     parent = config.get("parent")
@@ -53,8 +48,6 @@ def parent_record(init_from: Optional[str]) -> Optional[dict]:
     there is no readable checkpoint there."""
     if init_from is None or str(init_from).strip().lower() in ("", "null", "none"):
         return None
-    from posbench.identity import RunIdentity
-
     path = checkpoint_file(init_from)
     try:
         state = load_checkpoint(path, mmap=True, require=RUN_ENTRIES)
@@ -82,8 +75,3 @@ def trained_length(parent: Any, seq_len: int) -> int:
     """The length a run's weights were trained at before this run: its parent's, else ``seq_len``.
     A RoPE scaling's ``original_max_position`` defaults to it (``configs/encoding/scaling/*.yaml``)."""
     return int(parent["train_len"]) if parent is not None else int(seq_len)
-
-
-def register_parent_resolver() -> None:
-    OmegaConf.register_new_resolver(PARENT_RESOLVER, parent_record, replace=True, use_cache=True)
-    OmegaConf.register_new_resolver(TRAINED_LENGTH_RESOLVER, trained_length, replace=True)

@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from posbench.distributed import broadcast_from_main
-from posbench.runtime import Dist
+from posbench.common.distributed import broadcast_from_main
+from posbench.common.runtime import Dist
 
 LOCK_FILE = ".posbench.lock"
 _UNSUPPORTED = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL}
@@ -97,12 +97,12 @@ def hold_folder(folder: str | Path, job: str) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def held_by_main(folder: Path, job: str, d: Dist) -> Iterator[None]:
+def held_by_main(folder: Path, job: str, layout: Dist) -> Iterator[None]:
     """Under torchrun rank 0 holds ``folder`` (the only rank that writes there); a refusal reaches
     every rank, so all stop with it."""
     with contextlib.ExitStack() as stack:
         refusal = None
-        if d.is_main:
+        if layout.is_main:
             try:
                 stack.enter_context(hold_folder(folder, job))
             except ValueError as exc:

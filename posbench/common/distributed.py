@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import torch
 import torch.distributed as dist
 
-from posbench.runtime import Dist
+from posbench.common.runtime import Dist
 
 
 def is_torchrun() -> bool:
@@ -43,9 +43,9 @@ def hydra_overrides_for_rank() -> list[str]:
 
 
 @contextlib.contextmanager
-def process_group(d: Dist, device: torch.device) -> Iterator[None]:
+def process_group(layout: Dist, device: torch.device) -> Iterator[None]:
     """NCCL on CUDA, gloo on CPU; torn down however the job ends."""
-    if d.world_size == 1 or dist.is_initialized():
+    if layout.world_size == 1 or dist.is_initialized():
         yield
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
