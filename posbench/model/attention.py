@@ -59,5 +59,5 @@ class CausalSelfAttention(nn.Module):
 
 
 def fuse_legacy_projections(module, state_dict: dict, prefix: str, *args) -> None:
-    """State dicts of schema 1 (separate ``q_proj`` and ``kv_proj``) load unchanged (``legacy.py``)."""
+    """State dicts of schema 1 (separate ``q_proj`` and ``kv_proj``) load unchanged (``schema1.py``)."""
     fuse_projections(state_dict, prefix)

@@ -11,7 +11,7 @@ from posbench.common.atomic import atomic_write
 
 SCHEMA_VERSION = 2
 # schema 1 kept separate q and kv projections; its weights and optimiser state are fused on load
-# (model/legacy.py), so it still evaluates and resumes
+# (model/schema1.py), so it still evaluates and resumes
 READABLE_SCHEMAS = (1, 2)
 RUN_ENTRIES = ("config", "step", "tokens_seen")  # what evaluating a run's checkpoint needs
 RESUME_ENTRIES = (*RUN_ENTRIES, "optimizer", "losses", "batches", "rng")  # what resuming it needs

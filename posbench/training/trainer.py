@@ -168,7 +168,7 @@ class Trainer:
         log.info("resumed from %s at step %d", path, self.state.step)
 
     def optimizer_state(self, ckpt: dict) -> dict:
-        """The checkpoint's optimiser state, fused first when it is of schema 1 (``model/legacy.py``)."""
+        """The checkpoint's optimiser state, fused first when it is of schema 1 (``model/schema1.py``)."""
         if ckpt["schema_version"] != 1:
             return ckpt["optimizer"]
         names = [[name for name, _ in group] for group in parameter_groups(self.model)]
