@@ -437,11 +437,31 @@ def test_a_truncated_checkpoint_in_its_own_folder_is_said_to_be_unreadable(smoke
         train(smoke_run("train.max_steps=3", "train.resume=auto", *QUICK), run_dir)
 
 
+IMPORTS_THEN_RUN = """
+import sys
+print("importing", file=sys.stderr, flush=True)
+from posbench.__main__ import run
+sys.argv = ["posbench", *sys.argv[1:]]
+run()
+"""
+
+
 def test_ctrl_c_while_posbench_imports_ends_in_one_line(tmp_path):
+    """The Ctrl-C arrives once the interpreter is up and posbench (torch, Hydra) is importing: the
+    child says so on stderr first, and starts with Ctrl-C's default disposition (a test runner's
+    worker may ignore SIGINT, which a child would inherit)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
-    command = [sys.executable, "-m", "posbench", "train", "debug=smoke", f"run_root={tmp_path}"]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.5)  # torch and Hydra take seconds to import
+    command = [sys.executable, "-c", IMPORTS_THEN_RUN, "train", "debug=smoke", f"run_root={tmp_path}"]
+    proc = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert proc.stderr.readline().strip() == "importing"
+    time.sleep(0.2)  # torch and Hydra take seconds to import
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err, err
