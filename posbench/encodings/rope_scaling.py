@@ -227,8 +227,7 @@ class ScalingConfig:
     original_max_position: Optional[int] = None
 
     def __post_init__(self) -> None:
-        if self.kind not in SCALINGS:
-            raise ValueError(f"unknown encoding.scaling.kind {self.kind!r}; valid: {', '.join(SCALINGS)}")
+        SCALINGS.entry(self.kind)  # an unknown kind fails in one line naming the known ones
         if self.factor != "auto":
             try:
                 self.factor = float(self.factor)

@@ -19,7 +19,7 @@ from typing import Any, Dict, List
 from posbench.common.checks import at_least, one_of
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
 from posbench.encodings.hybrid import Composite, member_config, overrides
-from posbench.encodings.registry import COMPOSITES, ENCODINGS, member_choices
+from posbench.encodings.registry import ENCODINGS, member_choices
 from posbench.encodings.rope import RopeConfig
 from posbench.encodings.scores import Scores, combine, local_window
 from posbench.encodings.temperature import TEMPERATURES
@@ -82,9 +82,10 @@ def layer_choices() -> list[str]:
 
 
 def check_member(name: str) -> str:
-    if name not in ENCODINGS or name in COMPOSITES:
-        valid = sorted(set(ENCODINGS) - set(COMPOSITES))
-        raise ValueError(f"encoding.pattern: {name!r} is no layer encoding; choose from {', '.join(valid)}")
+    if name not in member_choices():
+        raise ValueError(
+            f"encoding.pattern: {name!r} is no layer encoding; choose from {', '.join(member_choices())}"
+        )
     if overrides(ENCODINGS.implementation(name), "embed_input"):
         raise ValueError(
             f"encoding.pattern: {name} embeds the input once, before any layer; a schedule's members act "

@@ -38,9 +38,7 @@ def rope_parameters(config: Any) -> dict:
 
 
 def kind_fields(kind: str) -> set[str]:
-    if kind not in SCALINGS:
-        raise ValueError(f"unknown encoding.scaling.kind {kind!r}; valid: {', '.join(SCALINGS)}")
-    return {f.name for f in dataclasses.fields(SCALINGS.schema(kind))}
+    return {f.name for f in dataclasses.fields(SCALINGS.schema(kind))}  # an unknown kind: one line
 
 
 def model_scaling(config: Any) -> ScalingConfig:
