@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -191,11 +190,11 @@ def fit_and_report(
     tracker: Tracker,
     stops: StopRequests,
 ) -> dict[str, Any]:
-    started, first_step = time.perf_counter(), trainer.state.step
+    first_step = trainer.state.step
     state = trainer.fit(tracker)
     metrics: dict[str, Any] = {"step": state.step, "tokens_seen": state.tokens_seen, "losses": state.losses}
     timing = {  # this process's part of the training: a resumed run counts from the step it resumed at
-        "train_wall_time_s": round(time.perf_counter() - started, 3),
+        "train_wall_time_s": round(state.process_wall_time_s, 3),
         "train_wall_time_from_step": first_step,
         "train_wall_time_total_s": None if state.wall_time_s is None else round(state.wall_time_s, 3),
         "machine": machine_description(device),

@@ -81,6 +81,7 @@ class TrainState:
     stopped_by: Optional[int] = None  # the signal that stopped the run after its checkpoint
     last_good_loss: Optional[float] = None  # the loss of the last step whose update was applied
     wall_time_s: Optional[float] = 0.0  # seconds in fit() since step 0, every process; None: not known
+    process_wall_time_s: float = 0.0  # seconds in fit()'s steps in this process (from the step it started at)
 
 
 def all_finite(tensors) -> bool:
@@ -195,8 +196,9 @@ class Trainer:
         started, before = time.perf_counter(), self.state.wall_time_s
         while not self.finished:
             loss, grad_norm, lr, tok_s = self.step(step_fn)
-            if before is not None:  # before the checkpoint, which keeps it for a resume
-                self.state.wall_time_s = before + time.perf_counter() - started
+            # before the checkpoint, which keeps it for a resume: results report the checkpointed
+            # value, so a step's validation and checkpoint count with the next step, the last one's not
+            self.count_time(started, before)
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}", refresh=False)  # drawn by update,
             bar.update(1)  # at most every tqdm's mininterval, not on every step
             self.log(tracker, loss, lr, tok_s, grad_norm)
@@ -209,6 +211,13 @@ class Trainer:
         if self.state.diverged:
             self.log_divergence(tracker)
         return self.state
+
+    def count_time(self, started: float, before: Optional[float]) -> None:
+        """This process's seconds in the loop since ``started``, and the run's since step 0 (``before``:
+        the resumed checkpoint's, None when it did not record them) -- one clock for both."""
+        self.state.process_wall_time_s = time.perf_counter() - started
+        if before is not None:
+            self.state.wall_time_s = before + self.state.process_wall_time_s
 
     def step(self, step_fn) -> tuple[float, float, float, float]:
         """One step, averaged over ranks -> (loss, gradient norm, learning rate, tokens/s); the update
