@@ -22,6 +22,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from posbench.common.checks import above, at_least, unknown_key, within
+from posbench.common.options import Role, execution, option, roles
 from posbench.common.runtime import Precision
 from posbench.data.config import (
     DataConfig,
@@ -55,6 +56,7 @@ __all__ = [
     "Mlp",
     "ModelConfig",
     "Norm",
+    "ParentRecord",
     "Precision",
     "Protocol",
     "RunConfig",
@@ -63,6 +65,8 @@ __all__ = [
     "TextFilesConfig",
     "Tokenizer",
     "TrainConfig",
+    "group_roles",
+    "group_schemas",
     "register_schemas",
     "to_encoding_config",
     "to_plain_dict",
@@ -94,31 +98,33 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
-    precision: Precision = Precision.fp32
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    compile: bool = False
+    precision: Precision = option(Precision.fp32, at_eval=True)  # an evaluation may run at another
+    device: str = execution("auto")  # auto | cpu | cuda | cuda:N
+    compile: bool = execution(False)
     # keep only each block's input for the backward and recompute the rest: activation memory of one
     # block, not of every layer, for about one more forward per step; the same losses and gradients
-    activation_checkpointing: bool = False
+    activation_checkpointing: bool = execution(False)
     # tokens whose (tokens, vocabulary) logits exist at once in the loss, each chunk recomputed in the
     # backward (model/loss.py); 0 = the whole batch's logits at once. The same loss up to fp32 rounding
-    loss_chunk: int = 0
+    loss_chunk: int = execution(0)
     seed: int = 0
-    log_every: int = 10
-    val_every: int = 200  # steps between validation losses at the training length; 0 = never
-    val_tokens: int = 65536  # tokens scored by each periodic validation
+    log_every: int = execution(10)
+    val_every: int = execution(200)  # steps between validation losses at the training length; 0 = never
+    val_tokens: int = execution(65536)  # tokens scored by each periodic validation
     # more lengths validated with it (corpus runs), logged as val/loss@<length>: a fine-tuning's
     # steps-to-quality curve at the lengths it extends to
-    val_lengths: List[int] = field(default_factory=list)
-    ckpt_every: int = 200  # steps between checkpoints; 0 = only at the end
+    val_lengths: List[int] = execution(default_factory=list)
+    ckpt_every: int = execution(200)  # steps between checkpoints; 0 = only at the end
     # true = this run's latest checkpoint; auto = the same, or a fresh start without one (and nothing to
     # do when its results are final: resumable sweeps); or a path to a run folder or .pt file
-    resume: Optional[str] = None
+    resume: Optional[str] = execution(None)
     # a run folder or .pt: start from that checkpoint's model weights (a new run: fresh optimiser,
     # schedule and data); recorded as the run's ``parent`` (posbench/runs/lineage.py)
-    init_from: Optional[str] = None
-    stop_after_steps: Optional[int] = None  # stop early (as if killed) after this many steps
-    skip_nonfinite_steps: int = 0  # steps with a non-finite loss/grad norm skipped before stopping
+    init_from: Optional[str] = execution(None)  # a path: the parent counts by its record
+    stop_after_steps: Optional[int] = execution(None)  # stop early (as if killed) after this many steps
+    # steps with a non-finite loss/grad norm skipped before stopping: a guard; with no such step the run
+    # trains exactly the same
+    skip_nonfinite_steps: int = execution(0)
 
     def __post_init__(self) -> None:
         if self.seq_len < 1:
@@ -205,6 +211,23 @@ class EvalConfig:
 
 
 @dataclass
+class ParentRecord:
+    """``parent`` in a run config: the checkpoint a run was initialised from. It counts in the
+    identity by its experiment (seedless), its seed and its step, not by where its file is."""
+
+    checkpoint: str = execution()  # the file, resolved
+    name: str = execution()  # the parent run's name, e.g. rope-L256-s0
+    label: str  # its encoding label
+    train_len: int
+    seed: int
+    digest: str = execution()  # the seedless digest and the seed say the same
+    seedless_digest: str
+    step: int  # the parent's optimiser steps at that checkpoint
+    lineage: str = execution()  # the parent's own lineage label, e.g. rope-L256
+    root_train_len: int  # the training length of the first run of the lineage
+
+
+@dataclass
 class RunConfig:
     encoding: EncodingConfig = MISSING
     model: ModelConfig = MISSING
@@ -213,9 +236,8 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = MISSING
     task: Optional[TaskConfig] = None  # a synthetic task to train and test on, in place of the corpus
-    parent: Any = (
-        None  # train.init_from's checkpoint (lineage.ParentRecord), read when the config is composed
-    )
+    # train.init_from's checkpoint (a ParentRecord), read when the config is composed (runs/lineage.py)
+    parent: Any = None
     experiment_name: str = "default"
     run_root: str = "runs"
 
@@ -225,6 +247,26 @@ class EvalRunConfig(RunConfig):
     """`posbench eval`: the checkpoint's own config, with these overrides on top."""
 
     checkpoint: str = MISSING
+
+
+def group_schemas() -> dict[str, list[type]]:
+    """Each group of a run config -> the schemas its values may have; their fields' roles
+    (``common/options.py``) say which keys are the experiment and which an evaluation may change."""
+    return {
+        "encoding": ENCODINGS.schemas(),
+        "model": [ModelConfig],
+        "data": CORPORA.schemas(),
+        "task": TASKS.schemas(),
+        "train": [TrainConfig],
+        "eval": [EvalConfig],
+        "logger": [LoggerConfig],
+        "parent": [ParentRecord],
+    }
+
+
+def group_roles(group: str) -> dict[str, Role]:
+    """Every key of a run config's ``group`` -> its role."""
+    return roles(group_schemas()[group])
 
 
 def register_schemas() -> None:

@@ -66,6 +66,9 @@ class Registry:
     def schema(self, name: str) -> type:
         return self.entry(name).schema
 
+    def schemas(self) -> list[type]:
+        return [entry.schema for entry in self._entries.values()]
+
     def implementation(self, name: str) -> Any:
         return self.entry(name).implementation
 

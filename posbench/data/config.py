@@ -9,6 +9,7 @@ from typing import List, Optional
 from omegaconf import MISSING
 
 from posbench.common.checks import at_least
+from posbench.common.options import execution, option
 
 
 class Tokenizer(str, Enum):
@@ -23,9 +24,10 @@ class DataConfig:
     tokenizer: Tokenizer = Tokenizer.bytes
     bpe_vocab_size: int = 4096
     # tokenizer=pretrained: a Hugging Face model name or folder, and its revision
-    pretrained_tokenizer: Optional[str] = None
-    pretrained_revision: Optional[str] = None
-    cache_dir: str = "${oc.env:POSBENCH_CACHE,${oc.env:HOME}/.cache/posbench}"
+    pretrained_tokenizer: Optional[str] = option(None, off=None)
+    pretrained_revision: Optional[str] = option(None, off=None)
+    # where the token cache lives (its content is fingerprinted): not the experiment
+    cache_dir: str = execution("${oc.env:POSBENCH_CACHE,${oc.env:HOME}/.cache/posbench}")
 
     def __post_init__(self) -> None:
         at_least("data.bpe_vocab_size", self.bpe_vocab_size, 257, "every byte plus the separator")

@@ -24,12 +24,13 @@ built for one block of queries at a time.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 from omegaconf import MISSING
 from torch import nn
 
+from posbench.common.options import Role, option
 from posbench.encodings.positions import PositionSampler, position_sampler, positions_suffix
 from posbench.encodings.scores import Scores
 from posbench.encodings.temperature import TEMPERATURES, build_temperature, temperature_suffix
@@ -37,9 +38,13 @@ from posbench.encodings.temperature import TEMPERATURES, build_temperature, temp
 
 @dataclass
 class EncodingConfig:
+    # an encoding's options are the experiment, and ``posbench eval`` may change them on a trained
+    # checkpoint (a scaling, a remap, a base): inference-time knobs; ``name`` picks the weights' class
+    OPTION_ROLE: ClassVar[Role] = Role(at_eval=True)
+
     name: str = MISSING
     # attention temperature, chosen with `encoding/temperature=KIND` (temperature.py); typed by its kind
-    temperature: Any = None
+    temperature: Any = option(None, at_eval=True, off={"kind": "none"})
 
     def __post_init__(self) -> None:
         self.temperature = TEMPERATURES.coerce(self.temperature)

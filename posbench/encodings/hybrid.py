@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
+from posbench.common.options import option
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
 from posbench.encodings.positions import ARANGE
 from posbench.encodings.registry import COMPOSITES, ENCODINGS, member_choices
@@ -37,7 +38,7 @@ def overrides(cls: type, hook: str) -> bool:
 class HybridConfig(EncodingConfig):
     name: str = "hybrid"
     # member names joined by "+", in the order their hooks run; results, W&B and run folders show this
-    members: str = "sinusoidal+alibi"
+    members: str = option("sinusoidal+alibi", at_eval=False)  # they pick the weights' classes
     # member name -> that member's own config; options of encodings that are not members are dropped
     options: Dict[str, Any] = field(default_factory=dict)
 

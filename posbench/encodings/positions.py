@@ -8,6 +8,8 @@ from typing import Optional
 
 import torch
 
+from posbench.common.options import option
+
 
 @dataclass
 class RandomPositionsOption:
@@ -38,7 +40,7 @@ class PoseOption:
     # train_pose.py): a training window of T tokens is cut in two chunks, [0, r) with r uniform in
     # 1..(T+1)//2 and [r, T) shifted by a skip u uniform in 0..pose_target - T, so its positions reach
     # into [0, pose_target). Evaluation uses 0..T-1. null = off.
-    pose_target: Optional[int] = None
+    pose_target: Optional[int] = option(None, at_eval=True, off=None)
 
     def check_positions(self) -> None:
         check_pose(self)

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from posbench.common.checks import above, within
+from posbench.common.options import option
 from posbench.encodings.base import EncodingConfig, PositionalEncoding
 from posbench.encodings.positions import PoseOption, RandomPositionsOption
 from posbench.encodings.registry import ENCODINGS
@@ -31,12 +32,12 @@ class RopeConfig(EncodingConfig, RandomPositionsOption, PoseOption):
     scaling: Any = None
     # p-RoPE (Barbero et al. 2025, "Round and Round We Go!", ICLR, §6): the fraction p of rotary
     # frequencies kept; the lowest 1 - p are set to 0 (those pairs do not rotate), the rest unchanged
-    p_rope: float = 1.0
+    p_rope: float = option(1.0, at_eval=True, off=1.0)
     # Resonance RoPE (Wang et al. 2024, ACL Findings, §4): each wavelength 2π/θ rounded to an integer,
     # after any scaling (their YaRN variant rounds YaRN's frequencies)
-    resonance: bool = False
+    resonance: bool = option(False, at_eval=True, off=False)
     # an inference-time remap, `encoding/remap=KIND` (self_extend, rerope, leaky_rerope; remap.py)
-    remap: Any = None
+    remap: Any = option(None, at_eval=True, off={"kind": "none"})
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -8,19 +8,19 @@ settings that leave the trained weights' meaning intact may be overridden.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
+from posbench.common.options import Role
 from posbench.common.runtime import check_precision, machine_description, resolve_device
-from posbench.config import RunConfig, to_plain_dict, to_run_config
+from posbench.config import RunConfig, group_roles, group_schemas, to_plain_dict, to_run_config
 from posbench.evaluation.report import run_metadata
 from posbench.jobs.workload import Workload, workload_of
 from posbench.model.transformer import Transformer
 from posbench.runs.checkpoint import RUN_ENTRIES, load_checkpoint
 from posbench.runs.identity import RunIdentity
-from posbench.tasks import TEST_KEYS
 from posbench.tracking import Tracker, build_tracker
 from posbench.training.resume import RUN_FILES
 
@@ -33,22 +33,28 @@ EVAL_KEYS = (
     "device",
     "run_root",
 )  # the rest: overrides
-# group -> keys that may be overridden (None: any key but "name")
-OVERRIDABLE: dict[str, Optional[tuple[str, ...]]] = {
-    "encoding": None,
-    "model": ("attention", "attention_block"),
-    "train": ("precision",),
-    "logger": None,
-    "task": TEST_KEYS,  # how a task checkpoint is tested: its buckets, examples, decoding
-}
+# the groups whose keys' roles (common/options.py) may let an evaluation override them
+OVERRIDABLE = ("encoding", "model", "train", "logger", "task")
 EVAL_CONFIG_YAML = "eval_config.yaml"
 
 
 def refused_keys(group: str, values: dict) -> list[str]:
-    allowed = OVERRIDABLE[group]
-    if allowed is None:  # an encoding's name picks another class and other weights
-        return sorted({"name", "members"} & set(values)) if group == "encoding" else []
-    return sorted(set(values) - set(allowed))
+    """The keys of ``values`` an evaluation may not change; a key no schema of the group knows is left
+    to the schema's own message (where the group's schemas take any option at evaluation)."""
+    roles, schemas = group_roles(group), group_schemas()[group]
+    unknown_ok = all(getattr(s, "OPTION_ROLE", Role()).at_eval for s in schemas)
+    return sorted(k for k in values if not (roles[k].at_eval if k in roles else unknown_ok))
+
+
+def allowed_overrides(group: str) -> str:
+    """What an evaluation may override in ``group``, for a message."""
+    roles = group_roles(group)
+    refused = [k for k, role in roles.items() if not role.at_eval]
+    if not refused:
+        return f"any {group} option"
+    if len(refused) < len(roles) / 2:
+        return f"any {group} option but {', '.join(f'{group}.{k}' for k in sorted(refused))}"
+    return ", ".join(f"{group}.{k}" for k, role in roles.items() if role.at_eval)
 
 
 def eval_overrides(plain: dict[str, Any]) -> dict[str, dict]:
@@ -62,10 +68,7 @@ def eval_overrides(plain: dict[str, Any]) -> dict[str, dict]:
             )
         bad = refused_keys(group, values)
         if bad:
-            allowed = OVERRIDABLE[group]
-            can = (
-                ", ".join(f"{group}.{k}" for k in allowed) if allowed else f"any {group} option but its name"
-            )
+            can = allowed_overrides(group)
             raise ValueError(
                 f"posbench eval cannot override {', '.join(f'{group}.{k}' for k in bad)}: it would change "
                 f"what the trained weights mean; it may override {can}"

@@ -9,6 +9,7 @@ from typing import Optional
 from omegaconf import MISSING
 
 from posbench.common.checks import above, at_least, within
+from posbench.common.options import option
 
 
 class Norm(str, Enum):
@@ -43,8 +44,10 @@ class ModelConfig:
     tie_embeddings: bool = True
     dropout: float = 0.0
     init_std: float = 0.02
-    attention: Attention = Attention.auto
-    attention_block: int = 1024  # query block of the blockwise backend
+    # the attention backend and its query block compute the same function: not the experiment, and an
+    # evaluation may choose its own
+    attention: Attention = option(Attention.auto, experiment=False, at_eval=True)
+    attention_block: int = option(1024, experiment=False, at_eval=True)  # the blockwise backend's
 
     def __post_init__(self) -> None:
         at_least("model.n_layers", self.n_layers, 1)

@@ -4,6 +4,7 @@ Run folders (through the Hydra resolvers in ``posbench/runs/resolvers.py``), ``t
 W&B names, results metadata and ``posbench compare`` all use it, so they cannot disagree.
 Two runs are the same experiment when their encoding, model, data and the training keys that
 change the weights agree; how a run is executed, logged, checkpointed or evaluated does not count.
+Which keys are which is declared on the schema fields (``posbench/common/options.py``).
 """
 
 from __future__ import annotations
@@ -13,50 +14,10 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
-from posbench.config import RunConfig, to_encoding_config, to_plain_dict
-from posbench.tasks.config import TEST_KEYS
+from posbench.config import RunConfig, group_roles, to_encoding_config, to_plain_dict
 
 DIGEST_CHARS = 6
 EXPERIMENT_GROUPS = ("encoding", "model", "data", "task", "train", "parent")
-# Keys of those groups that do not change what is trained: where and how fast it runs (the
-# attention path computes the same function), how it is logged and checkpointed, and where the
-# token cache lives (its content is fingerprinted).
-NOT_EXPERIMENT = {
-    "model": ("attention", "attention_block"),
-    "data": ("cache_dir",),
-    "train": (
-        "resume",
-        "stop_after_steps",
-        "skip_nonfinite_steps",  # a guard: with no non-finite step it trains exactly the same
-        "log_every",
-        "ckpt_every",
-        "val_every",
-        "val_tokens",
-        "val_lengths",
-        "device",
-        "compile",
-        "activation_checkpointing",  # recomputes the same activations
-        "loss_chunk",  # the same loss, a chunk of tokens at a time
-        "init_from",  # a path: the parent counts by its record below
-    ),
-    "task": TEST_KEYS,  # how a trained model is tested
-    # the parent counts by its experiment (seedless), its seed and its step, not by where its file is
-    "parent": ("checkpoint", "name", "digest", "lineage"),
-}
-
-
-# Options added since runs were first recorded, with their off value: left out while off, so a run
-# recorded before an option existed keeps its identity (its folder, resume and compare rows).
-ADDED_OPTIONS = {
-    "encoding": {
-        "pose_target": None,
-        "temperature": {"kind": "none"},
-        "p_rope": 1.0,
-        "resonance": False,
-        "remap": {"kind": "none"},
-    },
-    "data": {"pretrained_tokenizer": None, "pretrained_revision": None},
-}
 
 
 def without_added(values: dict, added: dict) -> dict:
@@ -68,19 +29,23 @@ def without_added(values: dict, added: dict) -> dict:
     }
 
 
+def experiment_part(group: str, values: dict) -> dict:
+    """The keys of one group that change what is trained (their schema fields' roles, in
+    ``common/options.py``), less the options added since runs were first recorded while they are off:
+    a run recorded before an option existed keeps its identity (its folder, resume and compare rows).
+    A key no schema knows (an old checkpoint's) counts."""
+    roles = group_roles(group)
+    kept = {k: v for k, v in values.items() if k not in roles or roles[k].experiment}
+    return without_added(kept, {k: role.off for k, role in roles.items() if role.added})
+
+
 def experiment_config(config: dict) -> dict:
     """The parts of a plain run config that make two runs different experiments. A task run trains on
     its task, not on the corpus: its data group does not count."""
     groups = [g for g in EXPERIMENT_GROUPS if isinstance(config.get(g), dict)]
     if "task" in groups:
         groups.remove("data")
-    return {
-        group: without_added(
-            {k: v for k, v in config[group].items() if k not in NOT_EXPERIMENT.get(group, ())},
-            ADDED_OPTIONS.get(group, {}),
-        )
-        for group in groups
-    }
+    return {group: experiment_part(group, config[group]) for group in groups}
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, object]:

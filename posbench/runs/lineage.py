@@ -10,27 +10,12 @@ fine-tuning each seed of one parent experiment gives the seeds of one child expe
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, Optional
 
+from posbench.config import ParentRecord
 from posbench.runs.checkpoint import RUN_ENTRIES, CheckpointError, checkpoint_file, load_checkpoint
 from posbench.runs.identity import RunIdentity
-
-
-@dataclass
-class ParentRecord:
-    """``parent`` in a run config: the checkpoint a run was initialised from."""
-
-    checkpoint: str  # the file, resolved
-    name: str  # the parent run's name, e.g. rope-L256-s0
-    label: str  # its encoding label
-    train_len: int
-    seed: int
-    digest: str
-    seedless_digest: str
-    step: int  # the parent's optimiser steps at that checkpoint
-    lineage: str  # the parent's own lineage label, e.g. rope-L256
-    root_train_len: int  # the training length of the first run of the lineage
 
 
 def lineage_label(config: dict, steps: Optional[int] = None) -> str:

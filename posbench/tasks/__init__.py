@@ -12,7 +12,7 @@ from __future__ import annotations
 from posbench.tasks import algorithmic, retrieval  # noqa: F401  (their classes register themselves)
 from posbench.tasks.base import BOS, PAD, VOCAB_SIZE, Example, Task, decode, encode
 from posbench.tasks.batches import TaskBatches, collate
-from posbench.tasks.config import TEST_KEYS, Decoding, TaskConfig
+from posbench.tasks.config import Decoding, TaskConfig
 from posbench.tasks.registry import TASKS
 from posbench.tasks.testset import Bucket, fixed_examples, length_buckets
 
@@ -25,7 +25,6 @@ __all__ = [
     "BOS",
     "PAD",
     "TASKS",
-    "TEST_KEYS",
     "VOCAB_SIZE",
     "Bucket",
     "Decoding",

@@ -1,8 +1,9 @@
 """Task config schemas, one per ``task=`` choice.
 
 The training part (which task, its training lengths and task-specific knobs) is the experiment;
-the ``test_*`` keys only say how a trained model is tested, so ``posbench eval`` may change them
-and the run identity leaves them out (``posbench/runs/identity.py``).
+the keys declared ``at_test(...)`` (``test_*``, ``decoding``, ``depth_buckets``) only say how a trained
+model is tested, so ``posbench eval`` may change them and the run identity leaves them out
+(``posbench/common/options.py``).
 """
 
 from __future__ import annotations
@@ -15,9 +16,7 @@ from typing import List
 from omegaconf import MISSING
 
 from posbench.common.checks import at_least
-
-# keys of a task config that say how it is tested, not what is trained
-TEST_KEYS = ("test_lengths", "test_examples", "test_seed", "test_batch_size", "decoding", "depth_buckets")
+from posbench.common.options import at_test
 
 
 class LengthSampling(str, Enum):
@@ -45,12 +44,13 @@ class TaskConfig:
     train_lengths: List[int] = field(default_factory=lambda: [1, 40])
     length_sampling: LengthSampling = LengthSampling.per_batch
     # upper ends of the test buckets: the first starts at train_lengths[0], each next one past the last
-    test_lengths: List[int] = field(default_factory=lambda: [40, 80, 160, 320])
-    test_examples: int = 100  # per test bucket (per depth bucket for the retrieval tasks: see depth_buckets)
-    test_seed: int = 1234  # the test set of every bucket is drawn from this seed: the same for every run
-    test_batch_size: int = 32  # examples per forward in the test
-    decoding: Decoding = Decoding.teacher_forced
-    depth_buckets: int = 5  # retrieval tasks: equal-width depth buckets over [0, 1] in the test
+    test_lengths: List[int] = at_test(default_factory=lambda: [40, 80, 160, 320])
+    # examples per test bucket (per depth bucket for the retrieval tasks: see depth_buckets)
+    test_examples: int = at_test(100)
+    test_seed: int = at_test(1234)  # every bucket's test set is drawn from this seed: the same for every run
+    test_batch_size: int = at_test(32)  # examples per forward in the test
+    decoding: Decoding = at_test(Decoding.teacher_forced)
+    depth_buckets: int = at_test(5)  # the retrieval tasks' test: equal-width depth buckets over [0, 1]
 
     def __post_init__(self) -> None:
         lo, hi = self.check_train_lengths()

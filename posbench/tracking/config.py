@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import ClassVar, List, Optional
 
 from omegaconf import MISSING
 
 from posbench.common.checks import one_of
+from posbench.common.options import Role, option
 
 
 @dataclass
 class LoggerConfig:
-    name: str = MISSING  # wandb | jsonl | none
+    OPTION_ROLE: ClassVar[Role] = Role(experiment=False, at_eval=True)  # how a run is logged
+
+    name: str = option(MISSING, experiment=False, at_eval=True)  # wandb | jsonl | none
     project: str = "posbench"
     entity: Optional[str] = None
     mode: str = "offline"  # offline | online | disabled; online needs `wandb login`
