@@ -33,10 +33,11 @@ from hydra import compose, initialize_config_dir
 
 from posbench.cli import CONFIG_DIR
 from posbench.common.runtime import Dist
-from posbench.config import RunConfig, register_schemas, to_run_config
+from posbench.config import RunConfig, register_schemas, to_plain_dict, to_run_config
 from posbench.jobs.workload import TaskWorkload
 from posbench.model.loss import NextTokenLoss
 from posbench.model.transformer import Transformer
+from posbench.runs.checkpoint import RunRecord
 from posbench.runs.resolvers import register_resolvers
 from posbench.tasks import TaskBatches, build_task
 from posbench.training.optim import lr_at
@@ -94,9 +95,9 @@ class TaskTrainee:
         self.run = task_run(self.spec, batch, encoding, self.spec.length)
         work = TaskWorkload(self.run, build_task(self.run.task))
         model = Transformer(self.run.model, self.run.encoding, work.vocab_size)
-        self.trainer = Trainer(
-            self.run, model, work.training_data(Dist()), run_dir, torch.device("cpu"), Dist()
-        )
+        record = RunRecord(to_plain_dict(self.run))
+        data = work.training_data(Dist())
+        self.trainer = Trainer(self.run.train, model, data, record, run_dir, torch.device("cpu"), Dist())
         self.objective = NextTokenLoss(torch.compile(model) if compiled else model)
         x, _ = self.trainer.batches.next()
         self.tokens, self.seq_len = x.numel(), x.shape[1]

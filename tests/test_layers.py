@@ -124,3 +124,43 @@ def test_the_cycle_check_sees_late_imports():
 def test_at_most_six_loose_modules_besides_the_entry_points():
     loose = sorted(p.stem for p in (REPO / "posbench").glob("*.py"))
     assert len(set(loose) - {"__init__", "__main__", "cli", "config"}) <= 6, loose
+
+
+def calls_of(attribute: str, owner: str) -> dict[str, int]:
+    """posbench module path -> how many times its source calls ``owner.attribute(...)``."""
+    counts = {}
+    for path in (REPO / "posbench").rglob("*.py"):
+        calls = [
+            node
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == attribute
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == owner
+        ]
+        if calls:
+            counts[str(path.relative_to(REPO))] = len(calls)
+    return counts
+
+
+def test_each_job_computes_the_run_identity_once_and_passes_it_on():
+    """The resume checks, the tracker and the results header get the job's identity; only the folder
+    resolver (which has a config, not a job) computes its own."""
+    assert calls_of("of", "RunIdentity") == {
+        "posbench/jobs/train.py": 1,
+        "posbench/jobs/evaluate.py": 1,
+        "posbench/runs/resolvers.py": 1,
+    }
+
+
+def test_the_trainer_knows_its_training_config_not_the_run():
+    """The trainer gets the training config, the model, the data and a checkpoint record: it imports
+    neither the run identity nor the whole run config."""
+    graph = import_graph()["posbench.training.trainer"]
+    assert "posbench.runs.identity" not in graph, graph
+    source = ast.parse((REPO / "posbench/training/trainer.py").read_text())
+    names = {
+        alias.name for node in ast.walk(source) if isinstance(node, ast.ImportFrom) for alias in node.names
+    }
+    assert "RunConfig" not in names and "to_plain_dict" not in names, names

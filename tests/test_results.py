@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from posbench.evaluation.report import evaluate_and_report, run_metadata
+from posbench.evaluation.report import ReportTarget, evaluate_and_report, run_metadata
 from posbench.model.transformer import Transformer
 from posbench.reports.plots import plot_extrapolation, plot_position_loss
 from posbench.reports.results import (
@@ -23,6 +23,7 @@ from posbench.reports.results import (
     load_results,
     validate_results,
 )
+from posbench.runs.identity import RunIdentity
 from tests.conftest import compose_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -78,11 +79,14 @@ def evaluate(tmp_path, diverged: bool = False, *overrides: str):
     stream = np.random.default_rng(0).integers(0, 32, size=500).astype(np.uint16)
     tracker = RecordingTracker()
     meta = run_metadata(
-        run, model, {"corpus": "synthetic"}, {"run_name": "learned-L16-s0", "step": 0, "tokens_seen": 0}
+        run,
+        RunIdentity.of(run),
+        model,
+        {"corpus": "synthetic"},
+        {"run_name": "learned-L16-s0", "step": 0, "tokens_seen": 0},
     )
-    document = evaluate_and_report(
-        model, stream, 0, run.eval, run.train.precision, tmp_path, tracker, torch.device("cpu"), meta
-    )
+    target = ReportTarget(tmp_path, tracker, torch.device("cpu"), meta)
+    document = evaluate_and_report(model, stream, 0, run.eval, run.train.precision, target)
     return document, tracker
 
 

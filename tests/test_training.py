@@ -12,6 +12,7 @@ import torch
 
 from posbench.jobs.train import train
 from posbench.runs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from posbench.runs.identity import RunIdentity
 from posbench.training.optim import lr_at
 
 
@@ -153,10 +154,12 @@ def test_resume_true_finds_only_checkpoints_of_its_own_run(smoke_run, tmp_path):
         folders[name] = root / f"2026-01-01_00-0{minute}-00_rope_L128"
         train(smoke_run(*steps, *extra), folders[name])
     for name, extra in variants.items():
-        found = find_resume_checkpoint(smoke_run(*steps, *extra, "train.resume=true"), root / "new")
+        resumed = smoke_run(*steps, *extra, "train.resume=true")
+        found = find_resume_checkpoint(resumed, RunIdentity.of(resumed), root / "new")
         assert found == folders[name] / "checkpoints" / "last.pt", name
     with pytest.raises(CheckpointError, match="found no checkpoint of this run"):
-        find_resume_checkpoint(smoke_run(*steps, "train.seed=2", "train.resume=true"), root / "new")
+        other = smoke_run(*steps, "train.seed=2", "train.resume=true")
+        find_resume_checkpoint(other, RunIdentity.of(other), root / "new")
     first = load_checkpoint(folders["rope s0"])["losses"]
     resumed = train(smoke_run(*steps[:-2], "encoding=rope", "train.resume=true"), root / "resumed")
     assert resumed["step"] == 6 and resumed["losses"][1] == first["1"]

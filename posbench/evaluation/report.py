@@ -4,6 +4,7 @@ plot, print and log the results."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,7 +18,13 @@ from posbench.evaluation.protocol import protocol_statement
 from posbench.evaluation.tasks import evaluate_task
 from posbench.model.transformer import Transformer
 from posbench.reports.plots import write_plots
-from posbench.reports.results import RESULTS_JSON, format_table, format_task_table, write_results
+from posbench.reports.results import (
+    RESULTS_JSON,
+    format_table,
+    format_task_table,
+    results_header,
+    write_results,
+)
 from posbench.runs.identity import RunIdentity
 from posbench.tasks import Decoding, Task
 from posbench.tracking import Tracker
@@ -26,28 +33,36 @@ log = logging.getLogger(__name__)
 
 
 def run_metadata(
-    run: RunConfig, model: Transformer, corpus_info: dict, extra: dict[str, Any]
+    run: RunConfig, identity: RunIdentity, model: Transformer, corpus_info: dict, extra: dict[str, Any]
 ) -> dict[str, Any]:
-    """What results.json says about the model, data and config besides the numbers; ``extra`` wins."""
-    identity = RunIdentity.of(run)
-    return {
-        "run_name": identity.name,
-        "identity": identity.to_dict(),
-        "encoding": identity.label,
-        "train_seq_len": identity.train_len,
-        "model": {
-            "name": run.model.name,
-            "parameters": model.num_parameters(non_embedding=False),
-            "non_embedding_parameters": model.num_parameters(),
-        },
-        "data": corpus_info,
-        "precision": run.train.precision.value,
-        # a task is tested by its own test_* settings (in the task record), not by the eval group
-        **({} if run.task is not None else {"eval_config": to_plain_dict(run.eval)}),
-        "config": to_plain_dict(run),
+    """The results header (``results_header``) of posbench's run ``run``, whose identity is
+    ``identity``; ``extra`` wins."""
+    header = results_header(
+        run_name=identity.name,
+        identity=identity.to_dict(),
+        encoding=identity.label,
+        train_seq_len=identity.train_len,
+        model=run.model.name,
+        parameters=model.num_parameters(non_embedding=False),
+        non_embedding_parameters=model.num_parameters(),
+        data=corpus_info,
+        precision=run.train.precision.value,
+        eval_config=None if run.task is not None else to_plain_dict(run.eval),
+        config=to_plain_dict(run),
         **({"parent": run.parent} if run.parent is not None else {}),  # train.init_from's checkpoint
-        **extra,
-    }
+    )
+    return {**header, **extra}
+
+
+@dataclass(frozen=True)
+class ReportTarget:
+    """Where an evaluation reports: its results files and plots into ``run_dir``, its metrics to
+    ``tracker``, under ``header`` (``results_header``); ``device`` is recorded beside the numbers."""
+
+    run_dir: Path
+    tracker: Tracker
+    device: torch.device
+    header: dict[str, Any]
 
 
 def tracker_rows(document: dict) -> list[dict]:
@@ -102,13 +117,19 @@ def report_to_tracker(tracker: Tracker, document: dict, plots: dict[str, Path]) 
     tracker.summary(summary_values(document))
 
 
-def report(document: dict, run_dir: Path, tracker: Tracker, heading: str, table: Callable) -> dict:
-    """After results.json is written: the plots, the printed table under ``heading``, the tracker."""
-    plots = write_plots(document, run_dir)
-    print(f"\n{heading}:")
+def report(
+    rows: list[dict], statement: dict, target: ReportTarget, heading: Callable, table: Callable
+) -> dict:
+    """results.json/.csv of ``rows`` under the target's header and ``statement`` (how they were
+    scored), the plots, the table printed under ``heading(document)``, the tracker."""
+    document = write_results(
+        target.run_dir, rows, {**target.header, "device": str(target.device), **statement}
+    )
+    plots = write_plots(document, target.run_dir)
+    print(f"\n{heading(document)}:")
     print(table(document["results"], document["train_seq_len"]), flush=True)
-    report_to_tracker(tracker, document, plots)
-    log.info("results and plots written to %s", Path(run_dir) / RESULTS_JSON)
+    report_to_tracker(target.tracker, document, plots)
+    log.info("results and plots written to %s", Path(target.run_dir) / RESULTS_JSON)
     return document
 
 
@@ -118,24 +139,20 @@ def evaluate_and_report(
     separator_id: int,
     cfg: EvalConfig,
     precision: Precision,
-    run_dir: Path,
-    tracker: Tracker,
-    device: torch.device,
-    metadata: dict[str, Any],
+    target: ReportTarget,
 ) -> dict:
-    """Evaluate; write results.json/.csv and the plots into ``run_dir``; print the table; log to the tracker.
-
-    ``metadata`` (``run_metadata``) names the run, its training length included."""
-    results = evaluate_lengths(model, val_stream, cfg, device, precision)
+    """Perplexity at every ``cfg.lengths`` entry of ``val_stream`` (documents separated by
+    ``separator_id``), reported to ``target``."""
+    results = evaluate_lengths(model, val_stream, cfg, device=target.device, precision=precision)
     statement = protocol_statement(
         cfg.protocol.value, cfg.stride, cfg.max_tokens, cfg.position_buckets, bucket_kind(cfg), separator_id
     )
-    document = write_results(
-        run_dir, [r.to_dict() for r in results], {**metadata, "device": str(device), "protocol": statement}
-    )
-    trained = f"{document['encoding']} trained at {document['train_seq_len']}"
-    heading = f"Perplexity of {trained} ({cfg.protocol.value} windows)"
-    return report(document, run_dir, tracker, heading, format_table)
+
+    def heading(document: dict) -> str:
+        trained = f"{document['encoding']} trained at {document['train_seq_len']}"
+        return f"Perplexity of {trained} ({cfg.protocol.value} windows)"
+
+    return report([r.to_dict() for r in results], {"protocol": statement}, target, heading, format_table)
 
 
 GREEDY_EQUIVALENCE = (
@@ -163,18 +180,14 @@ def task_statement(task: Task) -> dict[str, Any]:
 
 
 def evaluate_task_and_report(
-    model: Transformer,
-    task: Task,
-    precision: Precision,
-    run_dir: Path,
-    tracker: Tracker,
-    device: torch.device,
-    metadata: dict[str, Any],
+    model: Transformer, task: Task, precision: Precision, target: ReportTarget
 ) -> dict:
-    """Test on every bucket of ``task``; write results.json/.csv and the plots; print; log."""
-    results = evaluate_task(model, task, device, precision)
-    extra = {"device": str(device), "task": task_statement(task)}
-    document = write_results(run_dir, [r.to_dict() for r in results], {**metadata, **extra})
-    trained = f"trained on lengths up to {document['train_seq_len']}"
-    heading = f"Accuracy of {document['encoding']} on {task.name}, {trained}"
-    return report(document, run_dir, tracker, heading, format_task_table)
+    """Accuracy on every test bucket of ``task``, reported to ``target``."""
+    results = evaluate_task(model, task, target.device, precision)
+
+    def heading(document: dict) -> str:
+        trained = f"trained on lengths up to {document['train_seq_len']}"
+        return f"Accuracy of {document['encoding']} on {task.name}, {trained}"
+
+    rows = [r.to_dict() for r in results]
+    return report(rows, {"task": task_statement(task)}, target, heading, format_task_table)

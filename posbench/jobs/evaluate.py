@@ -16,7 +16,7 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 from posbench.common.options import Role
 from posbench.common.runtime import check_precision, machine_description, resolve_device
 from posbench.config import RunConfig, group_roles, group_schemas, to_plain_dict, to_run_config
-from posbench.evaluation.report import run_metadata
+from posbench.evaluation.report import ReportTarget, run_metadata
 from posbench.jobs.workload import Workload, workload_of
 from posbench.model.transformer import Transformer
 from posbench.runs.checkpoint import RUN_ENTRIES, load_checkpoint
@@ -128,10 +128,11 @@ def save_eval_config(out_dir: Path, checkpoint: str, overrides: dict, run: RunCo
     OmegaConf.save(OmegaConf.create(resolved), out_dir / EVAL_CONFIG_YAML)
 
 
-def eval_tracker(run: RunConfig, out_dir: Path, checkpoint: str, overrides: dict) -> tuple[Tracker, str]:
-    """The evaluation's tracker and run name, from the identity of the evaluated config (the
+def eval_tracker(
+    run: RunConfig, identity: RunIdentity, out_dir: Path, checkpoint: str, overrides: dict
+) -> tuple[Tracker, str]:
+    """The evaluation's tracker and run name, from ``identity``: the evaluated config's (the
     checkpoint's, overrides included)."""
-    identity = RunIdentity.of(run)
     name = f"{identity.name}-eval"
     config = {
         "checkpoint": checkpoint,
@@ -159,10 +160,12 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: str | Path) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_eval_config(out_dir, checkpoint, overrides, run)
-    tracker, name = eval_tracker(run, out_dir, checkpoint, overrides)
+    identity = RunIdentity.of(run)
+    tracker, name = eval_tracker(run, identity, out_dir, checkpoint, overrides)
     provenance = {"run_name": name, "checkpoint": checkpoint, "overrides": overrides}
     meta = run_metadata(
         run,
+        identity,
         model,
         work.info,
         {
@@ -173,6 +176,6 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: str | Path) -> dict:
         },
     )
     try:
-        return work.report(model, out_dir, tracker, device, meta)
+        return work.report(model, ReportTarget(out_dir, tracker, device, meta))
     finally:
         tracker.close()

@@ -24,12 +24,13 @@ from posbench.data import load_corpus
 from posbench.data.config import Tokenizer
 from posbench.data.sources import CORPORA
 from posbench.data.tokenizer import PretrainedTokenizer
-from posbench.evaluation.report import evaluate_and_report
+from posbench.evaluation.report import ReportTarget, evaluate_and_report
 from posbench.pretrained.adapter import PretrainedLM
 from posbench.pretrained.loading import load_config, load_model, model_record
 from posbench.pretrained.passkey import PasskeyConfig, filler_for, passkey_grid
 from posbench.pretrained.rotary import chosen_scaling, replace_rotary
 from posbench.reports.plots import plot_depth_accuracy
+from posbench.reports.results import results_header
 from posbench.tracking import build_tracker
 from posbench.tracking.config import LoggerConfig
 
@@ -101,17 +102,9 @@ def evaluate_pretrained(cfg: DictConfig, out_dir: str | Path, command_line: list
     logger = typed(LoggerConfig, plain.get("logger") or {"name": "jsonl"})
     tracker = build_tracker(logger, str(out_dir), meta["config"], meta["run_name"], "hf", job_type="eval")
     try:
-        document = evaluate_and_report(
-            PretrainedLM(hf_model),
-            corpus.val,
-            corpus.separator_id,
-            eval_cfg,
-            precision,
-            out_dir,
-            tracker,
-            device,
-            meta,
-        )
+        target = ReportTarget(out_dir, tracker, device, meta)
+        model = PretrainedLM(hf_model)
+        document = evaluate_and_report(model, corpus.val, corpus.separator_id, eval_cfg, precision, target)
         if passkey.lengths:
             report_passkey(
                 passkey_grid(hf_model, tokenizer, passkey, device),
@@ -147,21 +140,19 @@ def metadata(
     }
     parameters = record["parameters"]
     embedding = hf_model.get_input_embeddings().weight.numel()
-    return {
-        "run_name": f"{label}-eval",
-        "encoding": label,
-        "train_seq_len": train_len,
-        "model": {
-            "name": source,
-            "parameters": parameters,
-            "non_embedding_parameters": parameters - embedding,
-        },
-        "pretrained": record,
-        "data": corpus.info,
-        "precision": precision.value,
-        "eval_config": OmegaConf.to_container(OmegaConf.structured(eval_cfg)),
-        "config": config,
-    }
+    return results_header(
+        run_name=f"{label}-eval",
+        encoding=label,
+        train_seq_len=train_len,
+        model=source,
+        parameters=parameters,
+        non_embedding_parameters=parameters - embedding,
+        data=corpus.info,
+        precision=precision.value,
+        eval_config=OmegaConf.to_container(OmegaConf.structured(eval_cfg)),
+        config=config,
+        pretrained=record,
+    )
 
 
 def report_passkey(rows: list[dict], cfg: PasskeyConfig, label: str, out_dir: Path, tracker) -> None:

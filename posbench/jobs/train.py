@@ -19,10 +19,11 @@ from posbench.common.runtime import (
 )
 from posbench.config import RunConfig, to_plain_dict
 from posbench.evaluation.protocol import resolve_stride
-from posbench.evaluation.report import run_metadata
+from posbench.evaluation.report import ReportTarget, run_metadata
 from posbench.jobs.workload import Workload, workload_of
 from posbench.model.transformer import Transformer
 from posbench.reports.results import format_table, format_task_table, write_results
+from posbench.runs.checkpoint import RunRecord
 from posbench.runs.identity import RunIdentity
 from posbench.runs.lock import held_by_main
 from posbench.tracking import Tracker, build_tracker
@@ -72,33 +73,33 @@ def train(
             f"sequences per micro-step cannot be split over {layout.world_size} processes; "
             "make it a multiple of the process count"
         )
+    identity = RunIdentity.of(run)  # once per job: every check and record below is of this run
     with process_group(layout, device):
         run_dir = Path(broadcast_from_main(str(run_dir)))
         with held_by_main(run_dir, "train", layout):
-            done = broadcast_from_main(finished_results(run, run_dir) if layout.is_main else None)
+            done = broadcast_from_main(finished_results(run, identity, run_dir) if layout.is_main else None)
             if done is not None:
                 if layout.is_main:
-                    name = RunIdentity.of(run).name
                     print(
-                        f"{name}: already finished in {run_dir} (train.resume=auto); nothing to do",
+                        f"{identity.name}: already finished in {run_dir} (train.resume=auto); nothing to do",
                         flush=True,
                     )
                 return {"step": done.get("step"), "results": done, "skipped": True}
             if layout.is_main and on_held is not None:
                 on_held(run_dir)
-            return _train(run, run_dir, choices, layout, device)
+            return _train(run, identity, run_dir, choices, layout, device)
 
 
-def claim_run_folder(run: RunConfig, run_dir: Path, layout: Dist) -> Optional[Path]:
+def claim_run_folder(run: RunConfig, identity: RunIdentity, run_dir: Path, layout: Dist) -> Optional[Path]:
     """The checkpoint to resume from, once rank 0 has checked that ``run_dir`` holds no other run
     (before anything is written there) and removed the temp files of killed atomic writes."""
-    resume_from = find_resume_checkpoint(run, run_dir)
+    resume_from = find_resume_checkpoint(run, identity, run_dir)
     refusal = None
     if layout.is_main:
         try:
             if resume_from is not None:
-                check_resume_identity(run, resume_from)
-            check_run_folder(run, run_dir, resume_from)
+                check_resume_identity(run, identity, resume_from)
+            check_run_folder(run, identity, run_dir, resume_from)
         except ValueError as exc:
             refusal = str(exc)
         else:
@@ -129,9 +130,14 @@ def stop_message(state: TrainState, trainer: Trainer, run_dir: Path) -> str:
 
 
 def _train(
-    run: RunConfig, run_dir: Path, choices: Optional[dict], layout: Dist, device: torch.device
+    run: RunConfig,
+    identity: RunIdentity,
+    run_dir: Path,
+    choices: Optional[dict],
+    layout: Dist,
+    device: torch.device,
 ) -> dict[str, Any]:
-    resume_from = claim_run_folder(run, run_dir, layout)
+    resume_from = claim_run_folder(run, identity, run_dir, layout)
     seed_everything(run.train.seed)
     work = workload_of(run, layout)
     model = Transformer(run.model, run.encoding, work.vocab_size).to(device)
@@ -139,12 +145,14 @@ def _train(
         initialise_from_parent(model, run, work.vocab_size, work.fingerprint)
     with StopRequests() as stops:
         validate = work.validation(model, device)
+        record = RunRecord(to_plain_dict(run))
+        data = work.training_data(layout)
         trainer = Trainer(
-            run, model, work.training_data(layout), run_dir, device, layout, validate, resume_from, stops
+            run.train, model, data, record, run_dir, device, layout, validate, resume_from, stops
         )
-        identity = RunIdentity.of(run)
-        config = {**to_plain_dict(run), "choices": choices or {}, "identity": identity.to_dict()}
-        restart = resume_from is None and restarts_in_place(run, run_dir, None)  # metrics start afresh
+        config = {**record.config, "choices": choices or {}, "identity": identity.to_dict()}
+        # a run restarted in its own folder logs its metrics afresh
+        restart = resume_from is None and restarts_in_place(run, identity, run_dir, None)
         resumed_at = trainer.state.step if resume_from is not None else (0 if restart else None)
         tracker = build_tracker(
             run.logger,
@@ -156,7 +164,7 @@ def _train(
             resume_step=resumed_at,
         )
         try:
-            metrics = fit_and_report(run, run_dir, layout, device, trainer, work, tracker, stops)
+            metrics = fit_and_report(run, identity, run_dir, layout, device, trainer, work, tracker, stops)
         finally:
             tracker.close()
     barrier()
@@ -182,6 +190,7 @@ def stop_if_signalled(trainer: Trainer, stops: StopRequests, run_dir: Path, layo
 
 def fit_and_report(
     run: RunConfig,
+    identity: RunIdentity,
     run_dir: Path,
     layout: Dist,
     device: torch.device,
@@ -200,7 +209,11 @@ def fit_and_report(
         "machine": machine_description(device),
     }
     meta = run_metadata(
-        run, trainer.model, work.info, {"step": state.step, "tokens_seen": state.tokens_seen, **timing}
+        run,
+        identity,
+        trainer.model,
+        work.info,
+        {"step": state.step, "tokens_seen": state.tokens_seen, **timing},
     )
     if state.diverged is not None:
         if layout.is_main:
@@ -208,5 +221,5 @@ def fit_and_report(
         raise TrainingDiverged(state.diverged.message() if layout.is_main else "")
     stop_if_signalled(trainer, stops, run_dir, layout)
     if run.eval.enabled and layout.is_main and trainer.finished:
-        metrics["results"] = work.report(trainer.model, run_dir, tracker, device, meta)
+        metrics["results"] = work.report(trainer.model, ReportTarget(run_dir, tracker, device, meta))
     return metrics

@@ -5,7 +5,6 @@ so neither branches on which kind a run is.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
@@ -17,14 +16,18 @@ from posbench.data import TokenizedCorpus, TrainBatches, load_corpus
 from posbench.encodings.positions import PosePositions, RandomPositions
 from posbench.evaluation.evaluator import LengthResult, bucket_kind, evaluate_length, unavailable_reason
 from posbench.evaluation.protocol import protocol_statement
-from posbench.evaluation.report import evaluate_and_report, evaluate_task_and_report, task_statement
+from posbench.evaluation.report import (
+    ReportTarget,
+    evaluate_and_report,
+    evaluate_task_and_report,
+    task_statement,
+)
 from posbench.evaluation.tasks import TaskResult, answer_metrics
 from posbench.model.transformer import Transformer
 from posbench.runs.identity import digest
 from posbench.tasks import VOCAB_SIZE, Bucket, Task, TaskBatches, build_task, fixed_examples, length_buckets
 from posbench.tasks.base import SPECIALS, VOCABULARY_VERSION
 from posbench.tasks.config import LengthSampling
-from posbench.tracking import Tracker
 from posbench.training.trainer import TrainingData, Validate
 
 
@@ -95,17 +98,10 @@ class CorpusWorkload:
             self.corpus.separator_id,
         )
 
-    def report(self, model: Transformer, run_dir: Path, tracker: Tracker, device, meta: dict) -> dict:
+    def report(self, model: Transformer, target: ReportTarget) -> dict:
+        corpus = self.corpus
         return evaluate_and_report(
-            model,
-            self.corpus.val,
-            self.corpus.separator_id,
-            self.run.eval,
-            self.run.train.precision,
-            run_dir,
-            tracker,
-            device,
-            meta,
+            model, corpus.val, corpus.separator_id, self.run.eval, self.run.train.precision, target
         )
 
 
@@ -138,10 +134,8 @@ class TaskWorkload:
         rows = [TaskResult(b.hi, b.lo, "n/a", reason=reason).to_dict() for b in length_buckets(self.task.cfg)]
         return rows, {"task": task_statement(self.task)}
 
-    def report(self, model: Transformer, run_dir: Path, tracker: Tracker, device, meta: dict) -> dict:
-        return evaluate_task_and_report(
-            model, self.task, self.run.train.precision, run_dir, tracker, device, meta
-        )
+    def report(self, model: Transformer, target: ReportTarget) -> dict:
+        return evaluate_task_and_report(model, self.task, self.run.train.precision, target)
 
 
 def check_task_encoding(run: RunConfig) -> None:

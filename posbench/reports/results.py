@@ -133,6 +133,39 @@ def posbench_version() -> str:
         return "unknown"
 
 
+def results_header(
+    *,
+    run_name: str,
+    encoding: str,
+    train_seq_len: int,
+    model: str,
+    parameters: int,
+    non_embedding_parameters: int,
+    data: dict,
+    precision: str,
+    eval_config: Optional[dict],
+    config: dict,
+    **extra: Any,
+) -> dict[str, Any]:
+    """What a results file says of the model it scores besides the numbers, for posbench's runs and
+    pretrained models alike: its name, the encoding's label, the training length, the model (name and
+    parameter counts), data, precision, the eval group it was scored by (None for a task, which is
+    scored by its own test settings) and the config; then ``extra``'s entries (a run's identity and
+    parent, a pretrained model's record)."""
+    counts = {"parameters": parameters, "non_embedding_parameters": non_embedding_parameters}
+    header = {
+        "run_name": run_name,
+        "encoding": encoding,
+        "train_seq_len": train_seq_len,
+        "model": {"name": model, **counts},
+        "data": data,
+        "precision": precision,
+        **({} if eval_config is None else {"eval_config": eval_config}),
+        "config": config,
+    }
+    return {**header, **extra}
+
+
 def results_document(rows: list[dict], metadata: dict[str, Any]) -> dict:
     """The results.json document: version and provenance, the caller's metadata, then the rows."""
     head = {

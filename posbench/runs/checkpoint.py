@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
 from posbench.common.atomic import atomic_write
+from posbench.runs.identity import experiment_config
 
 SCHEMA_VERSION = 2
 # schema 1 kept separate q and kv projections; its weights and optimiser state are fused on load
@@ -78,3 +80,21 @@ def saved_config(path: str | Path) -> Optional[dict]:
     except CheckpointError:
         return None
     return config if isinstance(config, dict) else None
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What a run's checkpoints say of it: its plain resolved config, and whether a checkpoint's saved
+    config may resume it."""
+
+    config: dict[str, Any]
+
+    def check_resumes(self, saved: dict) -> None:
+        """A checkpoint resumes only a run of the same encoding, model, data, task and parent (as the
+        identity sees them)."""
+        theirs, ours = experiment_config(saved), experiment_config(self.config)
+        for group in ("encoding", "model", "data", "task", "parent"):
+            if theirs.get(group) != ours.get(group):
+                raise ValueError(
+                    f"cannot resume: the checkpoint's {group} config differs from this run's ({saved[group]})"
+                )

@@ -24,11 +24,11 @@ def same_run(config: Optional[dict], identity: RunIdentity) -> bool:
         return False
 
 
-def latest_of_this_run(run: RunConfig, run_dir: Path) -> Path:
+def latest_of_this_run(run: RunConfig, identity: RunIdentity, run_dir: Path) -> Path:
     """This run's own checkpoint in ``run_dir`` if it has one, else the newest ``last.pt`` under
     ``run_root/experiment_name`` whose saved config has this run's identity: folder names are not
     consulted."""
-    root, identity = Path(run.run_root) / run.experiment_name, RunIdentity.of(run)
+    root = Path(run.run_root) / run.experiment_name
     own = run_dir / "checkpoints" / "last.pt"
     if own.is_file() and same_run(saved_config(own), identity):
         return own  # this run's own folder first: a rerun sweep continues each job where it stopped
@@ -43,7 +43,7 @@ def latest_of_this_run(run: RunConfig, run_dir: Path) -> Path:
     return max(found, key=lambda p: p.stat().st_mtime)
 
 
-def find_resume_checkpoint(run: RunConfig, run_dir: Path) -> Optional[Path]:
+def find_resume_checkpoint(run: RunConfig, identity: RunIdentity, run_dir: Path) -> Optional[Path]:
     """None: start fresh. ``true``: the newest checkpoint of this very run (see
     ``latest_of_this_run``); ``auto``: the same, or None when there is none. A path: that
     checkpoint file, or a run folder holding ``checkpoints/last.pt``."""
@@ -52,10 +52,10 @@ def find_resume_checkpoint(run: RunConfig, run_dir: Path) -> Optional[Path]:
     if word in FALSE_WORDS:
         return None
     if word in TRUE_WORDS:
-        return latest_of_this_run(run, run_dir)
+        return latest_of_this_run(run, identity, run_dir)
     if word == AUTO_WORD:
         try:
-            return latest_of_this_run(run, run_dir)
+            return latest_of_this_run(run, identity, run_dir)
         except CheckpointError:
             return None
     path = Path(value)
@@ -66,7 +66,7 @@ def find_resume_checkpoint(run: RunConfig, run_dir: Path) -> Optional[Path]:
     raise CheckpointError(f"train.resume={value}: no checkpoint there; pass a run folder or a .pt file")
 
 
-def finished_results(run: RunConfig, run_dir: Path) -> Optional[dict]:
+def finished_results(run: RunConfig, identity: RunIdentity, run_dir: Path) -> Optional[dict]:
     """With ``train.resume=auto``: the results.json in ``run_dir`` when it is this run's and final (its
     whole budget trained, or diverged, and evaluated as this run's eval group says), so a rerun of a
     sweep into the same folder does nothing for it; else None."""
@@ -78,7 +78,7 @@ def finished_results(run: RunConfig, run_dir: Path) -> Optional[dict]:
     except (OSError, ValueError):
         return None  # unreadable: the run resumes from its checkpoint and writes it again
     config = document.get("config")
-    if not same_run(config, RunIdentity.of(run)) or not scored_as_configured(document, run):
+    if not same_run(config, identity) or not scored_as_configured(document, run):
         return None
     trained = document.get("step") == run.train.total_steps()
     return document if trained or document.get("diverged") else None
@@ -92,11 +92,13 @@ def scored_as_configured(document: dict, run: RunConfig) -> bool:
     return (document.get("config") or {}).get("task") == to_plain_dict(run.task)
 
 
-def restarts_in_place(run: RunConfig, run_dir: Path, resume_from: Optional[Path]) -> bool:
+def restarts_in_place(
+    run: RunConfig, identity: RunIdentity, run_dir: Path, resume_from: Optional[Path]
+) -> bool:
     """``train.resume=auto`` found no checkpoint, and ``run_dir`` is this run's own folder (named by its
     identity, as sweep jobs are): a job killed before its first checkpoint, requeued, starts afresh there."""
     auto = str(run.train.resume).strip().lower() == AUTO_WORD
-    return auto and resume_from is None and run_dir.name.endswith(RunIdentity.of(run).folder)
+    return auto and resume_from is None and run_dir.name.endswith(identity.folder)
 
 
 def experiment_changes(saved: dict, run: RunConfig) -> list[str]:
@@ -110,11 +112,11 @@ def experiment_changes(saved: dict, run: RunConfig) -> list[str]:
     ]
 
 
-def check_resume_identity(run: RunConfig, resume_from: Path) -> None:
+def check_resume_identity(run: RunConfig, identity: RunIdentity, resume_from: Path) -> None:
     """A resume continues the experiment its checkpoint trained: one that changes an experiment key
     (the learning rate, the budget, the encoding...) would record the new config for the old weights."""
     saved = saved_config(resume_from)
-    if saved is None or same_run(saved, RunIdentity.of(run)):
+    if saved is None or same_run(saved, identity):
         return  # (an unusable file: the trainer's load says what is wrong with it)
     try:
         changes = experiment_changes(saved, run)
@@ -128,12 +130,14 @@ def check_resume_identity(run: RunConfig, resume_from: Path) -> None:
     )
 
 
-def check_run_folder(run: RunConfig, run_dir: Path, resume_from: Optional[Path]) -> None:
+def check_run_folder(
+    run: RunConfig, identity: RunIdentity, run_dir: Path, resume_from: Optional[Path]
+) -> None:
     """Refuse a folder that already holds a run (its checkpoints, metrics or results), unless this
     command resumes that very run from it (or restarts it there: ``restarts_in_place``): a second
     run never mixes its files with the first's."""
     found = [name for name in RUN_FILES if (run_dir / name).exists()]
-    if not found or restarts_in_place(run, run_dir, resume_from):
+    if not found or restarts_in_place(run, identity, run_dir, resume_from):
         return
     elsewhere = "run in another folder (leave hydra.run.dir unset for a fresh one)"
     if resume_from is not None and run_dir.resolve() in Path(resume_from).resolve().parents:

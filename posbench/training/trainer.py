@@ -19,11 +19,10 @@ from tqdm.auto import tqdm
 
 from posbench.common.distributed import any_rank, mean_across_ranks, no_sync, wrap_ddp
 from posbench.common.runtime import Dist, autocast, rng_state, set_rng_state
-from posbench.config import RunConfig, TrainConfig, to_plain_dict
+from posbench.config import TrainConfig
 from posbench.model.loss import NextTokenLoss
 from posbench.model.schema1 import fuse_optimizer_state
-from posbench.runs.checkpoint import RESUME_ENTRIES, load_checkpoint, save_checkpoint
-from posbench.runs.identity import experiment_config
+from posbench.runs.checkpoint import RESUME_ENTRIES, RunRecord, load_checkpoint, save_checkpoint
 from posbench.tracking import Tracker
 from posbench.training.optim import build_optimizer, lr_at, parameter_groups
 from posbench.training.signals import StopRequests
@@ -116,25 +115,16 @@ def train_step(
     return loss_value, norm_value, tokens
 
 
-def check_resumable(saved: dict, run: RunConfig) -> None:
-    """A checkpoint resumes only a run of the same encoding, model, data and task (as the identity sees
-    them)."""
-    theirs, ours = experiment_config(saved), experiment_config(to_plain_dict(run))
-    for group in ("encoding", "model", "data", "task", "parent"):
-        if theirs.get(group) != ours.get(group):
-            raise ValueError(
-                f"cannot resume: the checkpoint's {group} config differs from this run's ({saved[group]})"
-            )
-
-
 class Trainer:
-    """Trains ``model`` for ``run.train``'s budget in ``run_dir``; only rank 0 validates and checkpoints."""
+    """Trains ``model`` on ``data`` for ``cfg``'s budget in ``run_dir``; only rank 0 validates and
+    checkpoints. ``record`` is what its checkpoints say of the run (and which checkpoint resumes it)."""
 
     def __init__(
         self,
-        run: RunConfig,
+        cfg: TrainConfig,
         model: torch.nn.Module,
         data: TrainingData,
+        record: RunRecord,
         run_dir: Path,
         device: torch.device,
         dist: Dist,
@@ -142,12 +132,12 @@ class Trainer:
         resume_from: Optional[Path] = None,
         stops: Optional[StopRequests] = None,
     ) -> None:
-        self.run, self.cfg, self.model, self.data = run, run.train, model, data
+        self.cfg, self.model, self.data, self.record = cfg, model, data, record
         self.device, self.dist, self.validate = device, dist, validate
         self.stops = stops or StopRequests()
-        self.total = run.train.total_steps()
+        self.total = cfg.total_steps()
         self.ckpt_path = run_dir / "checkpoints" / "last.pt"
-        self.optimizer = build_optimizer(model, run.train)
+        self.optimizer = build_optimizer(model, cfg)
         self.batches = data.batches
         self.state = TrainState()
         self.kept_checkpoint: Optional[Path] = resume_from  # the last good checkpoint, if any
@@ -156,7 +146,7 @@ class Trainer:
 
     def resume(self, path: Path) -> None:
         ckpt = load_checkpoint(path, self.device, require=RESUME_ENTRIES)
-        check_resumable(ckpt["config"], self.run)
+        self.record.check_resumes(ckpt["config"])
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(self.optimizer_state(ckpt))
         self.batches.load_state_dict(ckpt["batches"])
@@ -314,7 +304,7 @@ class Trainer:
             "train_wall_time_s": state.wall_time_s,
             "batches": self.batches.state_dict(),
             "rng": rng_state(),
-            "config": to_plain_dict(self.run),
+            "config": self.record.config,
             "vocab_size": self.data.vocab_size,
             "corpus_fingerprint": self.data.fingerprint,
         }
