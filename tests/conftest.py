@@ -1,4 +1,4 @@
-"""Shared fixtures: composing configs as the CLI does, and a small run folder."""
+"""Shared fixtures: composing configs as the CLI does, a small run folder, the tests' tiny model."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from posbench.cli import CONFIG_DIR
-from posbench.config import RunConfig, register_schemas, to_run_config
+from posbench.config import Attention, ModelConfig, RunConfig, register_schemas, to_run_config
+from posbench.encodings import ENCODINGS
+from posbench.model.transformer import Transformer
 from posbench.runs.resolvers import register_resolvers
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,3 +72,41 @@ def posbench_cli(*args: str, cwd: Path = REPO, timeout: int = 120) -> subprocess
     env.pop("HYDRA_FULL_ERROR", None)
     command = [sys.executable, "-m", "posbench", *args]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+TINY_VOCAB = 64
+
+
+def tiny_model(
+    encoding="nope",
+    attention: str = "auto",
+    block: int = 8,
+    n_layers: int = 2,
+    vocab: int = TINY_VOCAB,
+    perturb: bool = False,
+    max_positions: int = 512,
+    **model_kw,
+) -> Transformer:
+    """The tests' model, seeded 0, in eval mode: ``n_layers`` layers of width 32 with 4 heads, the
+    ``attention`` path with query blocks of ``block``. ``encoding``: a config, or a registered name
+    (its defaults; ``learned`` with ``max_positions``). ``perturb``: the encoding's learned parameters moved
+    off their init (0.1 N(0, 1)), so what they do shows."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        name="test",
+        n_layers=n_layers,
+        d_model=32,
+        n_heads=4,
+        attention=Attention(attention),
+        attention_block=block,
+        **model_kw,
+    )
+    encoding_cfg = ENCODINGS.schema(encoding)() if isinstance(encoding, str) else encoding
+    if encoding == "learned":
+        encoding_cfg.max_positions = max_positions
+    net = Transformer(cfg, encoding_cfg, vocab).eval()
+    if perturb:
+        with torch.no_grad():
+            for p in net.encoding.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+    return net

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from posbench.config import Attention, EvalConfig, ModelConfig, Precision
+from posbench.config import EvalConfig, Precision
 from posbench.encodings import ENCODINGS
 from posbench.encodings.remap import SelfExtendConfig
 from posbench.encodings.schedule import LayersConfig
@@ -22,20 +22,14 @@ from posbench.model.blocks import BLOCK_BIAS_BYTES
 from posbench.model.diagnostics import AttentionProbe, attention_statistics
 from posbench.model.transformer import Transformer
 from posbench.reports.results import ATTENTION_CSV, load_results
+from tests.conftest import tiny_model
 
 VOCAB = 64
 
 
 def model(encoding_cfg, attention: str = "auto") -> Transformer:
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        name="test", n_layers=2, d_model=32, n_heads=4, attention=Attention(attention), attention_block=8
-    )
-    net = Transformer(cfg, encoding_cfg, VOCAB).eval()
-    with torch.no_grad():  # learned encodings away from their init, so their biases show
-        for p in net.encoding.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return net
+    """Learned encodings away from their init, so their biases show."""
+    return tiny_model(encoding_cfg, attention, vocab=VOCAB, perturb=True)
 
 
 class CheckedProbe(AttentionProbe):

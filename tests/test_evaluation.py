@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from posbench.config import EvalConfig, ModelConfig, Protocol
-from posbench.encodings import ENCODINGS
+from posbench.config import EvalConfig, Protocol
 from posbench.evaluation.buckets import bucket_edges, position_curve
 from posbench.evaluation.evaluator import evaluate_length, evaluate_lengths
 from posbench.evaluation.protocol import count_windows, windows
@@ -25,6 +24,7 @@ from posbench.runs.checkpoint import load_checkpoint
 from posbench.runs.identity import RunIdentity
 from posbench.runs.resolvers import UNREADABLE, checkpoint_folder
 from tests.conftest import REPO, compose_config, compose_run
+from tests.conftest import tiny_model as shared_tiny_model
 
 VOCAB = 17
 CPU = torch.device("cpu")
@@ -113,11 +113,7 @@ def test_linear_buckets_are_equal_widths():
 
 
 def tiny_model(encoding: str, max_positions: int = 512) -> Transformer:
-    torch.manual_seed(0)
-    enc_cfg = ENCODINGS.schema(encoding)()
-    if encoding == "learned":
-        enc_cfg.max_positions = max_positions
-    return Transformer(ModelConfig(name="test", n_layers=2, d_model=32, n_heads=4), enc_cfg, VOCAB).eval()
+    return shared_tiny_model(encoding, block=1024, vocab=VOCAB, max_positions=max_positions)
 
 
 def synthetic_stream(n: int = 400) -> np.ndarray:

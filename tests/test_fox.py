@@ -8,27 +8,18 @@ import math
 import pytest
 import torch
 
-from posbench.config import Attention, ModelConfig
 from posbench.encodings import ENCODINGS
 from posbench.encodings.fox import Fox
 from posbench.encodings.hybrid import HybridConfig
 from posbench.model.attention import AttentionContext
 from posbench.model.transformer import Transformer
+from tests.conftest import tiny_model
 
 VOCAB = 64
 
 
 def model(encoding_cfg=None, attention: str = "auto", block: int = 8, n_layers: int = 2) -> Transformer:
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        name="test",
-        n_layers=n_layers,
-        d_model=32,
-        n_heads=4,
-        attention=Attention(attention),
-        attention_block=block,
-    )
-    net = Transformer(cfg, encoding_cfg or ENCODINGS.schema("fox")(), VOCAB).eval()
+    net = tiny_model(encoding_cfg or ENCODINGS.schema("fox")(), attention, block, n_layers, VOCAB)
     fox = next(m for m in net.modules() if isinstance(m, Fox))
     with torch.no_grad():  # gates away from 1/2 everywhere: some heads forget fast, some slowly
         for gate in fox.gates:

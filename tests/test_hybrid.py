@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from posbench.config import Attention, ModelConfig, TrainConfig, to_plain_dict, to_run_config
+from posbench.config import TrainConfig, to_plain_dict, to_run_config
 from posbench.encodings import ENCODINGS, PositionalEncoding, alibi_slopes
 from posbench.encodings.absolute import LearnedConfig, SinusoidalConfig, sinusoidal_table
 from posbench.encodings.hybrid import HybridConfig, member_choices
@@ -22,7 +22,7 @@ from posbench.encodings.scores import PairBias, Scores
 from posbench.jobs.train import train
 from posbench.model.transformer import Transformer
 from posbench.training.optim import build_optimizer
-from tests.conftest import REPO, compose_config, compose_run
+from tests.conftest import REPO, compose_config, compose_run, tiny_model
 
 VOCAB = 64
 # member configs that differ from their defaults where the default would hide a mistake
@@ -34,11 +34,7 @@ MEMBER_CONFIGS = {
 
 
 def model_with(encoding_cfg, attention: str = "auto") -> Transformer:
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        name="test", n_layers=2, d_model=32, n_heads=4, attention=Attention(attention), attention_block=8
-    )
-    return Transformer(cfg, encoding_cfg, VOCAB).eval()
+    return tiny_model(encoding_cfg, attention, vocab=VOCAB)
 
 
 def member_cfg(name: str):

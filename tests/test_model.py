@@ -11,6 +11,7 @@ from posbench.encodings import ENCODINGS, build_encoding
 from posbench.encodings.scores import PairBias, Scores
 from posbench.model.transformer import Transformer
 from tests.conftest import planned_attention
+from tests.conftest import tiny_model as shared_tiny_model
 
 ALL = sorted(ENCODINGS)
 # FIRE divides by the query position, so only distances below its threshold are shift-invariant
@@ -22,24 +23,8 @@ VOCAB = 64
 
 
 def tiny_model(encoding: str, attention: str = "auto", block: int = 16, **model_kw) -> Transformer:
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        name="test",
-        n_layers=2,
-        d_model=32,
-        n_heads=4,
-        attention=Attention(attention),
-        attention_block=block,
-        **model_kw,
-    )
-    enc_cfg = ENCODINGS.schema(encoding)()
-    if encoding == "learned":
-        enc_cfg.max_positions = 512
-    model = Transformer(cfg, enc_cfg, VOCAB).eval()
-    with torch.no_grad():  # make learned encoding parameters non-trivial so tests can see them
-        for p in model.encoding.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return model
+    """Learned encoding parameters away from their init, so tests can see them."""
+    return shared_tiny_model(encoding, attention, block, vocab=VOCAB, perturb=True, **model_kw)
 
 
 @pytest.mark.parametrize("encoding", ALL)

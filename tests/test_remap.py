@@ -8,23 +8,18 @@ import math
 import pytest
 import torch
 
-from posbench.config import Attention, ModelConfig
 from posbench.encodings.remap import LeakyReropeConfig, ReropeConfig, SelfExtendConfig
 from posbench.encodings.rope import RopeConfig
 from posbench.encodings.rope_scaling import rope_inv_freq
 from posbench.model.attention import AttentionContext
 from posbench.model.transformer import Transformer
-from tests.conftest import compose_run
+from tests.conftest import compose_run, tiny_model
 
 VOCAB = 64
 
 
 def model(remap=None, block: int = 8) -> Transformer:
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        name="test", n_layers=1, d_model=32, n_heads=4, attention=Attention.auto, attention_block=block
-    )
-    return Transformer(cfg, RopeConfig(remap=remap), VOCAB).eval()
+    return tiny_model(RopeConfig(remap=remap), block=block, n_layers=1, vocab=VOCAB)
 
 
 def rotated(x: torch.Tensor, position: float) -> torch.Tensor:

@@ -6,28 +6,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from posbench.config import Attention, ModelConfig
 from posbench.encodings import ENCODINGS
 from posbench.encodings.schedule import LayersConfig
 from posbench.encodings.temperature import LogNConfig
 from posbench.model.attention import AttentionContext
 from posbench.model.transformer import Transformer
-from tests.conftest import compose_run
+from tests.conftest import compose_run, tiny_model
 
 VOCAB = 64
 
 
 def model(encoding_cfg, attention: str = "auto", n_layers: int = 3, block: int = 8) -> Transformer:
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        name="test",
-        n_layers=n_layers,
-        d_model=32,
-        n_heads=4,
-        attention=Attention(attention),
-        attention_block=block,
-    )
-    return Transformer(cfg, encoding_cfg, VOCAB).eval()
+    return tiny_model(encoding_cfg, attention, block, n_layers, VOCAB)
 
 
 def schedule(*pattern: str, **kw) -> LayersConfig:

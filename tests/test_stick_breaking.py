@@ -7,21 +7,17 @@ import math
 
 import torch
 
-from posbench.config import Attention, ModelConfig
 from posbench.encodings import ENCODINGS
 from posbench.model.attention import AttentionContext
 from posbench.model.stick_breaking import stick_breaking_weights
 from posbench.model.transformer import Transformer
+from tests.conftest import tiny_model
 
 VOCAB = 64
 
 
 def model(attention: str = "auto", block: int = 8) -> Transformer:
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        name="test", n_layers=2, d_model=32, n_heads=4, attention=Attention(attention), attention_block=block
-    )
-    return Transformer(cfg, ENCODINGS.schema("stick_breaking")(), VOCAB).eval()
+    return tiny_model("stick_breaking", attention, block, vocab=VOCAB)
 
 
 def by_hand(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:

@@ -4,9 +4,6 @@ compose."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,10 +11,10 @@ import pytest
 from posbench.reports.compare import Section, collect, compare, find_results
 from posbench.reports.results import load_results
 from posbench.runs.identity import RunIdentity
-from tests.conftest import REPO, compose_config, compose_run, posbench_cli
+from tests.conftest import compose_config, compose_run, posbench_cli
 
-# a smoke-sized multirun through the CLI, as a user types it
-POSBENCH_TRAIN_M = [sys.executable, "-m", "posbench", "train", "-m", "debug=smoke", "logger=jsonl"]
+# a smoke-sized multirun through the CLI, as a user types it (``posbench_cli``)
+TRAIN_M = ["train", "-m", "debug=smoke", "logger=jsonl"]
 
 
 def identity_folder(*overrides: str) -> str:
@@ -74,25 +71,16 @@ def test_compare_aggregates_seeds_per_encoding_and_train_length(tmp_path, monkey
 
 
 def test_compare_without_results_says_so(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "posbench", "compare", str(tmp_path)], capture_output=True, text=True, cwd=REPO
-    )
+    result = posbench_cli("compare", str(tmp_path))
     assert result.returncode == 2 and "no results.json" in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.slow
 def test_multirun_two_encodings_by_two_lengths_then_compare(tmp_path):
-    env = {**os.environ, "WANDB_MODE": "disabled"}
     grid = "encoding=alibi,nope train.seq_len=32,64 train.max_steps=2 train.val_every=0"
     evaluation = "eval.lengths=[64,128] eval.max_tokens=256"
-    cmd = [
-        *POSBENCH_TRAIN_M,
-        *grid.split(),
-        *evaluation.split(),
-        f"run_root={tmp_path}",
-        "experiment_name=sweep",
-    ]
-    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    where = [f"run_root={tmp_path}", "experiment_name=sweep"]
+    result = posbench_cli(*TRAIN_M, *grid.split(), *evaluation.split(), *where, cwd=tmp_path, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = (tmp_path / "sweep").iterdir()
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
@@ -107,14 +95,7 @@ def test_multirun_two_encodings_by_two_lengths_then_compare(tmp_path):
         for e in ("alibi", "nope")
         for n in (32, 64)
     )
-    out = subprocess.run(
-        [sys.executable, "-m", "posbench", "compare", str(sweep)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    out = posbench_cli("compare", str(sweep), cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "Trained at L = 32" in out.stdout and "| nope |" in out.stdout
     assert (sweep / "comparison.png").exists() and (sweep / "comparison.md").exists()
@@ -301,17 +282,10 @@ def test_compare_keeps_experiments_that_share_a_label_apart(tmp_path, monkeypatc
 
 @pytest.mark.slow
 def test_a_joblib_sweep_of_rope_and_yarn_by_two_seeds_writes_four_folders_and_compares_apart(tmp_path):
-    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     grid = "encoding=rope encoding/scaling=none,yarn train.seed=0,1 train.max_steps=2 train.val_every=0"
     rest = "eval.lengths=[128] eval.max_tokens=256 hydra/launcher=joblib hydra.launcher.n_jobs=2"
-    cmd = [
-        *POSBENCH_TRAIN_M,
-        *grid.split(),
-        *rest.split(),
-        f"run_root={tmp_path}",
-        "experiment_name=variants",
-    ]
-    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    where = [f"run_root={tmp_path}", "experiment_name=variants"]
+    result = posbench_cli(*TRAIN_M, *grid.split(), *rest.split(), *where, cwd=tmp_path, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = (tmp_path / "variants").iterdir()
     jobs = sorted(p.name for p in sweep.iterdir() if (p / "results.json").is_file())
@@ -343,7 +317,7 @@ def test_a_sweep_stopped_mid_job_and_rerun_equals_an_uninterrupted_one_and_a_rer
     """train.resume=auto with a fixed hydra.sweep.dir: the rerun resumes each stopped job from its own
     checkpoint; a rerun of a finished sweep trains nothing and says so for every job."""
     grid = "encoding=alibi,nope train.max_steps=6 train.ckpt_every=2 train.val_every=0 train.resume=auto"
-    common = [*POSBENCH_TRAIN_M[3:], *grid.split(), "eval.lengths=[64,128]", "eval.max_tokens=256"]
+    common = [*TRAIN_M, *grid.split(), "eval.lengths=[64,128]", "eval.max_tokens=256"]
 
     def sweep(name: str, *extra: str):
         where = [f"run_root={tmp_path / name}", f"hydra.sweep.dir={tmp_path / name / 'sweep'}"]

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from posbench.config import Attention, ModelConfig, TrainConfig
+from posbench.config import TrainConfig
 from posbench.encodings import ENCODINGS
 from posbench.encodings.hybrid import HybridConfig
 from posbench.encodings.temperature import (
@@ -20,7 +20,7 @@ from posbench.encodings.temperature import (
 )
 from posbench.model.transformer import Transformer
 from posbench.training.optim import parameter_groups
-from tests.conftest import compose_run
+from tests.conftest import compose_run, tiny_model
 
 VOCAB = 64
 
@@ -57,16 +57,7 @@ def test_ssmax_is_s_times_ln_n_per_layer_and_head_starting_at_one_at_l0():
 
 
 def model(encoding_cfg, attention: str = "auto", n_layers: int = 2) -> Transformer:
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        name="test",
-        n_layers=n_layers,
-        d_model=32,
-        n_heads=4,
-        attention=Attention(attention),
-        attention_block=8,
-    )
-    return Transformer(cfg, encoding_cfg, VOCAB).eval()
+    return tiny_model(encoding_cfg, attention, n_layers=n_layers, vocab=VOCAB)
 
 
 def with_temperature(name: str, temperature):

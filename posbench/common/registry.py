@@ -78,9 +78,10 @@ class Registry:
 
         return OmegaConf.structured(self.schema(name))
 
-    def coerce(self, value: Any) -> Any:
+    def coerce(self, value: Any, where: Optional[str] = None) -> Any:
         """None (the default choice), a schema instance, or a plain mapping naming its choice by
-        ``key`` -> the choice's typed config; a bad mapping fails in one line naming its keys."""
+        ``key`` -> the choice's typed config; a bad mapping fails in one line naming its keys, under
+        ``where`` (by default the registry's group and the choice: ``encoding (rope)``)."""
         from omegaconf import OmegaConf
         from omegaconf.errors import OmegaConfBaseException
 
@@ -97,9 +98,9 @@ class Registry:
         try:
             typed = OmegaConf.merge(OmegaConf.structured(schema), plain)
         except OmegaConfBaseException as exc:
-            where = self.what.rpartition(".")[0] or self.what
+            where = where or f"{self.what.rpartition('.')[0] or self.what} ({name})"
             valid = ", ".join(f.name for f in fields(schema))
-            raise ValueError(f"{where} ({name}): {str(exc).splitlines()[0]}; its keys are {valid}") from None
+            raise ValueError(f"{where}: {str(exc).splitlines()[0]}; its keys are {valid}") from None
         return OmegaConf.to_object(typed)
 
     def store(self, store: Any = None) -> None:

@@ -10,12 +10,11 @@ YAML there, so defaults and types are those of ``encoding=NAME``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
 import torch
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from posbench.common.options import option
@@ -87,22 +86,21 @@ def member_names(members: str) -> list[str]:
 
 def member_config(name: str, given: Any) -> EncodingConfig:
     """One member's options (its config, or a plain mapping from YAML or a checkpoint) -> its typed config."""
-    config_cls = ENCODINGS.schema(name)
-    if isinstance(given, config_cls):
+    if isinstance(given, ENCODINGS.schema(name)):
         return given
-    try:
-        typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(config_cls), given))
-    except OmegaConfBaseException as exc:
-        keys = ", ".join(f.name for f in fields(config_cls) if f.name != "name")
+    plain = dict(OmegaConf.to_container(given) if OmegaConf.is_dict(given) else given or {})
+    if plain.setdefault("name", name) != name:
         raise ValueError(
-            f"encoding.options.{name}: {str(exc).splitlines()[0]}; its keys are {keys}"
-        ) from None
+            f"encoding.options.{name}.name={plain['name']}: a member's options keep its own name"
+        )
+    where = f"encoding.options.{name}"
+    try:
+        return ENCODINGS.coerce(plain, where=where)
     except ValueError as exc:
-        # the member's own check names "encoding.KEY"; here that key lives under the member's options
-        raise ValueError(str(exc).replace("encoding.", f"encoding.options.{name}.")) from None
-    if typed.name != name:
-        raise ValueError(f"encoding.options.{name}.name={typed.name}: a member's options keep its own name")
-    return typed  # type: ignore[return-value]
+        message = str(exc)
+        if not message.startswith(where):  # the member's own check names "encoding.KEY": here that
+            message = message.replace("encoding.", f"{where}.")  # key lives under the member's options
+        raise ValueError(message) from None
 
 
 def check_combination(options: dict[str, EncodingConfig]) -> None:
