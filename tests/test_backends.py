@@ -39,6 +39,7 @@ def test_linear_path_equals_eager_for_alibi(length, block, offset):
         torch.testing.assert_close(out, reference(tokens, pos), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_linear_path_is_exact_at_64k_positions():
     """fp32 against an fp64 softmax for the last queries of a 65,536-token window (atol 1e-5)."""
     torch.manual_seed(0)
@@ -108,6 +109,7 @@ def test_xpos_decay_recentred_per_block_is_exact_where_the_centred_window_overfl
     torch.testing.assert_close(out.double(), reference, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_xpos_is_exact_at_64k_positions():
     """The model's default scale_base 512 at 65,536 positions (twice its centred window): the last
     queries against an fp64 softmax of the decayed scores (atol 1e-5)."""

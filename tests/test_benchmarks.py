@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # real subprocesses end to end; make test runs them
+
 REPO = Path(__file__).resolve().parents[1]
 
 

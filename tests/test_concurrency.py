@@ -19,6 +19,8 @@ import pytest
 from posbench.runs.lock import LOCK_FILE, FolderInUse, hold_folder
 from tests.conftest import REPO, posbench_cli
 
+pytestmark = pytest.mark.slow  # real subprocesses end to end; make test runs them
+
 SMOKE = ("debug=smoke", "logger=jsonl", "eval.lengths=[128]", "eval.diagnostics_windows=0")
 
 

@@ -20,7 +20,9 @@ def group_choices(group: str) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "group", ["encoding", "model", "data", "train", "eval", "logger", "debug", "experiment"]
+    "group",
+    ["model", "data", "train", "eval", "logger", "debug"]
+    + [pytest.param(g, marks=pytest.mark.slow) for g in ("encoding", "experiment")],
 )
 def test_every_config_in_every_group_composes(group):
     for choice in group_choices(group):

@@ -202,6 +202,7 @@ def test_options_added_since_keep_recorded_runs_where_they_are():
         assert recorded["identity"]["digest"] == RunIdentity.of(run).digest
 
 
+@pytest.mark.slow
 def test_a_parent_of_each_seed_gives_each_child_its_own_run(parent, tmp_path):
     from posbench.runs.identity import RunIdentity
 

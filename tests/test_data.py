@@ -358,6 +358,7 @@ def test_the_offline_hint_fits_the_environment(tmp_path, monkeypatch, offline):
         assert "or set HF_DATASETS_OFFLINE=1 to use a copy already in the Hugging Face cache" in message
 
 
+@pytest.mark.slow
 def test_a_data_problem_ends_the_train_command_in_one_line(tmp_path):
     import subprocess
     import sys

@@ -145,6 +145,7 @@ def test_one_signal_delivered_twice_at_once_is_one_stop_request(smoke_run, tmp_p
     assert load_checkpoint(tmp_path / "run")["step"] == 2
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_cli_checkpoints_and_says_how_to_resume(tmp_path):
     run_dir = tmp_path / "run"
     args = ["train", "debug=smoke", "logger=jsonl", f"hydra.run.dir={run_dir}", "train.max_steps=400"]
@@ -282,6 +283,7 @@ run()
 """
 
 
+@pytest.mark.slow
 def test_a_full_disk_at_start_stops_in_one_line_and_leaves_no_half_written_record(tmp_path):
     """Every write fails with ENOSPC from the first: the Hydra record (the first thing a held job writes)
     fails whole, in one line, exit 2, before any training; no empty config.yaml, no temp file."""
@@ -396,6 +398,7 @@ def test_a_bad_config_ends_in_one_line_exit_2_before_any_folder(args, expected, 
     assert not list(tmp_path.rglob("*")), list(tmp_path.rglob("*"))  # no folder, empty or not
 
 
+@pytest.mark.slow
 def test_a_validation_split_shorter_than_one_window_is_refused_before_any_step(tmp_path):
     (tmp_path / "train.txt").write_text("a training text of some length. " * 400)
     (tmp_path / "val.txt").write_text("too short")
@@ -413,6 +416,7 @@ def test_a_validation_split_shorter_than_one_window_is_refused_before_any_step(t
     assert not [r for run in runs.rglob("metrics.jsonl") for r in records(run.parent) if "train/loss" in r]
 
 
+@pytest.mark.slow
 def test_a_folder_that_cannot_be_made_ends_in_one_line(tmp_path):
     a_file = tmp_path / "file"
     a_file.write_text("")

@@ -222,6 +222,7 @@ def test_variants_and_seeds_of_one_experiment_get_distinct_folders():
     assert logging_only == folders[0]  # how a run is logged or where it runs is not its identity
 
 
+@pytest.mark.slow
 def test_identity_splits_experiment_keys_from_execution_keys():
     base = RunIdentity.of(compose_run("debug=smoke", "encoding=rope"))
     seed = RunIdentity.of(compose_run("debug=smoke", "encoding=rope", "train.seed=1"))

@@ -125,7 +125,10 @@ def test_identity_of_a_task_run_ignores_the_corpus_and_the_test_settings():
     assert lm.task is None and "task" not in lm.to_dict()
 
 
-@pytest.mark.parametrize("name", sorted(TASKS))
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(t, marks=[] if t == "copy" else pytest.mark.slow) for t in sorted(TASKS)],
+)
 def test_every_task_composes_with_every_encoding(name):
     """One training step and one small test bucket of each (task, encoding) pair: finite numbers."""
     overrides = {"passkey": [120, 240], "niah": [170, 240], "var_track": [120, 240], "binary_add": [3, 8]}

@@ -131,6 +131,7 @@ def test_bf16_autocast_trains(smoke_run, tmp_path, monkeypatch):
     assert all(torch.isfinite(torch.tensor(list(out["losses"].values()))))
 
 
+@pytest.mark.slow
 def test_resume_true_finds_only_checkpoints_of_its_own_run(smoke_run, tmp_path):
     """rope s0, rope+yarn s0 and rope s1 in one experiment, in folders whose names all say rope_L128:
     each resumes its own checkpoint, whatever is newer."""
@@ -222,6 +223,7 @@ def test_a_checkpoint_of_an_unknown_schema_is_refused_naming_it(tmp_path):
         load_checkpoint(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("encoding", ["t5", "fox", "alibi"])
 def test_bf16_loss_curves_stay_within_seed_noise_of_fp32(encoding, smoke_run, tmp_path, monkeypatch):
     """The bf16 paths of the learned biases, FoX and ALiBi train as fp32 does: over 40 steps the bf16
