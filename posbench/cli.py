@@ -79,8 +79,10 @@ def _guarded(job: Callable[[DictConfig], object]) -> Callable[[DictConfig], obje
     then ends with a summary and that exit code (``run_hydra``)."""
 
     def wrapper(cfg: DictConfig) -> object:
+        from posbench.common.runtime import flush_denormals
         from posbench.runs.lock import FolderInUse
 
+        flush_denormals()  # first: before any torch work starts its threads
         try:
             return job(cfg)
         except BaseException as exc:  # sorted by failure(); anything else is re-raised

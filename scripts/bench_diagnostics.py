@@ -15,6 +15,7 @@ import time
 import torch
 from bench_variants import encoding_config
 
+from posbench.common.runtime import flush_denormals
 from posbench.config import ModelConfig
 from posbench.model import diagnostics
 from posbench.model.diagnostics import AttentionProbe
@@ -28,6 +29,7 @@ def probe_seconds(model: Transformer, tokens: torch.Tensor, length: int) -> floa
 
 
 def main() -> None:
+    flush_denormals()  # as every posbench job does first (posbench/cli.py)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--length", type=int, default=16384)
     parser.add_argument("--encodings", nargs="+", default=["nope", "rope", "alibi", "t5"])

@@ -105,6 +105,9 @@ def measured(name: str, length: int, args, stored: dict) -> dict:
 
 
 def main() -> None:
+    from posbench.common.runtime import flush_denormals
+
+    flush_denormals()  # as every posbench job does first (posbench/cli.py)
     from bench_variants import names as encoding_names
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

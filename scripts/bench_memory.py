@@ -136,6 +136,9 @@ def parse() -> argparse.Namespace:
 
 
 def main() -> None:
+    from posbench.common.runtime import flush_denormals
+
+    flush_denormals()  # as every posbench job does first (posbench/cli.py)
     args = parse()
     if args.child:
         print(json.dumps(measure_one(args, int(args.child[0]), args.child[1])))

@@ -32,7 +32,7 @@ from bench_train import flops_per_token, matmul_peak
 from hydra import compose, initialize_config_dir
 
 from posbench.cli import CONFIG_DIR
-from posbench.common.runtime import Dist
+from posbench.common.runtime import Dist, flush_denormals
 from posbench.config import RunConfig, register_schemas, to_plain_dict, to_run_config
 from posbench.jobs.workload import TaskWorkload
 from posbench.model.loss import NextTokenLoss
@@ -243,6 +243,7 @@ def print_kernels(trainees: list[TaskTrainee]) -> None:
 
 
 def main() -> None:
+    flush_denormals()  # as every posbench job does first (posbench/cli.py)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=sorted(MODELS))
     parser.add_argument("--batches", nargs="+", type=int, default=[16, 64, 256])

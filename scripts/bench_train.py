@@ -22,7 +22,7 @@ from bench_variants import encoding_config
 from bench_variants import names as encoding_names
 from torch import nn
 
-from posbench.common.runtime import autocast, cpu_has_native_bf16
+from posbench.common.runtime import autocast, cpu_has_native_bf16, flush_denormals
 from posbench.config import ModelConfig, Precision
 from posbench.model.transformer import Transformer
 
@@ -139,6 +139,7 @@ def measure(
 
 
 def main() -> None:
+    flush_denormals()  # as every posbench job does first (posbench/cli.py)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--encodings", nargs="+", default=encoding_names(training=True))
     parser.add_argument(

@@ -12,12 +12,14 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from posbench.cli import CONFIG_DIR
+from posbench.common.runtime import flush_denormals
 from posbench.config import Attention, ModelConfig, RunConfig, register_schemas, to_run_config
 from posbench.encodings import ENCODINGS
 from posbench.model.transformer import Transformer
 from posbench.runs.resolvers import register_resolvers
 
 REPO = Path(__file__).resolve().parents[1]
+flush_denormals()  # as every posbench job does first (posbench/cli.py): tests see the numbers runs see
 
 
 def compose_config(*overrides: str, config_name: str = "train"):

@@ -348,3 +348,14 @@ def test_learned_table_must_cover_the_random_range():
 
 def test_plain_positions_are_0_to_t():
     assert torch.equal(make("rope").positions(5, torch.device("cpu")), torch.arange(5))
+
+
+def test_fire_threshold_below_one_position_acts_as_the_formula_says():
+    enc = make("fire", init_threshold=0.25)  # floored at 1 inside: positions are integers >= 0
+    c, pos = enc.c.item(), torch.arange(12)
+    for i in range(12):
+        for j in range(i + 1):
+            psi = lambda x: math.log1p(c * x)  # noqa: E731
+            want = psi(i - j) / (psi(max(0.25, i)) + enc.cfg.eps)
+            got = enc.normalized_distance(pos, pos)[i, j].item()
+            assert got == pytest.approx(want, abs=1e-6)

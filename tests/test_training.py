@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
+from posbench.common import runtime
 from posbench.jobs.train import train
 from posbench.runs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from posbench.runs.identity import RunIdentity
 from posbench.training.optim import lr_at
+from tests.conftest import REPO
 
 
 def test_loss_falls_on_the_smoke_config(smoke_run, tmp_path):
@@ -292,9 +296,32 @@ def test_results_say_where_and_how_long_the_run_trained(smoke_run, tmp_path):
     assert "results" not in first
     done = train(smoke_run("train.max_steps=6", f"train.resume={tmp_path / 'r'}"), tmp_path / "r")["results"]
     assert done["machine"]["cpu_count"] == os.cpu_count() and done["machine"]["torch"] == torch.__version__
+    assert done["machine"]["flush_denormal"] is runtime.DENORMALS_FLUSHED is True  # x86: CI's machines
     assert done["train_wall_time_s"] > 0 and done["train_wall_time_from_step"] == 3  # the resumed part
     assert done["train_wall_time_total_s"] > done["train_wall_time_s"]  # steps 1-3 counted too
     again = smoke_run("train.max_steps=6", f"train.resume={tmp_path / 'r'}", "eval.position_buckets=4")
     redone = train(again, tmp_path / "r")["results"]  # another eval config: evaluated again, not trained
     assert redone["train_wall_time_from_step"] == 6 and redone["train_wall_time_s"] < 0.5
     assert redone["train_wall_time_total_s"] == done["train_wall_time_total_s"]
+
+
+FLUSH_CHECK = """
+import sys, torch
+from posbench.common.runtime import flush_denormals
+if sys.argv[1] == "flush":
+    flush_denormals()
+torch.set_num_threads(2)
+tiny = torch.full((1 << 22,), 1e-39)  # subnormal fp32, times 1 on every intra-op thread
+print(int((tiny * 1.0 == 0).sum()), tiny.numel())
+"""
+
+
+@pytest.mark.parametrize("mode", ["flush", "keep"])
+def test_flushing_denormals_at_the_start_reaches_every_thread(mode):
+    """flush_denormals() before torch's first parallel region: the worker threads, which take the
+    mode of the thread that starts them, treat a subnormal as 0 too (x86's DAZ); without it it stays."""
+    out = subprocess.run(
+        [sys.executable, "-c", FLUSH_CHECK, mode], capture_output=True, text=True, check=True, cwd=REPO
+    ).stdout.split()
+    zeros, total = int(out[0]), int(out[1])
+    assert zeros == (total if mode == "flush" else 0)

@@ -92,6 +92,23 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def flush_denormals() -> bool:
+    """Subnormal floats flushed to zero (x86's FTZ and DAZ) for the rest of the process. Softmax
+    attention under a strong bias (ALiBi's slope·distance, FoX's forget gates) takes exp() of logits
+    far below the row's maximum, and on Intel CPUs every subnormal result costs a microcode assist:
+    ALiBi trained at half `nope`'s speed, at its speed with the flush (a 2-core Xeon,
+    experiments/benchmarks-2026-12-04). Values under 1.2e-38 become 0, which no loss or gradient
+    can see. A thread takes the mode of the thread that creates it, so this runs at a job's start,
+    before torch's first parallel region starts its worker threads; a no-op where unsupported.
+    -> whether the CPU flushes now (recorded in the results' machine description)"""
+    global DENORMALS_FLUSHED
+    DENORMALS_FLUSHED = torch.set_flush_denormal(True)
+    return DENORMALS_FLUSHED
+
+
+DENORMALS_FLUSHED = False  # set by flush_denormals()
+
+
 def machine_description(device: torch.device) -> dict:
     """Where a run's numbers were obtained, for its results file: the CPU (its model, cores, the
     threads torch used), the GPU if any, and torch's version."""
@@ -100,6 +117,7 @@ def machine_description(device: torch.device) -> dict:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "native_bf16": cpu_has_native_bf16() if device.type == "cpu" else None,
+        "flush_denormal": DENORMALS_FLUSHED if device.type == "cpu" else None,
         "torch": torch.__version__,
     }
     if device.type == "cuda":

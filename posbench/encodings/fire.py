@@ -59,7 +59,9 @@ class Fire(PositionalEncoding):
 
     @property
     def threshold(self) -> torch.Tensor:
-        return self.log_threshold.exp()
+        # positions are integers >= 0, so any L below 1 acts as L = 1 (at i = 0 the only distance is
+        # 0); the floor keeps L positive where exp() underflows, with subnormals flushed to 0 too
+        return self.log_threshold.exp().clamp(min=1.0)
 
     def reset_parameters(self) -> None:
         for layer in (self.mlp[0], self.mlp[2]):

@@ -95,7 +95,7 @@ def statistics_by_blocks(q, k, pos, scores: Scores, scale: float, layer: int, bl
     for start, end in query_blocks(T, block, B * H):  # the (B, H, rows, prefix) logits bound the rows
         if scores.stick_breaking:  # its weights, the remainder on the query's own key included
             p = stick_breaking_weights(q[:, :, start:end], k[:, :, :end], scale, start)
-            entropy[:, :, start:end] = -(p * p.clamp(min=1e-38).log()).sum(-1)
+            entropy[:, :, start:end] = -torch.special.xlogy(p, p).sum(-1)  # 0·log 0 = 0
             sink[:, :, start:end] = p[..., 0]
             continue
         q_b, k_b = q[:, :, start:end].float(), k[:, :, :end].float()
