@@ -82,7 +82,7 @@ def test_long_evaluation_is_by_blocks_and_a_bias_is_refused():
 
 
 def test_the_blocks_own_backward_equals_autograd_through_the_weights():
-    """StickBreakingBlock's backward (weights recomputed, dz = G − β·C) against autograd through
+    """StickBreaking's backward (weights recomputed, dz = G − β·C) against autograd through
     stick_breaking_weights, for q, k and v, over several blocks of a window."""
     from posbench.model.blocks import query_blocks
     from posbench.model.stick_breaking import stick_breaking_attention
@@ -107,3 +107,71 @@ def test_the_blocks_own_backward_equals_autograd_through_the_weights():
     got = grads(lambda: stick_breaking_attention(q * 2, k, v, 0.4, 5))
     for a, b in zip(got, grads(by_autograd)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def chunked_and_whole(q, k, v, scale: float, block: int):
+    """Outputs and q/k/v gradients by chunks and through the whole window's weights (autograd)."""
+    from posbench.model.stick_breaking import stick_breaking_attention
+
+    torch.manual_seed(1)
+    probe = torch.randn(q.shape[0], q.shape[1], q.shape[2], v.shape[-1])
+    results = []
+    for attention in (
+        lambda: stick_breaking_attention(q, k, v, scale, block),
+        lambda: stick_breaking_weights(q, k, scale, 0) @ v,
+    ):
+        for t in (q, k, v):
+            t.grad = None
+        out = attention()
+        (out * probe).sum().backward()
+        results.append([out.detach()] + [t.grad.clone() for t in (q, k, v)])
+    return results
+
+
+def test_chunks_stop_where_the_stick_is_used_up_and_change_nothing(monkeypatch):
+    """Logits near 0 (β ≈ 1/2) use the stick up within ~150 keys: at T = 1024 the far chunks are
+    skipped, yet outputs and gradients equal the whole window's (their weights are exactly 0)."""
+    from posbench.model import stick_breaking
+
+    visited = []
+    real = stick_breaking.broken_sticks
+    monkeypatch.setattr(
+        stick_breaking, "broken_sticks", lambda q, k, *a: visited.append(k.shape[-2]) or real(q, k, *a)
+    )
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 1024, 8, requires_grad=True) for _ in range(3))
+    chunked, whole = chunked_and_whole(q, k, v, 0.1, 64)  # 64-row blocks, 128-key chunks
+    chunks = len(visited) - visited.count(1024)  # forward and backward; the whole window's has 1024 keys
+    # after 3 chunks each query has 320 earlier keys, whose log(1 - β) sum to about -220
+    assert chunks <= 2 * 16 * 3 < 2 * sum(-(-(start + 64) // 128) for start in range(0, 1024, 64))
+    for a, b in zip(chunked, whole):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_chunks_that_cannot_stop_visit_the_whole_prefix():
+    """Logits far below 0 (β ≈ 0) leave the stick whole: every chunk counts, and all agree."""
+    torch.manual_seed(0)
+    q = (torch.randn(1, 2, 300, 8) - 3).requires_grad_()
+    k = (torch.randn(1, 2, 300, 8) + 3).requires_grad_()
+    v = torch.randn(1, 2, 300, 8, requires_grad=True)
+    chunked, whole = chunked_and_whole(q, k, v, 0.5, 16)  # 16-row blocks, 32-key chunks
+    assert whole[0].abs().max() > 0
+    for a, b in zip(chunked, whole):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_every_key_a_block_skips_has_weight_exactly_zero():
+    """The stop is exact, not a cut-off: the whole window's fp32 weight of every key left out is 0."""
+    from posbench.model.stick_breaking import block_forward
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 1024, 8) for _ in range(3))
+    whole = stick_breaking_weights(q, k, 0.1, 0)
+    skipped = 0
+    for start in range(0, 1024, 64):
+        out = torch.zeros(1, 2, 64, 8)
+        visited = block_forward(q[:, :, start : start + 64], k, v, 0.1, start, 128, out)[1]
+        first = visited[-1][0]  # the farthest chunk visited begins here
+        assert (whole[:, :, start : start + 64, :first] == 0).all()
+        skipped += 64 * first  # (query, key) pairs
+    assert skipped > 1024 * 1024 // 4  # over half of the causal triangle

@@ -40,7 +40,7 @@ from posbench.model.linear_bias import linear_bias_attention
 from posbench.model.masks import block_causal_bias, causal_bias, full_mask
 from posbench.model.relative import relative_term_attention
 from posbench.model.remap import remapped_attention
-from posbench.model.stick_breaking import stick_breaking_attention
+from posbench.model.stick_breaking import stick_breaking_attention, whole_window_attention
 
 
 class Backend(Protocol):
@@ -121,9 +121,11 @@ class StickBreakingBackend:
     """Stick-breaking attention, by query blocks of ``block`` rows (the whole window: named eager)."""
 
     def __init__(self, block: int, whole: bool):
-        self.block, self.name = block, "eager" if whole else "stick_breaking"
+        self.block, self.whole, self.name = block, whole, "eager" if whole else "stick_breaking"
 
     def __call__(self, q, k, v, scale: float, layer: int) -> torch.Tensor:
+        if self.whole:
+            return whole_window_attention(q, k, v, scale)
         return stick_breaking_attention(q, k, v, scale, self.block)
 
 

@@ -14,16 +14,12 @@ calculus, e.g. Dao et al. 2022, FlashAttention, Appendix B.2):
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from posbench.model.underflow import exp_or_zero
 
 _flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
 GRAD_BLOCK = 256  # query rows per step of the bias gradient
-# exp() below EXP_FLOOR would give an fp32 subnormal (or, far below, take a slow path): logits
-# there are clamped to it and their probabilities (< PROB_FLOOR) set to 0, which keeps the
-# backward's exp and matmuls at full speed when a bias reaches large negative values
-# (KERPLE-power: -r1·|i - j|^r2, down to about -1e6 at 2K)
-EXP_FLOOR, PROB_FLOOR = -87.0, 2e-38  # exp(-87) = 1.6e-38
 
 
 def applies(q: torch.Tensor, mask: torch.Tensor) -> bool:
@@ -98,7 +94,7 @@ def block_gradients(q_b, k_t, v_t, mask_b, lse_b, do_b, row_term_b, scale: float
     row_term_b rowsum(dO ⊙ O) (B, H, b, 1). -> (dV's share (B, H, e, Dh), dS (B, H, b, e) unscaled)"""
     probs = torch.matmul(q_b, k_t).mul_(scale)
     probs.add_(mask_b).sub_(lse_b[..., None])
-    F.threshold_(probs.clamp_(min=EXP_FLOOR).exp_(), PROB_FLOOR, 0.0)  # P (B, H, b, e)
+    probs = exp_or_zero(probs)  # P (B, H, b, e); biases reach -1e6 (KERPLE-power at 2K)
     dv_b = torch.matmul(probs.transpose(-2, -1), do_b)
     d_scores = torch.matmul(do_b, v_t).sub_(row_term_b).mul_(probs)  # dS
     return dv_b, d_scores
