@@ -213,3 +213,19 @@ def test_bench_memory_prints_every_configuration_with_ratios_to_plain():
     assert rows["plain"][3] == rows["plain"][5] == rows["plain"][7] == "1.00"
     assert len({row[8] for row in rows.values()}) == 1  # the same first loss
     assert all(float(row[2]) > 0 and row[-1] == "sdpa" for row in rows.values())
+
+
+def test_fires_blocks_keep_64_rows_at_128k_and_the_budget_at_short_lengths():
+    """ByBlocks runs each block through all layers: at 128K the 8 MB budget alone would leave
+    4-row blocks; their floor is 64 rows, and short windows keep the budget."""
+    from posbench.model.blocks import BLOCK_BIAS_BYTES
+
+    for T in (2048, 131072):
+        spans = list(ByBlocks(torch.arange(T), None, 1024, 4).spans())
+        assert spans[0][0] == 0 and spans[-1][1] == T
+        assert all(spans[i][1] == spans[i + 1][0] for i in range(len(spans) - 1))
+        rows = [end - start for start, end in spans[:-1]]
+        assert min(rows) >= 64
+        assert max(4 * 4 * (end - start) * end for start, end in spans) <= max(
+            BLOCK_BIAS_BYTES, 4 * 4 * T * 64
+        )

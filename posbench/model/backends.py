@@ -217,12 +217,18 @@ class ByBlocks:
     block's bias is built once for every layer (``Transformer.forward_by_blocks``)."""
 
     name = "blockwise"
+    MIN_ROWS = 64
 
     def __init__(self, pos: torch.Tensor, bias_fn: BiasFn, block: int, n_heads: int):
         self.pos, self.bias_fn, self.block, self.n_heads = pos, bias_fn, block, n_heads
 
     def spans(self) -> Iterator[tuple[int, int]]:
-        return blocks.query_blocks(self.pos.numel(), self.block, self.n_heads)
+        """Blocks under the blockwise budget, but of at least MIN_ROWS rows (budget permitting up to
+        64 rows of (H, rows, T) fp32 bias): every block runs through all layers, so at 128K the
+        8 MB budget's 4-row blocks would make the window ~16,000 small steps."""
+        T = self.pos.numel()
+        budget = max(blocks.BLOCK_BIAS_BYTES, 4 * self.n_heads * T * self.MIN_ROWS)
+        return blocks.query_blocks(T, self.block, self.n_heads, budget)
 
     def for_block(self, cache: list, start: int, end: int, dtype: torch.dtype) -> CachedPrefix:
         return CachedPrefix(cache, start, block_causal_bias(self.bias_fn, self.pos, start, end, dtype))
