@@ -16,8 +16,6 @@ block's weights over its whole prefix at once: the eager path, and the tests' re
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 
@@ -165,11 +163,13 @@ def chunk_shape(batch_heads: int, block: int, budget: int) -> tuple[int, int]:
     return rows, 2 * rows
 
 
-def stick_breaking_attention(q, k, v, scale: float, block: int, budget: Optional[int] = None) -> torch.Tensor:
+def stick_breaking_attention(
+    q, k, v, scale: float, block: int, budget: int = BLOCK_BIAS_BYTES
+) -> torch.Tensor:
     """By query blocks of up to ``block`` rows, their keys in chunks (``chunk_shape``) under
-    ``budget`` bytes (default BLOCK_BIAS_BYTES). q, k, v (B, H, T, Dh) -> (B, H, T, Dh)"""
+    ``budget`` bytes. q, k, v (B, H, T, Dh) -> (B, H, T, Dh)"""
     B, H = q.shape[:2]
-    rows, width = chunk_shape(B * H, block, BLOCK_BIAS_BYTES if budget is None else budget)
+    rows, width = chunk_shape(B * H, block, budget)
     with torch.autocast(q.device.type, enabled=False):
         q32, k32, v32 = q.float(), k.float(), v.float()
         if torch.is_grad_enabled():
