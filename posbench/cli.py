@@ -151,13 +151,14 @@ def eval_job(cfg: DictConfig) -> object:
     from posbench.jobs.evaluate import check_eval_folder, evaluate_checkpoint
     from posbench.runs.lock import hold_folder
 
-    if cfg.get("hf") is not None and cfg.get("checkpoint") is not None:
+    pretrained = cfg.hf.name is not None
+    if pretrained and cfg.get("checkpoint") is not None:
         raise ValueError("posbench eval takes checkpoint=PATH or hf=NAME_OR_DIR, not both")
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     with hold_folder(out_dir, "eval"):
         check_eval_folder(out_dir)
         hydra_record(cfg)(out_dir)
-        if cfg.get("hf") is not None:  # a pretrained Hugging Face model (posbench/jobs/pretrained.py)
+        if pretrained:  # a pretrained Hugging Face model (posbench/jobs/pretrained.py)
             from posbench.jobs.pretrained import evaluate_pretrained
 
             return evaluate_pretrained(cfg, out_dir, list(HydraConfig.get().overrides.task))
@@ -172,11 +173,20 @@ def missing_checkpoint(command: str, argv: list[str]) -> bool:
     traceback, before the job could say so."""
     if command != "eval" or any(arg in HELP_FLAGS or arg.startswith("--cfg") for arg in argv):
         return False
-    return not any(arg.lstrip("+").startswith(("checkpoint=", "hf=")) for arg in argv)
+    return not any(arg.lstrip("+").startswith(("checkpoint=", "hf=", "hf.name=")) for arg in argv)
+
+
+def pretrained_shorthand(command: str, argv: list[str]) -> list[str]:
+    """``posbench eval hf=NAME_OR_DIR`` is ``hf.name=NAME_OR_DIR``: ``hf`` is a group of options
+    (``hf.revision``, ``hf.label``, ``hf.dtype``, ``hf.device_map``; configs/eval.yaml)."""
+    if command != "eval":
+        return argv
+    return [f"hf.name={arg[len('hf=') :]}" if arg.startswith("hf=") else arg for arg in argv]
 
 
 def run_hydra(command: str, argv: list[str]) -> None:
     config_name, job = COMMANDS[command]
+    argv = pretrained_shorthand(command, argv)
     if missing_checkpoint(command, argv):
         exit_with(
             "error: posbench eval needs a checkpoint: pass checkpoint=PATH (a run folder or a .pt file), "

@@ -77,6 +77,7 @@ __all__ = [
 class Protocol(str, Enum):
     nonoverlapping = "nonoverlapping"
     sliding = "sliding"
+    truncated = "truncated"  # one window per document, its first L tokens (YaRN's long-document ppl)
 
 
 class BucketKind(str, Enum):
@@ -175,6 +176,14 @@ class EvalConfig:
     protocol: Protocol = Protocol.nonoverlapping
     stride: Optional[int] = None  # sliding protocol: tokens scored per window (None = length/2)
     max_tokens: Optional[int] = 131072  # scored tokens per length; None = the whole stream
+    # every window begins with a BOS token (hf=: the tokenizer's BOS; posbench's models: the document
+    # separator, which begins every document in training), as lm-evaluation-harness and YaRN's eval do
+    add_bos: bool = False
+    # protocol=truncated: the first `documents` validation documents (null = all, until max_tokens) of
+    # at least min_document_tokens tokens (null = the longest of eval.lengths: the same documents at
+    # every length)
+    documents: Optional[int] = None
+    min_document_tokens: Optional[int] = None
     batch_size: int = 1
     position_buckets: int = 16  # buckets of the per-position loss curve
     bucket_kind: BucketKind = BucketKind.log  # per-position buckets: log-spaced or equal widths
@@ -206,6 +215,21 @@ class EvalConfig:
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ValueError("eval.max_tokens must be at least 1 (or null for the whole stream)")
         at_least("eval.batch_size", self.batch_size, 1, "windows per forward")
+        at_least("eval.documents", self.documents, 1, "null = every document long enough", allow_none=True)
+        at_least(
+            "eval.min_document_tokens",
+            self.min_document_tokens,
+            1,
+            "null = the longest length",
+            allow_none=True,
+        )
+        if getattr(self.protocol, "value", self.protocol) != "truncated" and (
+            self.documents is not None or self.min_document_tokens is not None
+        ):
+            raise ValueError(
+                "eval.documents and eval.min_document_tokens choose eval.protocol=truncated's documents: "
+                "add eval.protocol=truncated or drop them"
+            )
         at_least("eval.diagnostics_windows", self.diagnostics_windows, 0, "0 = no attention diagnostics")
         at_least("eval.loss_chunk", self.loss_chunk, 0, "tokens' logits at once; 0 = a whole batch's")
 

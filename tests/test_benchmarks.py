@@ -129,3 +129,14 @@ def test_bench_tasks_prints_throughput_and_where_a_step_goes():
         assert tokens_per_s > 0 and 0 < mfu < 1 and step_ms > 0
         assert abs(sum(map(percent, row[7:12])) - 1) < 0.005  # data, fwd+bwd, clip, host, optim
     assert abs(sum(map(percent, kernels[0][2:6])) - 1) < 0.005  # attention, matmuls, other, outside
+
+
+def test_bench_hf_memory_measures_a_slope_and_that_depth_does_not_add_to_it():
+    pytest.importorskip("transformers")
+    lines = run("bench_hf_memory", "--shapes", "tiny", "--lengths", "256", "512")
+    rows = [r for r in lines if r[0] == "tiny"]
+    assert [(r[1], r[2]) for r in rows] == [("2", "256"), ("2", "512"), ("4", "256")]
+    text = [" ".join(r) for r in lines]
+    assert any(t.startswith("per token") for t in text) and any(
+        "estimate, whole model in bf16" in t for t in text
+    )

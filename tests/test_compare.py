@@ -215,7 +215,7 @@ def test_bogus_protocol_is_refused_in_one_line_before_anything_is_written(tmp_pa
     result = posbench_compare(str(tmp_path), "--protocol", "bogus")
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.strip().splitlines() == [
-        "error: unknown --protocol 'bogus'; valid protocols: nonoverlapping, sliding"
+        "error: unknown --protocol 'bogus'; valid protocols: nonoverlapping, sliding, truncated"
     ]
     assert (tmp_path / "comparison.md").read_bytes() == before
     assert not (tmp_path / "comparison.png").exists()

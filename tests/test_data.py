@@ -379,3 +379,21 @@ def test_a_data_problem_ends_the_train_command_in_one_line(tmp_path):
         f"error: {docs} line 1: data.text_field='text' holds the number 5, not a string; quote it "
         "in the file or set data.text_field to the field that holds the text"
     ]
+
+
+def test_an_evaluation_tokenizes_only_the_validation_split(tmp_path):
+    """data=text_files with val_files alone is enough for splits=("val",), in a cache of its own."""
+    val = [write(tmp_path / "val.txt", "only the scored split")]
+    corpus = load_corpus(text_files(tmp_path, val_files=val), splits=("val",))
+    assert corpus.val.tolist() == stream_of(["only the scored split"]) and corpus.train.size == 0
+    assert corpus.info["train"]["not_tokenized"] and corpus.info["val"]["documents"] == 1
+    again = load_corpus(text_files(tmp_path, val_files=val), splits=("val",))  # a cache hit
+    assert again.fingerprint == corpus.fingerprint and again.train.size == 0
+    train = [write(tmp_path / "train.txt", "the training text")]
+    whole = load_corpus(text_files(tmp_path, train_files=train, val_files=val))
+    skipped = load_corpus(text_files(tmp_path, train_files=train, val_files=val), splits=("val",))
+    assert whole.fingerprint != skipped.fingerprint and skipped.train.size == 0 and whole.train.size > 0
+    with pytest.raises(DataError, match="train_files is empty"):
+        load_corpus(text_files(tmp_path, val_files=val))  # training needs its split
+    with pytest.raises(DataError, match="val_files is empty"):
+        load_corpus(text_files(tmp_path, train_files=train), splits=("val",))

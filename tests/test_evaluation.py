@@ -285,3 +285,105 @@ def test_every_scored_target_is_counted_once_per_position():
     expected = Counter(context - 1 for _, context in scored_targets(len(stream), 20, "sliding", 6))
     for lo, hi, n in zip(curve["start"], curve["end"], curve["tokens"]):
         assert n == sum(expected[p] for p in range(lo, hi))
+
+
+# ---- BOS and the truncated protocol ----------------------------------------------------------------
+
+
+@torch.no_grad()
+def window_nll(model: Transformer, tokens: torch.Tensor, first: int) -> tuple[float, int]:
+    """Summed NLL of targets tokens[first + 1:], the window's own, one target at a time."""
+    log_probs = torch.log_softmax(model(tokens[None, :-1])[0].double(), dim=-1)  # (L, V)
+    return -sum(log_probs[i, tokens[i + 1]].item() for i in range(first, len(tokens) - 1)), len(
+        tokens
+    ) - 1 - first
+
+
+@pytest.mark.parametrize("protocol,stride", [("nonoverlapping", None), ("sliding", 12)])
+def test_bos_windows_equal_their_definition(protocol, stride):
+    """With a BOS every window is BOS + the next L-1 stream tokens, predicting L of them."""
+    model, stream, bos, length = tiny_model("rope"), synthetic_stream(), VOCAB - 1, 32
+    cfg = EvalConfig(
+        lengths=[length], protocol=Protocol(protocol), stride=stride, max_tokens=None, batch_size=2
+    )
+    result = evaluate_length(model, stream, length, cfg, CPU, progress=False, bos_id=bos)
+    step, total, count, start = stride or length, 0.0, 0, 0
+    while start + length <= len(stream):
+        tokens = torch.tensor([bos, *stream[start : start + length].astype(np.int64)])
+        nll, n = window_nll(model, tokens, 0 if start == 0 else length - step)
+        total, count, start = total + nll, count + n, start + step
+    assert result.tokens_scored == count
+    assert result.nll == pytest.approx(total / count, rel=1e-6)
+    plain = evaluate_length(model, stream, length, cfg, CPU, progress=False)
+    assert plain.nll != pytest.approx(result.nll, rel=1e-6)  # the BOS changed what was scored
+
+
+def documents_stream(lengths: list[int], separator: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(1)
+    parts = [[separator, *rng.integers(1, VOCAB, size=n)] for n in lengths]
+    return np.array([t for part in parts for t in part], dtype=np.uint16)
+
+
+@pytest.mark.parametrize("documents,least", [(None, None), (2, None), (None, 40)])
+def test_truncated_scores_the_first_L_tokens_of_each_long_enough_document(documents, least):
+    model, length = tiny_model("rope"), 24
+    sizes = [30, 10, 50, 24, 45, 60]  # documents of 10 and (with least=40) 24 and 30 are left out
+    stream = documents_stream(sizes)
+    cfg = EvalConfig(
+        lengths=[length],
+        protocol=Protocol.truncated,
+        documents=documents,
+        min_document_tokens=least,
+        max_tokens=None,
+        batch_size=2,
+    )
+    result = evaluate_length(model, stream, length, cfg, CPU, progress=False, separator_id=0)
+    starts = np.cumsum([0] + [n + 1 for n in sizes[:-1]]) + 1  # each document's first token
+    kept = [s for s, n in zip(starts, sizes) if n >= max(length, least or length)][:documents]
+    total = sum(
+        window_nll(model, torch.tensor(stream[s - 1 : s + length].astype(np.int64)), 0)[0] for s in kept
+    )
+    assert result.windows == len(kept) and result.tokens_scored == len(kept) * length
+    assert result.nll == pytest.approx(total / (len(kept) * length), rel=1e-6)
+    # posbench's models take the separator as BOS: the same windows, the same numbers
+    with_bos = evaluate_length(model, stream, length, cfg, CPU, progress=False, separator_id=0, bos_id=0)
+    assert with_bos.nll == pytest.approx(result.nll, rel=1e-9)
+
+
+def test_truncated_picks_the_same_documents_at_every_length_and_says_when_none_is_long_enough():
+    model, stream = tiny_model("rope"), documents_stream([30, 70, 20, 80])
+    cfg = EvalConfig(lengths=[16, 64, 100], protocol=Protocol.truncated, max_tokens=None)
+    short, long, too_long = evaluate_lengths(model, stream, cfg, CPU, progress=False, separator_id=0)
+    assert short.windows == 0 and short.status == "n/a"  # the default minimum is the longest length
+    assert too_long.status == "n/a" and "no validation document has 100 tokens" in too_long.reason
+    cfg = EvalConfig(lengths=[16, 64], protocol=Protocol.truncated, max_tokens=None)
+    short, long = evaluate_lengths(model, stream, cfg, CPU, progress=False, separator_id=0)
+    assert short.windows == long.windows == 2  # the 70- and 80-token documents at both lengths
+
+
+@pytest.mark.parametrize(
+    "settings,message",
+    [
+        ({"documents": 3}, "add eval.protocol=truncated"),
+        ({"min_document_tokens": 100}, "add eval.protocol=truncated"),
+        ({"protocol": Protocol.truncated, "documents": 0}, "eval.documents=0 must be at least 1"),
+    ],
+)
+def test_document_options_outside_their_protocol_are_refused(settings, message):
+    with pytest.raises(ValueError, match=message):
+        EvalConfig(lengths=[16], **settings)
+
+
+def test_length_ranges_double_or_step_as_the_yarn_repository_does():
+    from posbench.runs.resolvers import length_range
+
+    assert length_range(2048, 16384) == [2048, 4096, 8192, 16384]
+    assert length_range(2048, 10000, 2048) == [2048, 4096, 6144, 8192]
+    with pytest.raises(ValueError, match="needs 1 <= MIN <= MAX"):
+        length_range(4096, 2048)
+
+
+def test_the_yarn_preset_composes_to_its_protocol():
+    cfg = compose_config("checkpoint=x", "eval=yarn", config_name="eval")
+    assert cfg.eval.protocol == "truncated" and cfg.eval.add_bos and cfg.eval.documents == 10
+    assert list(cfg.eval.lengths) == [2048, 4096, 8192, 16384, 32768, 65536, 131072]

@@ -136,6 +136,7 @@ def test_posbench_eval_hf_equals_a_direct_hf_computation(tmp_path):
         "eval.lengths=[32,128]",
         "eval.max_tokens=512",
         "passkey.lengths=[250]",
+        "encoding/scaling=none",  # past the model's 64 positions on purpose
         "passkey.depth_buckets=2",
         "passkey.trials=2",
         f"run_root={tmp_path / 'runs'}",
@@ -236,7 +237,7 @@ def test_other_overrides_and_both_sources_are_refused_in_one_line():
     check_overrides({"hf": "m", "encoding": {"scaling": {"kind": "yarn"}}, "data": {"name": "hf"}})
     from posbench.cli import eval_job
 
-    both = OmegaConf.create({"hf": "m", "checkpoint": "c"})
+    both = OmegaConf.create({"hf": {"name": "m"}, "checkpoint": "c"})
     with pytest.raises(SystemExit):
         eval_job(both)
 
@@ -267,3 +268,133 @@ def test_a_pretrained_models_chunked_loss_equals_its_whole_window_loss():
     whole, scored = score_windows(model, stream, 48, batch, cpu, loss_chunk=0)
     chunked, _ = score_windows(model, stream, 48, batch, cpu, loss_chunk=5)
     assert scored.all() and np.allclose(chunked, whole, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "source,kind,label,expected",
+    [
+        ("meta-llama/Llama-3.2-1B", "yarn", None, "Llama-3.2-1B+yarn"),
+        ("/models/my-llama/", "none", None, "my-llama"),
+        (
+            "/home/u/.cache/huggingface/hub/models--meta-llama--Llama-3.2-1B/snapshots/4e20de362430cd3b72f3",
+            "ntk",
+            None,
+            "Llama-3.2-1B+ntk",
+        ),
+        ("meta-llama/Llama-3.2-1B", "yarn", "llama-yarn-x4", "llama-yarn-x4"),
+    ],
+)
+def test_a_pretrained_run_is_labelled_by_its_model_not_a_snapshot_hash(source, kind, label, expected):
+    from posbench.pretrained.naming import model_label
+    from posbench.runs.resolvers import eval_folder
+
+    assert model_label(source, kind, label) == expected
+    assert eval_folder(None, source, label, kind) == f"hf-{expected}"
+
+
+def test_pretrained_settings_are_refused_in_one_line_before_loading(monkeypatch):
+    import sys
+    from types import SimpleNamespace
+
+    from posbench.config import EvalConfig
+    from posbench.jobs.pretrained import checked_bos
+    from posbench.pretrained.loading import HFModelConfig, check_device_map
+
+    with pytest.raises(ValueError, match=r"hf\.dtype=fp8 is not one of auto, fp32, bf16"):
+        HFModelConfig(name="m", dtype="fp8")
+    monkeypatch.setitem(sys.modules, "accelerate", None)  # not installed
+    with pytest.raises(ValueError, match=r"hf\.device_map=auto needs accelerate: pip install accelerate"):
+        check_device_map("auto")
+    no_bos = SimpleNamespace(bos_token_id=None)
+    with pytest.raises(ValueError, match=r"its tokenizer has no BOS token; drop eval\.add_bos"):
+        checked_bos(no_bos, EvalConfig(add_bos=True), "m")
+    assert checked_bos(no_bos, EvalConfig(), "m") is None
+    assert checked_bos(SimpleNamespace(bos_token_id=1), EvalConfig(), "m") == 1
+
+
+@pytest.mark.slow
+def test_bos_windows_on_validation_files_alone_equal_a_direct_hf_computation(tmp_path):
+    """eval.add_bos puts the tokenizer's BOS before every window; data.val_files alone is enough; the
+    label and the folder name are hf.label's; the heading says what the model is."""
+    import json
+
+    import numpy as np
+
+    from posbench.data import load_corpus
+    from posbench.jobs.pretrained import corpus_config
+    from tests.conftest import posbench_cli
+
+    folder = save_model_and_tokenizer(tmp_path / "model")
+    (tmp_path / "val.txt").write_text(" ".join(f"Line {n} of the val text." for n in range(800)))
+    data = ["data=text_files", f"data.val_files=[{tmp_path / 'val.txt'}]", f"data.cache_dir={tmp_path / 'c'}"]
+    done = posbench_cli(
+        "eval",
+        f"hf={folder}",
+        "hf.label=tiny-bos",
+        *data,
+        "eval.lengths=[32]",
+        "eval.max_tokens=256",
+        "eval.add_bos=true",
+        f"run_root={tmp_path / 'runs'}",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "tiny-bos, pretrained, original context 64" in done.stdout
+    [out] = (tmp_path / "runs" / "eval").iterdir()
+    assert out.name.endswith("_hf-tiny-bos")
+    document = json.loads((out / "results.json").read_text())
+    assert document["encoding"] == "tiny-bos" and document["protocol"]["bos_id"] == 0  # "<s>"
+    plain = {
+        "data": {
+            "name": "text_files",
+            "val_files": [str(tmp_path / "val.txt")],
+            "cache_dir": str(tmp_path / "c"),
+        }
+    }
+    stream = load_corpus(corpus_config(plain, str(folder), None), splits=("val",)).val
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    [row] = document["results"]
+    rows = [[0, *np.asarray(stream[s : s + 32], dtype=np.int64)] for s in range(0, row["windows"] * 32, 32)]
+    tokens = torch.tensor(rows)
+    with torch.no_grad():
+        logits = hf(input_ids=tokens[:, :-1]).logits
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tokens[:, 1:]).item()
+    assert row["tokens_scored"] == 256 and row["nll"] == pytest.approx(nll, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "hub_error,message",
+    [
+        ("GatedRepoError", "is gated: accept its licence"),
+        ("RevisionNotFoundError", "hf.revision=v9 does not exist for hf=org/model"),
+        ("RepositoryNotFoundError", "is neither a local folder nor a model on the Hub"),
+    ],
+)
+def test_hub_failures_are_one_line_that_says_what_to_do(monkeypatch, hub_error, message):
+    from huggingface_hub import errors
+
+    from posbench.pretrained.loading import load_config
+
+    kind = getattr(errors, hub_error)
+    cause = kind.__new__(kind)  # the Hub's error, as transformers chains it (its __init__ wants a response)
+
+    def refuse(*args, **kwargs):
+        raise OSError("a long message\\nover several lines") from cause
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", refuse)
+    with pytest.raises(ValueError, match=message) as info:
+        load_config("org/model", "v9")
+    assert "\n" not in str(info.value)
+
+
+def test_a_task_past_the_models_positions_needs_a_scaling_or_a_stated_none():
+    from types import SimpleNamespace
+
+    from posbench.jobs.pretrained import check_task_lengths
+    from posbench.pretrained.passkey import PasskeyConfig
+
+    config, unscaled = SimpleNamespace(max_position_embeddings=64), SimpleNamespace(kind="none")
+    with pytest.raises(ValueError, match="past the model's 64 positions, with no RoPE scaling"):
+        check_task_lengths(PasskeyConfig(lengths=[250]), config, unscaled, chosen=False)
+    check_task_lengths(PasskeyConfig(lengths=[250]), config, unscaled, chosen=True)  # on purpose
+    check_task_lengths(PasskeyConfig(lengths=[250]), config, SimpleNamespace(kind="yarn"), chosen=False)
+    check_task_lengths(PasskeyConfig(lengths=[64]), config, unscaled, chosen=False)

@@ -42,12 +42,20 @@ def cache_root(cfg: DataConfig) -> Path:
     return Path(cache_dir).expanduser()
 
 
-def load_corpus(cfg: DataConfig) -> TokenizedCorpus:
-    """The corpus ``cfg`` names, tokenized: from the cache when built before, else built now."""
+SPLITS = ("train", "val")
+
+
+def load_corpus(cfg: DataConfig, splits: tuple[str, ...] = SPLITS) -> TokenizedCorpus:
+    """The corpus ``cfg`` names, tokenized: from the cache when built before, else built now.
+    ``splits=("val",)`` (an evaluation of a pretrained model) tokenizes, and needs, only the
+    validation split; the train stream is then empty."""
     cfg = dataclasses.replace(cfg, cache_dir=str(cache_root(cfg)))  # every part sees one real path
     source = CORPORA.implementation(cfg.name)
     tokenizer = tokenizer_settings(cfg)
-    key = fingerprint(cfg.name, source.identity(cfg), tokenizer)
+    identity = source.identity(cfg)
+    if tuple(splits) != SPLITS:  # its own cache: never mistaken for the whole corpus
+        identity = {**identity, "splits": list(splits)}
+    key = fingerprint(cfg.name, identity, tokenizer)
     directory = Path(cfg.cache_dir) / "streams" / key
     cached = open_cached(directory)
     if cached is not None:
@@ -55,6 +63,13 @@ def load_corpus(cfg: DataConfig) -> TokenizedCorpus:
         return cached
     log.info("corpus %s: building token streams in %s", cfg.name, directory)
     train, val = source.documents(cfg)
+    for name, split in zip(SPLITS, (train, val)):
+        if name in splits and split.missing:
+            raise DataError(split.missing)
+    if "train" not in splits:
+        if tokenizer["kind"] == "bpe":
+            raise DataError("a BPE tokenizer is trained on the train split: tokenize the train split too")
+        train = dataclasses.replace(train, texts=lambda: iter(()), names=[])
     built = make_tokenizer(cfg, train.texts())
     info = {
         "corpus": cfg.name,
@@ -65,7 +80,7 @@ def load_corpus(cfg: DataConfig) -> TokenizedCorpus:
         "fingerprint": key,
         "format_version": FORMAT_VERSION,
     }
-    return build_streams(directory, train, val, built, info)
+    return build_streams(directory, train, val, built, info, skip=set(SPLITS) - set(splits))
 
 
 def corpus_tokenizer(corpus: TokenizedCorpus) -> DocumentTokenizer:

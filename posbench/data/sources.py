@@ -28,6 +28,7 @@ JSONL_SUFFIXES = (".jsonl", ".json")
 class Split:
     texts: Callable[[], Iterable[str]]  # a fresh pass over the documents on every call
     names: Optional[list[str]]  # the plays / files it is made of, for the record; None for hf
+    missing: Optional[str] = None  # why it cannot be read (no files given); load_corpus refuses it if asked
 
 
 @dataclass
@@ -79,9 +80,10 @@ def _checked_files(files: list[str], key: str) -> list[Path]:
 
 
 def _text_files_identity(cfg: Any) -> dict:
-    # content hashes, not mtimes: a file rewritten within the clock's resolution still counts
+    # content hashes, not mtimes: a file rewritten within the clock's resolution still counts; a split
+    # with no files (an evaluation reads only the validation split) is [] here and refused if it is read
     def describe(files: list[str], key: str) -> list:
-        return [[p.name, file_sha256(p)] for p in _checked_files(files, key)]
+        return [[p.name, file_sha256(p)] for p in _checked_files(files, key)] if files else []
 
     return {
         "corpus": "text_files",
@@ -102,6 +104,10 @@ def _load_local(paths: list[Path], text_field: str, warned: set[Path]) -> Iterat
 
 def _text_files_documents(cfg: Any) -> tuple[Split, Split]:
     def split(files: list[str], key: str) -> Split:
+        if not files:
+            return Split(
+                lambda: iter(()), [], missing=f"data.{key} is empty; list at least one .txt or .jsonl file"
+            )
         paths, warned = _checked_files(files, key), set()  # one warning per file, not per pass
         return Split(lambda: _load_local(paths, cfg.text_field, warned), [p.name for p in paths])
 

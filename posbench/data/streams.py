@@ -66,8 +66,14 @@ def _batches(texts: Iterable[str]) -> Iterable[list[str]]:
         yield batch
 
 
-def write_stream(path: Path, texts: Iterable[str], tokenizer: DocumentTokenizer, split: str) -> dict:
-    """Tokenize ``texts`` into ``path`` in stream layout; returns counts for ``info``."""
+def write_stream(
+    path: Path, texts: Iterable[str], tokenizer: DocumentTokenizer, split: str, skip: bool = False
+) -> dict:
+    """Tokenize ``texts`` into ``path`` in stream layout; returns counts for ``info``. ``skip``: an
+    empty stream, for a split that was not asked for."""
+    if skip:
+        path.write_bytes(b"")
+        return {"documents": 0, "empty_documents_skipped": 0, "tokens": 0, "not_tokenized": True}
     dtype = stream_dtype(tokenizer.vocab_size)
     separator = np.array([tokenizer.separator_id], dtype=dtype)
     documents = skipped = tokens = 0
@@ -95,6 +101,8 @@ def write_stream(path: Path, texts: Iterable[str], tokenizer: DocumentTokenizer,
 def _open_stream(path: Path, dtype: np.dtype, tokens: int) -> np.ndarray:
     if path.stat().st_size != tokens * dtype.itemsize:
         raise DataError(f"cached stream {path} has the wrong size; delete {path.parent} to rebuild it")
+    if tokens == 0:  # a split not tokenized (an evaluation's train split): mmap cannot map nothing
+        return np.zeros(0, dtype=dtype)
     return np.memmap(path, dtype=dtype, mode="r")
 
 
@@ -117,19 +125,27 @@ def open_cached(directory: Path) -> Optional[TokenizedCorpus]:
 
 
 def build_streams(
-    directory: Path, train: Split, val: Split, tokenizer: DocumentTokenizer, info: dict
+    directory: Path,
+    train: Split,
+    val: Split,
+    tokenizer: DocumentTokenizer,
+    info: dict,
+    skip: frozenset[str] | set[str] = frozenset(),
 ) -> TokenizedCorpus:
-    """Tokenize both splits into ``directory`` atomically and open the result."""
+    """Tokenize both splits (but those in ``skip``) into ``directory`` atomically and open the result."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     try:
         started = time.monotonic()
         info = dict(info)
         info["train"] = {
-            **write_stream(tmp / "train.bin", train.texts(), tokenizer, "train"),
+            **write_stream(tmp / "train.bin", train.texts(), tokenizer, "train", "train" in skip),
             "names": train.names,
         }
-        info["val"] = {**write_stream(tmp / "val.bin", val.texts(), tokenizer, "val"), "names": val.names}
+        info["val"] = {
+            **write_stream(tmp / "val.bin", val.texts(), tokenizer, "val", "val" in skip),
+            "names": val.names,
+        }
         tokenizer.save(tmp)
         meta = {
             "fingerprint": directory.name,

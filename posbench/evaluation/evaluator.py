@@ -15,7 +15,14 @@ from tqdm.auto import tqdm
 from posbench.common.runtime import autocast
 from posbench.config import EvalConfig, Precision
 from posbench.evaluation.buckets import attention_curves, position_curve
-from posbench.evaluation.protocol import Window, resolve_stride, windows
+from posbench.evaluation.protocol import (
+    Window,
+    document_spans,
+    document_windows,
+    resolve_stride,
+    stream_tokens,
+    windows,
+)
 from posbench.model.backends import ByBlocks
 from posbench.model.diagnostics import AttentionProbe
 from posbench.model.loss import token_nll
@@ -65,11 +72,13 @@ def score_windows(
     device: torch.device,
     probe: Optional[AttentionProbe] = None,
     loss_chunk: int = 0,
+    bos_id: Optional[int] = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """NLL of every target of a batch of windows and which of them are scored; a ``probe`` rides
     along the forward; ``loss_chunk`` > 0 builds the logits that many tokens at a time
-    (``model/loss.py``: the same numbers to fp32 rounding). -> (b, L) float64, (b, L) bool"""
-    tokens = window_tokens(stream, length, batch, device)
+    (``model/loss.py``: the same numbers to fp32 rounding); ``bos_id`` begins every window.
+    -> (b, L) float64, (b, L) bool"""
+    tokens = window_tokens(stream, length, batch, device, bos_id)
     if loss_chunk:  # the (b, L, V) logits never exist whole: loss_chunk tokens' at a time
         hidden = model(tokens[:, :-1], probe=probe, hidden=True)  # (b, L, D)
         nll = token_nll(hidden, model.lm_head, tokens[:, 1:], loss_chunk)  # (b, L)
@@ -81,9 +90,15 @@ def score_windows(
     return nll.double().cpu().numpy(), scored
 
 
-def window_tokens(stream: np.ndarray, length: int, batch: list[Window], device: torch.device) -> torch.Tensor:
-    """The inputs and targets of a batch of windows. -> (b, L + 1) int64"""
-    rows = np.stack([np.asarray(stream[w.start : w.start + length + 1], dtype=np.int64) for w in batch])
+def window_tokens(
+    stream: np.ndarray, length: int, batch: list[Window], device: torch.device, bos_id: Optional[int] = None
+) -> torch.Tensor:
+    """The inputs and targets of a batch of windows: L + 1 stream tokens, or BOS and L of them.
+    -> (b, L + 1) int64"""
+    span = stream_tokens(length, bos_id is not None)
+    rows = np.stack([np.asarray(stream[w.start : w.start + span], dtype=np.int64) for w in batch])
+    if bos_id is not None:
+        rows = np.concatenate([np.full((len(batch), 1), bos_id, dtype=np.int64), rows], axis=1)
     return torch.from_numpy(rows).to(device)
 
 
@@ -103,13 +118,21 @@ def probe_rides_along(model: Transformer, length: int, precision: Precision) -> 
 
 @torch.no_grad()
 def attention_diagnostics(
-    model: Transformer, stream: np.ndarray, length: int, plan: list[Window], cfg: EvalConfig, device, probe
+    model: Transformer,
+    stream: np.ndarray,
+    length: int,
+    plan: list[Window],
+    cfg: EvalConfig,
+    device,
+    probe,
+    bos_id: Optional[int] = None,
 ) -> None:
     """Fills ``probe`` with forwards of its own over the first ``eval.diagnostics_windows`` windows
     (where the scoring forwards cannot carry it)."""
     chosen = plan[: cfg.diagnostics_windows]
     for i in range(0, len(chosen), cfg.batch_size):
-        model(window_tokens(stream, length, chosen[i : i + cfg.batch_size], device)[:, :-1], probe=probe)
+        tokens = window_tokens(stream, length, chosen[i : i + cfg.batch_size], device, bos_id)
+        model(tokens[:, :-1], probe=probe)
 
 
 def diagnostics_curves(probe: Optional[AttentionProbe], cfg: EvalConfig) -> Optional[dict]:
@@ -122,12 +145,26 @@ def diagnostics_curves(probe: Optional[AttentionProbe], cfg: EvalConfig) -> Opti
     )
 
 
-def unavailable_reason(model: Transformer, stream_len: int, length: int) -> Optional[str]:
+def unavailable_reason(model: Transformer, stream_len: int, length: int, bos: bool = False) -> Optional[str]:
     """Why ``length`` cannot be evaluated (reported as n/a), or None."""
     reason = model.length_limit_reason(length)
-    if reason is None and stream_len < length + 1:
-        reason = f"the validation stream has {stream_len} tokens, fewer than one window of {length + 1}"
+    span = stream_tokens(length, bos)
+    if reason is None and stream_len < span:
+        reason = f"the validation stream has {stream_len} tokens, fewer than one window of {span}"
     return reason
+
+
+def window_plan(
+    stream: np.ndarray, length: int, cfg: EvalConfig, separator_id: Optional[int], bos: bool
+) -> list[Window]:
+    """The windows ``cfg.protocol`` scores at ``length``."""
+    if cfg.protocol.value != "truncated":
+        return list(windows(len(stream), length, cfg.protocol.value, cfg.stride, cfg.max_tokens, bos))
+    if separator_id is None:
+        raise ValueError("eval.protocol=truncated needs the stream's document separator id")
+    least = cfg.min_document_tokens or max(cfg.lengths)
+    spans = document_spans(stream, separator_id)
+    return list(document_windows(spans, length, least, cfg.documents, cfg.max_tokens, bos))
 
 
 def evaluate_length(
@@ -138,14 +175,21 @@ def evaluate_length(
     device: torch.device,
     precision: Precision = Precision.fp32,
     progress: bool = True,
+    separator_id: Optional[int] = None,
+    bos_id: Optional[int] = None,
 ) -> LengthResult:
+    """Perplexity at ``length`` by ``cfg``'s protocol; ``bos_id`` begins every window (None: no BOS);
+    ``separator_id`` divides the stream into documents (``protocol=truncated``)."""
     protocol = cfg.protocol.value
     stride = resolve_stride(length, protocol, cfg.stride)
-    reason = unavailable_reason(model, len(stream), length)
+    reason = unavailable_reason(model, len(stream), length, bos_id is not None)
+    started = time.perf_counter()
+    plan = [] if reason else window_plan(stream, length, cfg, separator_id, bos_id is not None)
+    if reason is None and not plan:  # truncated: no document is long enough
+        least = max(length, cfg.min_document_tokens or max(cfg.lengths))
+        reason = f"no validation document has {least} tokens (eval.min_document_tokens)"
     if reason is not None:
         return LengthResult(length, protocol, "n/a", stride=stride, reason=reason)
-    started = time.perf_counter()
-    plan = list(windows(len(stream), length, protocol, cfg.stride, cfg.max_tokens))
     nll_sum, counts = np.zeros(length), np.zeros(length, dtype=np.int64)  # per position in the window
     model.eval()
     probe = diagnostics_probe(model, length, cfg)
@@ -155,7 +199,7 @@ def evaluate_length(
         riding = rider if rider is not None and rider.wants_more() else None
         with autocast(device, precision):
             nll, scored = score_windows(
-                model, stream, length, plan[i : i + cfg.batch_size], device, riding, cfg.loss_chunk
+                model, stream, length, plan[i : i + cfg.batch_size], device, riding, cfg.loss_chunk, bos_id
             )
         nll_sum += np.where(scored, nll, 0.0).sum(axis=0)
         counts += scored.sum(axis=0)
@@ -165,7 +209,7 @@ def evaluate_length(
     diagnostics_started = time.perf_counter()
     if probe is not None and rider is None:
         with autocast(device, precision):
-            attention_diagnostics(model, stream, length, plan, cfg, device, probe)
+            attention_diagnostics(model, stream, length, plan, cfg, device, probe, bos_id)
     diagnostics_s = time.perf_counter() - diagnostics_started + (0.0 if rider is None else rider.seconds)
     total = int(counts.sum())
     mean = float(nll_sum.sum() / total)  # token-weighted: every scored target counts once
@@ -193,6 +237,8 @@ def evaluate_lengths(
     device: torch.device,
     precision: Precision = Precision.fp32,
     progress: bool = True,
+    separator_id: Optional[int] = None,
+    bos_id: Optional[int] = None,
 ) -> list[LengthResult]:
     for length in cfg.lengths:  # a bad stride fails before any length is computed
         resolve_stride(length, cfg.protocol.value, cfg.stride)
@@ -200,5 +246,7 @@ def evaluate_lengths(
     results = []
     for length in bar:
         bar.set_postfix(L=length)
-        results.append(evaluate_length(model, stream, length, cfg, device, precision, progress))
+        results.append(
+            evaluate_length(model, stream, length, cfg, device, precision, progress, separator_id, bos_id)
+        )
     return results

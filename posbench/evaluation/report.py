@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from posbench.reports.results import (
     RESULTS_JSON,
     format_table,
     format_task_table,
+    how_trained,
     results_header,
     write_results,
 )
@@ -140,19 +141,28 @@ def evaluate_and_report(
     cfg: EvalConfig,
     precision: Precision,
     target: ReportTarget,
+    bos_id: Optional[int] = None,
 ) -> dict:
     """Perplexity at every ``cfg.lengths`` entry of ``val_stream`` (documents separated by
-    ``separator_id``), reported to ``target``."""
-    results = evaluate_lengths(model, val_stream, cfg, device=target.device, precision=precision)
-    statement = protocol_statement(
-        cfg.protocol.value, cfg.stride, cfg.max_tokens, cfg.position_buckets, bucket_kind(cfg), separator_id
+    ``separator_id``), reported to ``target``. ``eval.add_bos`` begins every window with ``bos_id``
+    (a pretrained tokenizer's BOS), or with the separator where there is none (posbench's models)."""
+    bos = window_bos(cfg, separator_id, bos_id)
+    results = evaluate_lengths(
+        model, val_stream, cfg, target.device, precision, separator_id=separator_id, bos_id=bos
     )
+    statement = protocol_statement(cfg, bucket_kind(cfg), separator_id, bos)
 
     def heading(document: dict) -> str:
-        trained = f"{document['encoding']} trained at {document['train_seq_len']}"
-        return f"Perplexity of {trained} ({cfg.protocol.value} windows)"
+        return f"Perplexity of {how_trained(document)} ({cfg.protocol.value} windows)"
 
     return report([r.to_dict() for r in results], {"protocol": statement}, target, heading, format_table)
+
+
+def window_bos(cfg: EvalConfig, separator_id: int, bos_id: Optional[int]) -> Optional[int]:
+    """The token that begins every window under ``eval.add_bos``; None without it."""
+    if not cfg.add_bos:
+        return None
+    return separator_id if bos_id is None else bos_id
 
 
 GREEDY_EQUIVALENCE = (

@@ -26,7 +26,8 @@ from posbench.data.sources import CORPORA
 from posbench.data.tokenizer import PretrainedTokenizer
 from posbench.evaluation.report import ReportTarget, evaluate_and_report
 from posbench.pretrained.adapter import PretrainedLM
-from posbench.pretrained.loading import load_config, load_model, model_record
+from posbench.pretrained.loading import HFModelConfig, input_device, load_config, load_model, model_record
+from posbench.pretrained.naming import model_label
 from posbench.pretrained.passkey import PasskeyConfig, filler_for, passkey_grid
 from posbench.pretrained.rotary import chosen_scaling, replace_rotary
 from posbench.reports.plots import plot_depth_accuracy
@@ -57,13 +58,7 @@ def corpus_config(plain: dict, source: str, revision: Optional[str]) -> Any:
     )
 
 
-def model_label(source: str, kind: str) -> str:
-    """``Llama-3.2-1B+yarn``: the model's folder or repo name and the scaling kind."""
-    name = Path(source.rstrip("/")).name
-    return name if kind == "none" else f"{name}+{kind}"
-
-
-HF_KEYS = ("hf", "hf_revision", "checkpoint", "eval", "passkey", "data", "logger", "device", "run_root")
+HF_KEYS = ("hf", "checkpoint", "eval", "passkey", "data", "logger", "device", "run_root")
 
 
 def check_overrides(plain: dict) -> None:
@@ -80,23 +75,29 @@ def check_overrides(plain: dict) -> None:
 def evaluate_pretrained(cfg: DictConfig, out_dir: str | Path, command_line: list[str]) -> dict:
     plain = OmegaConf.to_container(cfg, resolve=False)
     check_overrides(plain)
-    source, revision = str(cfg.hf), cfg.get("hf_revision")
+    hf = typed(HFModelConfig, plain["hf"])
+    source, revision = str(hf.name), hf.revision
     eval_cfg = typed(EvalConfig, plain["eval"])
     eval_cfg = dataclasses.replace(eval_cfg, diagnostics_windows=0)  # they read posbench's attention
     passkey = typed(PasskeyConfig, plain.get("passkey") or {})
-    scaling = chosen_scaling(load_config(source, revision), *requested_scaling(plain, command_line))
+    config = load_config(source, revision)
+    requested = requested_scaling(plain, command_line)
+    scaling = chosen_scaling(config, *requested)
+    check_task_lengths(passkey, config, scaling, requested[0] is not None)
     tokenizer = PretrainedTokenizer.load(source, revision).tok
+    bos_id = checked_bos(tokenizer, eval_cfg, source)
     for tokens in passkey.lengths:  # a passkey length the prompt cannot fit is refused before any work
         filler_for(tokenizer, tokens)
     device = resolve_device(str(cfg.device))
-    precision = Precision.bf16 if device.type == "cuda" else Precision.fp32
+    dtype = hf.torch_dtype(device)
+    precision = Precision.bf16 if dtype == torch.bfloat16 else Precision.fp32
     data = corpus_config(plain, source, revision)
-    corpus = load_corpus(data)  # before the weights: a data error costs no download
-    hf_model = load_model(
-        source, revision, device, torch.bfloat16 if device.type == "cuda" else torch.float32
-    )
+    corpus = load_corpus(data, splits=("val",))  # before the weights: a data error costs no download
+    hf_model = load_model(source, revision, device, dtype, hf.device_map)
+    device = input_device(hf_model, device)
     replace_rotary(hf_model, scaling)
-    meta = metadata(source, revision, hf_model, scaling, data, corpus, precision, eval_cfg)
+    label = model_label(source, scaling.kind, hf.label)
+    meta = metadata(source, revision, hf_model, scaling, data, corpus, precision, eval_cfg, label, hf)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     logger = typed(LoggerConfig, plain.get("logger") or {"name": "jsonl"})
@@ -104,7 +105,9 @@ def evaluate_pretrained(cfg: DictConfig, out_dir: str | Path, command_line: list
     try:
         target = ReportTarget(out_dir, tracker, device, meta)
         model = PretrainedLM(hf_model)
-        document = evaluate_and_report(model, corpus.val, corpus.separator_id, eval_cfg, precision, target)
+        document = evaluate_and_report(
+            model, corpus.val, corpus.separator_id, eval_cfg, precision, target, bos_id
+        )
         if passkey.lengths:
             report_passkey(
                 passkey_grid(hf_model, tokenizer, passkey, device),
@@ -118,20 +121,43 @@ def evaluate_pretrained(cfg: DictConfig, out_dir: str | Path, command_line: list
         tracker.close()
 
 
+def check_task_lengths(passkey: PasskeyConfig, config: Any, scaling: Any, chosen: bool) -> None:
+    """A retrieval task past the model's positions with no scaling at all is refused unless the
+    command line asked for that (``encoding/scaling=none``): a task answered past the limit is the
+    unscaled model's failure, which is worth measuring only on purpose."""
+    limit = config.max_position_embeddings
+    longest = max(passkey.lengths, default=0)
+    if longest > limit and scaling.kind == "none" and not chosen:
+        raise ValueError(
+            f"passkey.lengths reach {longest} tokens, past the model's {limit} positions, with no RoPE "
+            "scaling: add encoding/scaling=KIND (e.g. yarn), or encoding/scaling=none to measure it unscaled"
+        )
+
+
+def checked_bos(tokenizer: Any, eval_cfg: EvalConfig, source: str) -> Optional[int]:
+    """The tokenizer's BOS id, which ``eval.add_bos`` puts first in every window; refused when asked
+    for and the tokenizer has none."""
+    bos = tokenizer.bos_token_id
+    if eval_cfg.add_bos and bos is None:
+        raise ValueError(f"hf={source}: its tokenizer has no BOS token; drop eval.add_bos")
+    return None if bos is None else int(bos)
+
+
 def typed(schema: type, values: dict) -> Any:
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))
 
 
 def metadata(
-    source, revision, hf_model, scaling, data, corpus, precision: Precision, eval_cfg: EvalConfig
+    source, revision, hf_model, scaling, data, corpus, precision: Precision, eval_cfg: EvalConfig, label, hf
 ) -> dict:
-    """results.json's record of the model (name, revision, commit), its scaling, data and settings."""
+    """results.json's record of the model (name, revision, commit), its scaling, data and settings;
+    ``train_seq_len`` is its original context (the scaling's original length, else its config's)."""
     record = model_record(source, revision, hf_model)
-    label = model_label(source, scaling.kind)
     train_len = scaling.original_max_position or record["max_position_embeddings"]
     config = {
         "encoding": {"name": "hf", "scaling": dataclasses.asdict(scaling)},
         "model": {"name": source, "revision": revision},
+        "hf": dataclasses.asdict(hf),
         "data": {
             k: v for k, v in OmegaConf.to_container(OmegaConf.structured(data)).items() if k != "cache_dir"
         },

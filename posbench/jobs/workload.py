@@ -21,6 +21,7 @@ from posbench.evaluation.report import (
     evaluate_and_report,
     evaluate_task_and_report,
     task_statement,
+    window_bos,
 )
 from posbench.evaluation.tasks import TaskResult, answer_metrics
 from posbench.model.transformer import Transformer
@@ -89,14 +90,8 @@ class CorpusWorkload:
 
     def statement(self) -> dict:
         cfg = self.run.eval
-        return protocol_statement(
-            cfg.protocol.value,
-            cfg.stride,
-            cfg.max_tokens,
-            cfg.position_buckets,
-            bucket_kind(cfg),
-            self.corpus.separator_id,
-        )
+        separator = self.corpus.separator_id
+        return protocol_statement(cfg, bucket_kind(cfg), separator, window_bos(cfg, separator, None))
 
     def report(self, model: Transformer, target: ReportTarget) -> dict:
         corpus = self.corpus

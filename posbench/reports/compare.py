@@ -143,10 +143,16 @@ def evaluation(doc: dict) -> dict[str, object]:
         return {**{f"task.{k}": task.get(k) for k in how}, "task.buckets": buckets, **overrides}
     statement = doc.get("protocol") or {}
     rows = doc.get("results") or [{}]
+    # BOS and the truncated protocol's documents count only where set: files from before they
+    # existed group with the runs that leave them off
+    bos = {"eval.add_bos": True} if statement.get("bos_id") is not None else {}
+    documents = {f"eval.{k}": v for k, v in (statement.get("documents") or {}).items()}
     return {
         "eval.protocol": statement.get("name", rows[0].get("protocol")),
         "eval.stride": statement.get("stride"),
         "eval.max_tokens": statement.get("max_tokens_per_length"),
+        **bos,
+        **documents,
         **overrides,
     }
 
@@ -161,7 +167,7 @@ def as_run(path: Path, doc: dict) -> Run:
     # a run initialised from a parent sits with its lineage's first run, labelled by its lineage
     label = lineage_label(doc["config"], doc.get("step")) if parent else doc["encoding"]
     train_len = parent["root_train_len"] if parent else doc["train_seq_len"]
-    section = Section((doc.get("task") or {}).get("name", ""), train_len)
+    section = Section((doc.get("task") or {}).get("name", ""), train_len, "pretrained" in doc)
     key = (section, label, seedless, digest(how), step)
     experiment = {**flatten(trained), **how, "step": step}
     return Run(path, doc, key, experiment)

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullLocator
 
 from posbench.common.atomic import atomic_write
-from posbench.reports.results import writing
+from posbench.reports.results import how_trained, writing
 
 DPI = 120
 NA_Y = 0.03  # height of the n/a markers, in axes coordinates
@@ -136,10 +136,7 @@ def plot_position_loss(document: dict, path: str | Path) -> Path:
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: length_label(round(x)) if x >= 1 else ""))
     ax.set_xlabel("tokens of context (position in window + 1)")
     ax.set_ylabel("mean NLL (nats)")
-    ax.set_title(
-        f"{document['encoding']} trained at {document['train_seq_len']}: loss by position "
-        f"({document['protocol']['name']} windows)"
-    )
+    ax.set_title(f"{how_trained(document)}: loss by position ({document['protocol']['name']} windows)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
@@ -180,9 +177,7 @@ def plot_attention(document: dict, path: str | Path) -> Path:
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(
-        f"{document['encoding']} trained at {document['train_seq_len']}: attention, mean over layers"
-    )
+    fig.suptitle(f"{how_trained(document)}: attention, mean over layers")
     return _save(fig, path)
 
 
@@ -264,7 +259,7 @@ def plot_comparison(table: dict) -> bytes:
         if section is None or not any(c.values for k in table if k[0] == section for c in table[k].values()):
             ax.text(0.5, 0.5, "no finite results", ha="center", va="center", transform=ax.transAxes)
             if section is not None:
-                ax.set_title(f"{section.task + ', ' if section.task else ''}trained at L={section.train_len}")
+                ax.set_title(f"{section.task + ', ' if section.task else ''}{section.title()}")
             continue
         for key in sorted(k for k in table if k[0] == section):
             cells = sorted((n, c) for n, c in table[key].items() if c.values)
@@ -278,7 +273,7 @@ def plot_comparison(table: dict) -> bytes:
             ax.set_title(f"{section.task}, trained up to {section.train_len}")
         else:
             ax.set(yscale="log", ylabel="perplexity", xlabel="eval length (tokens)")
-            ax.set_title(f"trained at L={section.train_len}")
+            ax.set_title(section.title())
         ax.set_xscale("log", base=2)
         ax.legend(fontsize=8)
     with warnings.catch_warnings():  # long row labels: a cramped layout is still a plot

@@ -166,6 +166,14 @@ def results_header(
     return {**header, **extra}
 
 
+def how_trained(document: dict) -> str:
+    """``rope trained at 256``; a pretrained model's ``Llama-3.2-1B+yarn, pretrained, original
+    context 8192`` (its train_seq_len is the context it was pretrained with)."""
+    if "pretrained" in document:
+        return f"{document['encoding']}, pretrained, original context {document['train_seq_len']}"
+    return f"{document['encoding']} trained at {document['train_seq_len']}"
+
+
 def results_document(rows: list[dict], metadata: dict[str, Any]) -> dict:
     """The results.json document: version and provenance, the caller's metadata, then the rows."""
     head = {

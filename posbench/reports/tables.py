@@ -33,10 +33,18 @@ class Cell:
 
 
 class Section(NamedTuple):
-    """What one table holds: results of one task (``""``: perplexity on a corpus) at one training length."""
+    """What one table holds: results of one task (``""``: perplexity on a corpus) at one training length
+    (a pretrained model's: its original context)."""
 
     task: str
     train_len: int
+    pretrained: bool = False
+
+    def title(self) -> str:
+        """``trained at L = 256``, or ``pretrained, original context 8192``."""
+        if self.pretrained:
+            return f"pretrained, original context {self.train_len}"
+        return f"trained at L = {self.train_len}"
 
 
 Key = tuple[Section, str]  # (section, row label: the encoding label, plus what tells apart runs sharing it)
@@ -108,7 +116,8 @@ def usual_seeds(counts: dict[str, int]) -> tuple[int, str]:
 def heading(section: Section, seeds: int, per_token: bool = False, other: str = "") -> str:
     over = f"mean ± std over {seeds} seed{'s' * (seeds != 1)}{other}"
     if not section.task:
-        return f"### Trained at L = {section.train_len} (perplexity, {over})"
+        title = section.title()
+        return f"### {title[0].upper()}{title[1:]} (perplexity, {over})"
     what = "per-token accuracy" if per_token else "exact-match accuracy"
     return f"### {section.task}, trained on lengths up to {section.train_len} ({what}, {over})"
 
