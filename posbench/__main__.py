@@ -8,8 +8,12 @@ USAGE = """usage: python -m posbench COMMAND [hydra overrides]
 
 commands:
   train     train a model and evaluate it at eval.lengths   (e.g. train encoding=alibi)
-  eval      evaluate a saved checkpoint                     (e.g. eval checkpoint=runs/.../last.pt)
+  eval      evaluate a saved checkpoint, or a pretrained    (e.g. eval checkpoint=runs/.../last.pt,
+            Llama-family model                                    eval hf=meta-llama/Llama-3.2-1B)
   compare   compare extrapolation curves of finished runs   (e.g. compare runs/train_length_sweep/<sweep>)
+
+Each command has its own --help (train --help lists the config groups and options).
+A one-minute first run: python -m posbench train debug=smoke
 """
 
 

@@ -471,3 +471,17 @@ def test_ctrl_c_while_posbench_imports_ends_in_one_line(tmp_path):
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1].startswith("interrupted (Ctrl-C) before anything"), err
     assert not list(tmp_path.rglob("*.pt"))
+
+
+def test_the_bare_command_lists_every_command_and_where_each_explains_itself(capsys):
+    from posbench.__main__ import main
+    from posbench.cli import COMMANDS
+
+    main([])
+    usage = capsys.readouterr().out
+    for command in [*COMMANDS, "compare"]:
+        assert f"\n  {command} " in usage
+    assert "eval hf=" in usage and "has its own --help" in usage and "debug=smoke" in usage
+    for command in [*COMMANDS, "compare"]:
+        done = posbench_cli(command, "--help")
+        assert done.returncode == 0 and done.stdout.strip(), (command, done.stderr[-500:])
