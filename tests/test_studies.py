@@ -13,7 +13,7 @@ import pytest
 from posbench.__main__ import main as posbench_main
 from tests.conftest import REPO
 
-STUDIES = sorted(path.parent for path in (REPO / "experiments").glob("*/comparison.md"))
+STUDIES = sorted(path.parent for path in (REPO / "experiments").glob("**/comparison.md"))
 COMPARE = ["python", "-m", "posbench", "compare"]
 
 
@@ -28,12 +28,24 @@ def out_folder(command: list[str]) -> str | None:
     return command[command.index("--out") + 1] if "--out" in command else None
 
 
+def study_readme(study: Path) -> Path:
+    """The README nearest above a table: its own folder's, else its study's (a part of a study, such
+    as experiments/synthetic-tasks/grid, is described in the study's README)."""
+    for folder in (study, *study.parents):
+        if (folder / "README.md").is_file():
+            return folder / "README.md"
+        if folder == REPO / "experiments":
+            break
+    raise AssertionError(f"no README.md above {study}")
+
+
 def table_command(study: Path) -> list[str]:
     """The README's one compare command that writes the study's own ``comparison.md``."""
     folder = study.relative_to(REPO).as_posix()
-    commands = [c for c in compare_commands(study / "README.md") if out_folder(c) == folder]
+    readme = study_readme(study)
+    commands = [c for c in compare_commands(readme) if out_folder(c) == folder]
     assert len(commands) == 1, (
-        f"{folder}/README.md should give exactly one `python -m posbench compare ... --out {folder}` "
+        f"{readme.relative_to(REPO)} should give exactly one `python -m posbench compare ... --out {folder}` "
         f"command (the one that writes its comparison.md); it gives {len(commands)}"
     )
     return commands[0]
@@ -43,7 +55,7 @@ def test_every_study_with_a_table_is_checked():
     assert {s.name for s in STUDIES} >= {"alibi-table", "rope-scaling", "context-extension"}
 
 
-@pytest.mark.parametrize("study", STUDIES, ids=lambda s: s.name)
+@pytest.mark.parametrize("study", STUDIES, ids=lambda s: s.relative_to(REPO / "experiments").as_posix())
 def test_committed_table_is_what_the_readme_command_makes(study, tmp_path, monkeypatch, capsys):
     command = table_command(study)
     out = command.index("--out") + 1
