@@ -176,3 +176,16 @@ def test_diagnostics_riding_the_scoring_forwards_equal_their_own_forwards(encodi
     for key in ("entropy", "sink"):
         np.testing.assert_allclose(riding.attention[key], own.attention[key], rtol=1e-5, atol=1e-6)
     assert riding.nll == own.nll and riding.diagnostics_wall_time_s > 0 and riding.wall_time_s > 0
+
+
+def test_the_kernels_sink_weight_is_a_probability_despite_rounding():
+    """p_i0 = exp(s_i0 - lse_i) from the kernel's log-sum-exp: s_i0 recomputed apart can pass lse_i by
+    rounding (a first query, whose only key is the sink, gave 1.0000076 here), which results.json's
+    schema refuses."""
+    from posbench.model.diagnostics import kernel_statistics
+
+    torch.manual_seed(0)
+    for _ in range(5):
+        q, k = torch.randn(1, 4, 512, 16) * 3, torch.randn(1, 4, 512, 16) * 3
+        entropy, sink = kernel_statistics(q, k, torch.arange(512), None, 16**-0.5)
+        assert sink.max() <= 1 and entropy.min() >= 0

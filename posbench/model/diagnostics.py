@@ -82,7 +82,7 @@ def kernel_statistics(
         expected = (q_s * out[..., :D]).sum(-1) + m * out[..., D]  # Σ_j p_ij s_ij
         entropy[:, :, start:end] = (lse - expected).clamp(min=0)  # rounding, where one key takes all
         first = (q_s * k[:, :, :1]).sum(-1) + m * offset[..., :1]  # s_i0
-        sink[:, :, start:end] = (first - lse).exp()
+        sink[:, :, start:end] = (first - lse).clamp(max=0).exp()  # a weight: s_i0 <= lse_i but for rounding
     return entropy, sink
 
 
