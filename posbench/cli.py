@@ -181,7 +181,8 @@ def pretrained_shorthand(command: str, argv: list[str]) -> list[str]:
     (``hf.revision``, ``hf.label``, ``hf.dtype``, ``hf.device_map``; configs/eval.yaml)."""
     if command != "eval":
         return argv
-    return [f"hf.name={arg[len('hf=') :]}" if arg.startswith("hf=") else arg for arg in argv]
+    bare = [arg.lstrip("+") for arg in argv]  # +hf= and ++hf= too: hf is a group either way
+    return [f"hf.name={b[len('hf=') :]}" if b.startswith("hf=") else a for a, b in zip(argv, bare)]
 
 
 def run_hydra(command: str, argv: list[str]) -> None:

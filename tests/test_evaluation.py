@@ -307,10 +307,10 @@ def test_bos_windows_equal_their_definition(protocol, stride):
         lengths=[length], protocol=Protocol(protocol), stride=stride, max_tokens=None, batch_size=2
     )
     result = evaluate_length(model, stream, length, cfg, CPU, progress=False, bos_id=bos)
-    step, total, count, start = stride or length, 0.0, 0, 0
+    step, total, count, start = stride or length, 0.0, 0, 1  # BOS stands in for stream[0]
     while start + length <= len(stream):
         tokens = torch.tensor([bos, *stream[start : start + length].astype(np.int64)])
-        nll, n = window_nll(model, tokens, 0 if start == 0 else length - step)
+        nll, n = window_nll(model, tokens, 0 if start == 1 else length - step)
         total, count, start = total + nll, count + n, start + step
     assert result.tokens_scored == count
     assert result.nll == pytest.approx(total / count, rel=1e-6)

@@ -353,7 +353,8 @@ def test_bos_windows_on_validation_files_alone_equal_a_direct_hf_computation(tmp
     stream = load_corpus(corpus_config(plain, str(folder), None), splits=("val",)).val
     hf = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
     [row] = document["results"]
-    rows = [[0, *np.asarray(stream[s : s + 32], dtype=np.int64)] for s in range(0, row["windows"] * 32, 32)]
+    starts = range(1, 1 + row["windows"] * 32, 32)  # after the leading separator, which BOS replaces
+    rows = [[0, *np.asarray(stream[s : s + 32], dtype=np.int64)] for s in starts]
     tokens = torch.tensor(rows)
     with torch.no_grad():
         logits = hf(input_ids=tokens[:, :-1]).logits
@@ -398,3 +399,17 @@ def test_a_task_past_the_models_positions_needs_a_scaling_or_a_stated_none():
     check_task_lengths(PasskeyConfig(lengths=[250]), config, unscaled, chosen=True)  # on purpose
     check_task_lengths(PasskeyConfig(lengths=[250]), config, SimpleNamespace(kind="yarn"), chosen=False)
     check_task_lengths(PasskeyConfig(lengths=[64]), config, unscaled, chosen=False)
+
+
+def test_every_spelling_of_hf_names_the_model():
+    from posbench.cli import pretrained_shorthand
+
+    argv = ["hf=org/m", "+hf=org/m", "++hf=org/m", "hf.label=x", "hf=a,b"]
+    assert pretrained_shorthand("eval", argv) == [
+        "hf.name=org/m",
+        "hf.name=org/m",
+        "hf.name=org/m",
+        "hf.label=x",
+        "hf.name=a,b",
+    ]
+    assert pretrained_shorthand("train", ["hf=x"]) == ["hf=x"]

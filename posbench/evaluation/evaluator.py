@@ -159,7 +159,9 @@ def window_plan(
 ) -> list[Window]:
     """The windows ``cfg.protocol`` scores at ``length``."""
     if cfg.protocol.value != "truncated":
-        return list(windows(len(stream), length, cfg.protocol.value, cfg.stride, cfg.max_tokens, bos))
+        skip = 1 if bos else 0  # BOS stands in for the stream's leading separator
+        tiled = windows(len(stream) - skip, length, cfg.protocol.value, cfg.stride, cfg.max_tokens, bos)
+        return [Window(w.start + skip, w.score_from) for w in tiled]
     if separator_id is None:
         raise ValueError("eval.protocol=truncated needs the stream's document separator id")
     least = cfg.min_document_tokens or max(cfg.lengths)

@@ -9,7 +9,8 @@ each document and a scored target at each document's end. With ``eval.add_bos`` 
 begins with a BOS token instead (lm-evaluation-harness's rolling windows and the YaRN
 repository's eval/perplexity.py prepend the model's BOS): inputs BOS + stream[s : s+L-1],
 targets stream[s : s+L], so the window still has L positions and L targets, the first
-predicted from BOS alone.
+predicted from BOS alone; windows then start at s = 1, L + 1, ... (BOS stands in for the
+stream's leading separator, which is neither input nor target).
 
 - ``nonoverlapping`` ("nonoverlapping inference", the default of Press et al. 2022, "Train
   Short, Test Long"): windows tile the stream, s = 0, L, 2L, …; every target in a window is
@@ -154,7 +155,8 @@ def protocol_statement(
         "bos_id": bos_id,
         "bos": (
             f"every window begins with BOS id {bos_id}, then the stream: inputs BOS + stream[s : s+L-1], "
-            "targets stream[s : s+L]"
+            "targets stream[s : s+L]; windows start after the stream's leading separator, which BOS "
+            "stands in for"
             if bos_id is not None
             else "no BOS is added to windows; a window starting mid-document starts mid-text, "
             "as training windows do"

@@ -26,7 +26,14 @@ from posbench.data.sources import CORPORA
 from posbench.data.tokenizer import PretrainedTokenizer
 from posbench.evaluation.report import ReportTarget, evaluate_and_report
 from posbench.pretrained.adapter import PretrainedLM
-from posbench.pretrained.loading import HFModelConfig, input_device, load_config, load_model, model_record
+from posbench.pretrained.loading import (
+    HFModelConfig,
+    check_device_map,
+    input_device,
+    load_config,
+    load_model,
+    model_record,
+)
 from posbench.pretrained.naming import model_label
 from posbench.pretrained.passkey import PasskeyConfig, filler_for, passkey_grid
 from posbench.pretrained.rotary import chosen_scaling, replace_rotary
@@ -76,6 +83,7 @@ def evaluate_pretrained(cfg: DictConfig, out_dir: str | Path, command_line: list
     plain = OmegaConf.to_container(cfg, resolve=False)
     check_overrides(plain)
     hf = typed(HFModelConfig, plain["hf"])
+    check_device_map(hf.device_map)  # before the corpus is tokenized
     source, revision = str(hf.name), hf.revision
     eval_cfg = typed(EvalConfig, plain["eval"])
     eval_cfg = dataclasses.replace(eval_cfg, diagnostics_windows=0)  # they read posbench's attention

@@ -19,7 +19,8 @@ IGNORE = -100  # a target that carries no loss (a task's inputs, padding): F.cro
 
 def chunk_nll(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """hidden (N, D), targets (N,) -> NLL (N,) in fp32, 0 where the target is IGNORE."""
-    return F.cross_entropy(head(hidden).float(), targets, ignore_index=IGNORE, reduction="none")
+    logits = head(hidden).float()  # with a device_map the head may sit on another device than the targets
+    return F.cross_entropy(logits, targets.to(logits.device), ignore_index=IGNORE, reduction="none")
 
 
 def token_nll(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor, chunk: int) -> torch.Tensor:
