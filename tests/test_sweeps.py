@@ -339,3 +339,21 @@ def test_a_sweep_stopped_mid_job_and_rerun_equals_an_uninterrupted_one_and_a_rer
     again = sweep("stopped")
     assert again.stdout.count("already finished") == 2
     assert {p: p.read_bytes() for p in before} == before
+
+
+def test_a_results_file_from_before_an_eval_key_existed_still_counts_as_finished():
+    """A committed study's results.json records the eval group as it was; keys added to posbench since
+    (at their defaults) must not make a sweep rerun retrain the finished job."""
+    import dataclasses
+
+    from posbench.config import EvalConfig, to_plain_dict
+    from posbench.training.resume import scored_as_configured
+
+    run = compose_run("eval.lengths=[64,128]")
+    recorded = {k: v for k, v in to_plain_dict(run.eval).items() if k not in ("add_bos", "documents")}
+    assert scored_as_configured({"eval_config": recorded}, run)
+    bos = dataclasses.replace(run, eval=dataclasses.replace(run.eval, add_bos=True))
+    assert not scored_as_configured({"eval_config": recorded}, bos)  # a new key set: scored otherwise
+    other = {**recorded, "max_tokens": 7}
+    assert not scored_as_configured({"eval_config": other}, run)
+    assert not scored_as_configured({}, run) and EvalConfig().add_bos is False

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from posbench.config import RunConfig, to_plain_dict
 from posbench.reports.results import RESULTS_JSON, load_results
@@ -88,8 +88,17 @@ def scored_as_configured(document: dict, run: RunConfig) -> bool:
     """Whether ``document`` was scored as ``run`` would score it: a language model by its eval group
     (recorded as ``eval_config``), a task by its task group's test settings (in its ``config``)."""
     if run.task is None:
-        return document.get("eval_config") == to_plain_dict(run.eval)
+        return eval_settings(document.get("eval_config"), run.eval) == to_plain_dict(run.eval)
     return (document.get("config") or {}).get("task") == to_plain_dict(run.task)
+
+
+def eval_settings(recorded: Optional[dict], current: Any) -> Optional[dict]:
+    """A results file's eval group with the keys added to posbench since it was written at their
+    defaults (e.g. ``add_bos``: false), so a finished run stays finished when the eval group grows."""
+    if recorded is None:
+        return None
+    defaults = to_plain_dict(type(current)())
+    return {**{k: v for k, v in defaults.items() if k not in recorded}, **recorded}
 
 
 def restarts_in_place(
