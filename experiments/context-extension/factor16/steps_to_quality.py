@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 from collections import defaultdict
 from pathlib import Path
+
+from posbench.reports.tables import format_values
 
 HERE = Path(__file__).resolve().parent
 LENGTHS = (1024, 4096, 16384)
@@ -42,14 +43,6 @@ def curve(run: Path) -> dict[int, dict[int, float]]:
     return out
 
 
-def cell(values: list[float]) -> str:
-    if not values:
-        return "—"
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
-
-
 def main() -> None:
     table: dict[str, dict[tuple[int, int], list[float]]] = defaultdict(lambda: defaultdict(list))
     seeds: dict[str, set[int]] = defaultdict(set)
@@ -68,7 +61,7 @@ def main() -> None:
         print("| child | " + " | ".join(f"step {s}" for s in steps) + " | seeds |")
         print("|---|" + "---|" * (len(steps) + 1))
         for name in sorted(table):
-            cells = [cell(table[name].get((s, length), [])) for s in steps]
+            cells = [format_values(table[name].get((s, length), [])) for s in steps]
             print(f"| {name} | " + " | ".join(cells) + f" | {', '.join(map(str, sorted(seeds[name])))} |")
 
 
