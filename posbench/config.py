@@ -233,6 +233,10 @@ class EvalConfig:
         at_least("eval.diagnostics_windows", self.diagnostics_windows, 0, "0 = no attention diagnostics")
         at_least("eval.loss_chunk", self.loss_chunk, 0, "tokens' logits at once; 0 = a whole batch's")
 
+    def document_minimum(self, length: int) -> int:
+        """protocol=truncated: the tokens a document needs to be scored at ``length``."""
+        return max(length, self.min_document_tokens or max(self.lengths))
+
 
 @dataclass
 class ParentRecord:

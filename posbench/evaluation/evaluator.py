@@ -159,13 +159,11 @@ def window_plan(
 ) -> list[Window]:
     """The windows ``cfg.protocol`` scores at ``length``."""
     if cfg.protocol.value != "truncated":
-        skip = 1 if bos else 0  # BOS stands in for the stream's leading separator
-        tiled = windows(len(stream) - skip, length, cfg.protocol.value, cfg.stride, cfg.max_tokens, bos)
-        return [Window(w.start + skip, w.score_from) for w in tiled]
+        return list(windows(len(stream), length, cfg.protocol.value, cfg.stride, cfg.max_tokens, bos))
     if separator_id is None:
         raise ValueError("eval.protocol=truncated needs the stream's document separator id")
-    least = cfg.min_document_tokens or max(cfg.lengths)
     spans = document_spans(stream, separator_id)
+    least = cfg.document_minimum(length)
     return list(document_windows(spans, length, least, cfg.documents, cfg.max_tokens, bos))
 
 
@@ -188,8 +186,9 @@ def evaluate_length(
     started = time.perf_counter()
     plan = [] if reason else window_plan(stream, length, cfg, separator_id, bos_id is not None)
     if reason is None and not plan:  # truncated: no document is long enough
-        least = max(length, cfg.min_document_tokens or max(cfg.lengths))
-        reason = f"no validation document has {least} tokens (eval.min_document_tokens)"
+        reason = (
+            f"no validation document has {cfg.document_minimum(length)} tokens (eval.min_document_tokens)"
+        )
     if reason is not None:
         return LengthResult(length, protocol, "n/a", stride=stride, reason=reason)
     nll_sum, counts = np.zeros(length), np.zeros(length, dtype=np.int64)  # per position in the window

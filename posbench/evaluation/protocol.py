@@ -85,13 +85,15 @@ def windows(
     bos: bool = False,
 ) -> Iterator[Window]:
     """Windows of ``length`` positions over a stream of ``stream_len`` tokens (nonoverlapping or
-    sliding; ``truncated`` windows are ``document_windows``)."""
+    sliding; ``truncated`` windows are ``document_windows``). With ``bos`` they start at 1: BOS
+    stands in for the stream's leading separator."""
     step = resolve_stride(length, protocol, stride) or length
     last_start = stream_len - stream_tokens(length, bos)
-    scored, start = 0, 0
+    first = 1 if bos else 0
+    scored, start = 0, first
     while start <= last_start and (max_tokens is None or scored < max_tokens):
         # Targets before index length-step were scored by the previous window.
-        score_from = 0 if start == 0 else length - step
+        score_from = 0 if start == first else length - step
         yield Window(start, score_from)
         scored += length - score_from
         start += step
@@ -111,11 +113,11 @@ def document_windows(
     max_tokens: Optional[int],
     bos: bool = False,
 ) -> Iterator[Window]:
-    """``truncated``: one window per document of at least ``min_tokens`` (and ``length``) tokens,
+    """``truncated``: one window per document of at least ``min_tokens`` tokens (``length`` or more),
     whose targets are the document's first ``length`` tokens; the first ``documents`` of them (all
     when None), stopping once ``max_tokens`` targets are scored."""
     starts, ends = spans
-    kept = np.flatnonzero(ends - starts >= max(min_tokens, length))[:documents]
+    kept = np.flatnonzero(ends - starts >= min_tokens)[:documents]
     for i, doc in enumerate(kept):
         if max_tokens is not None and i * length >= max_tokens:
             return

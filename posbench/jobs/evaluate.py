@@ -148,13 +148,13 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: str | Path) -> dict:
     # must mean the checkpoint's training length, which only the merged config knows.
     plain = OmegaConf.to_container(cfg, resolve=False)
     checkpoint, overrides = str(cfg.checkpoint), eval_overrides(plain)
-    hf_set = sorted(k for k, v in (plain.get("hf") or {}).items() if v not in (None, "auto"))
-    if (plain.get("passkey") or {}).get("lengths") or hf_set:
-        named = ", ".join(
-            ["passkey.lengths"] * bool((plain.get("passkey") or {}).get("lengths"))
-            + [f"hf.{k}" for k in hf_set]
+    pretrained_only = sorted(f"hf.{k}" for k, v in (plain.get("hf") or {}).items() if v not in (None, "auto"))
+    if (plain.get("passkey") or {}).get("lengths"):
+        pretrained_only.insert(0, "passkey.lengths")
+    if pretrained_only:
+        raise ValueError(
+            f"{', '.join(pretrained_only)} apply to hf= evaluations, not to a checkpoint's: drop them"
         )
-        raise ValueError(f"{named} apply to hf= evaluations, not to a checkpoint's: drop them")
     ckpt = load_checkpoint(checkpoint, require=RUN_ENTRIES)
     run = checkpoint_run_config(ckpt["config"], plain["eval"], overrides, str(cfg.device))
     device = resolve_device(run.train.device)

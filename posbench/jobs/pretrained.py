@@ -28,7 +28,6 @@ from posbench.evaluation.report import ReportTarget, evaluate_and_report
 from posbench.pretrained.adapter import PretrainedLM
 from posbench.pretrained.loading import (
     HFModelConfig,
-    check_device_map,
     input_device,
     load_config,
     load_model,
@@ -82,8 +81,7 @@ def check_overrides(plain: dict) -> None:
 def evaluate_pretrained(cfg: DictConfig, out_dir: str | Path, command_line: list[str]) -> dict:
     plain = OmegaConf.to_container(cfg, resolve=False)
     check_overrides(plain)
-    hf = typed(HFModelConfig, plain["hf"])
-    check_device_map(hf.device_map)  # before the corpus is tokenized
+    hf = typed(HFModelConfig, plain["hf"])  # hf.device_map checked here, before any tokenizing
     source, revision = str(hf.name), hf.revision
     eval_cfg = typed(EvalConfig, plain["eval"])
     eval_cfg = dataclasses.replace(eval_cfg, diagnostics_windows=0)  # they read posbench's attention

@@ -28,6 +28,7 @@ class HFModelConfig:
     def __post_init__(self) -> None:
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise ValueError(f"hf.dtype={self.dtype} is not one of auto, {', '.join(DTYPES)}")
+        check_device_map(self.device_map)  # before any loading or tokenizing
 
     def torch_dtype(self, device: torch.device) -> torch.dtype:
         if self.dtype == "auto":
@@ -101,11 +102,10 @@ def load_model(
     dtype: torch.dtype,
     device_map: Optional[str] = None,
 ) -> Any:
-    """The causal LM in ``dtype`` on ``device`` (or placed by ``device_map``), with PyTorch's SDPA
-    attention (the causal flag: memory linear in length)."""
+    """The causal LM in ``dtype`` on ``device`` (or placed by ``device_map``, which ``HFModelConfig``
+    has checked), with PyTorch's SDPA attention (the causal flag: memory linear in length)."""
     transformers = transformers_module()
     load_config(source, revision)
-    check_device_map(device_map)
     placed = {} if device_map is None else {"device_map": device_map}
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(
